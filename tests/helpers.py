@@ -1,0 +1,32 @@
+"""Round-trip and equivalence helpers shared by the tests."""
+
+import numpy as np
+import keras
+
+from pn_tf.layers import ChannelGate
+
+
+def random_images(shape, seed=0, batch=2):
+    """Float pixels in [0, 255], as the data pipeline yields them."""
+    return np.random.RandomState(seed).uniform(0, 255, (batch,) + tuple(shape)).astype("float32")
+
+
+def strip_gates(model):
+    """A copy of ``model`` with every gate replaced by Identity and the same weights."""
+
+    def clone(layer):
+        if isinstance(layer, ChannelGate):
+            return keras.layers.Identity(name=layer.name)
+        return layer.__class__.from_config(layer.get_config())
+
+    stripped = keras.models.clone_model(model, clone_function=clone)
+    for layer in stripped.layers:
+        if layer.weights:
+            layer.set_weights(model.get_layer(layer.name).get_weights())
+    return stripped
+
+
+def save_load(model, tmp_path):
+    path = tmp_path / f"{model.name}.keras"
+    model.save(path)
+    return keras.saving.load_model(path)
