@@ -86,8 +86,8 @@ def test_bad_arguments():
         shufflenetv2plus(size="Small", input_shape=SMALL_INPUT, widths=[4] * 3)
     with pytest.raises(ValueError, match="999"):
         shufflenetv2plus(size="Small", input_shape=SMALL_INPUT, widths=[999] * 22)
-    with pytest.raises(ValueError, match="mean"):
-        shufflenetv2plus(size="Small", input_shape=SMALL_INPUT, mean=(0.0, 0.0, 0.0))
+    with pytest.raises(ValueError, match="input_shape"):
+        shufflenetv2plus(size="Small", input_shape=(64, 64))
 
 
 def test_widths_override_builds_narrower_model(full_models):

@@ -52,9 +52,7 @@ Gate order: blocks in graph order; inside an Xception block ``mid1`` then ``mid2
 import keras
 
 from pn_tf.layers import ChannelGate, ChannelShuffle, ChannelSplit
-
-IMAGENET_MEAN = (123.675, 116.28, 103.53)
-IMAGENET_STD = (58.395, 57.12, 57.375)
+from pn_tf.models.common import IMAGENET_MEAN, IMAGENET_STD, image_input, resolve_widths
 
 STAGE_REPEATS = (4, 4, 8, 4)
 STEM_WIDTH = 16
@@ -108,26 +106,6 @@ def _default_group_widths(size):
         mid = block["out_width"] // 2
         widths.extend([mid, mid] if block["choice"] == XCEPTION else [mid])
     return widths
-
-
-def _resolve_widths(size, widths):
-    defaults = _default_group_widths(size)
-    if widths is None:
-        return defaults
-    widths = list(widths)
-    if len(widths) != len(defaults):
-        raise ValueError(
-            f"ShuffleNetV2+ {size}: widths needs one entry per gate ({len(defaults)}), "
-            f"got {len(widths)}: {widths}"
-        )
-    bad = [(i, w, d) for i, (w, d) in enumerate(zip(widths, defaults))
-           if isinstance(w, bool) or int(w) != w or not 1 <= w <= d]
-    if bad:
-        raise ValueError(
-            f"ShuffleNetV2+ {size}: widths must be integers in [1, default]; "
-            f"bad (index, width, default): {bad}"
-        )
-    return [int(w) for w in widths]
 
 
 # --------------------------------------------------------------------------- layers
@@ -243,7 +221,7 @@ def _block(x, block, mids):
 
 
 def shufflenetv2plus(input_shape=(224, 224, 3), num_classes=1000, size="Large", widths=None,
-                     mean=None, variance=None, dropout=0.2, name=None):
+                     mean=IMAGENET_MEAN, std=IMAGENET_STD, dropout=0.2, name=None):
     """Megvii's ShuffleNetV2+ (Large / Medium / Small) with channel gates.
 
     Args:
@@ -256,9 +234,8 @@ def shufflenetv2plus(input_shape=(224, 224, 3), num_classes=1000, size="Large", 
         widths: list of ints or None. One width per gate, in gate order (see the
             module docstring), each in [1, default]; builds a physically narrower
             network. ``None`` keeps the default widths (block output width / 2).
-        mean, variance: per-channel pixel statistics for the input
-            ``Normalization`` layer; give both or neither. Default: ImageNet
-            statistics in pixel units.
+        mean, std: per-channel pixel statistics used by the input normalisation
+            (default: ImageNet's, in pixel units).
         dropout: float in [0, 1). Dropout rate before the classifier (Megvii: 0.2).
         name: str. Model name (default ``shufflenetv2plus_<size>``).
 
@@ -280,17 +257,9 @@ def shufflenetv2plus(input_shape=(224, 224, 3), num_classes=1000, size="Large", 
         raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
     if not 0.0 <= float(dropout) < 1.0:
         raise ValueError(f"dropout must lie in [0, 1), got {dropout!r}")
-    if (mean is None) != (variance is None):
-        raise ValueError(f"give both mean and variance or neither, got {mean!r}, {variance!r}")
-    if mean is None:
-        mean, variance = IMAGENET_MEAN, tuple(s * s for s in IMAGENET_STD)
-    group_widths = _resolve_widths(size, widths)
     name = name or f"shufflenetv2plus_{size.lower()}"
-
-    inputs = keras.Input(shape=tuple(input_shape), name="image")
-    x = keras.layers.Normalization(
-        mean=list(mean), variance=list(variance), name="normalize"
-    )(inputs)
+    group_widths = resolve_widths(_default_group_widths(size), widths, name)
+    inputs, x = image_input(input_shape, mean, std, name)
     x = _conv(x, STEM_WIDTH, 3, 2, "stem_conv")
     x = _bn(x, "stem_bn")
     x = _act(x, "hard_silu", "stem")
