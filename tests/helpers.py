@@ -30,3 +30,24 @@ def save_load(model, tmp_path):
     path = tmp_path / f"{model.name}.keras"
     model.save(path)
     return keras.saving.load_model(path)
+
+
+def randomize_batchnorm(model, seed=0):
+    """Non-trivial BN statistics, so that a revived pruned channel would show."""
+    rng = np.random.RandomState(seed)
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            gamma, beta, mean, var = layer.get_weights()
+            layer.set_weights([rng.uniform(0.5, 1.5, gamma.shape), rng.randn(*beta.shape) * 0.3,
+                               rng.randn(*mean.shape) * 0.3, rng.uniform(0.5, 1.5, var.shape)])
+    return model
+
+
+def real_images(data_dir, name, size, count=8):
+    """``count`` real test-split images of dataset ``name`` at ``size`` pixels."""
+    from pn_tf.data import make_dataset
+
+    ds = make_dataset(name, "test", batch_size=count, training=False, image_size=size,
+                      data_dir=data_dir, take=count)
+    images, _ = next(iter(ds))
+    return images.numpy()

@@ -1,0 +1,150 @@
+"""Choosing the channels to keep, deterministically, on a FLOPs budget.
+
+The reference code takes one noisy Gumbel sample as the final architecture and lands
+wherever it lands (METHOD.md, "known weaknesses"). Here every channel gets a score
+(by default its gate logit theta: ``sigmoid((theta + base) / T) >= 0.5`` is the
+noise-free hard gate), and one global threshold on the scores is searched so that
+the network's exact MAC count T(a) lands on the requested budget. Each group keeps
+its top-scoring channels; ``round_to`` rounds each group's kept count to a multiple
+(e.g. 8) for hardware-friendly shapes; no group ever drops below one channel.
+"""
+
+import dataclasses
+import logging
+
+import numpy as np
+
+from pn_tf.graph import FlopsModel
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class Selection:
+    """Kept channels per group and the exact cost of the result.
+
+    Attributes:
+        keep: list of bool arrays, one per group (True = kept channel).
+        flops: exact MACs of the network at these widths.
+        total_flops: MACs of the unpruned network.
+        notes: messages about adjustments (e.g. a group that would have been empty).
+    """
+
+    keep: list
+    flops: float
+    total_flops: float
+    notes: list
+
+    @property
+    def widths(self):
+        return [int(k.sum()) for k in self.keep]
+
+    @property
+    def reduction(self):
+        return 1.0 - self.flops / self.total_flops
+
+
+def gate_scores(model):
+    """Per-group scores: the gate logits of ``model``, in group order."""
+    from pn_tf.layers import gate_layers
+
+    return [np.asarray(g.logits.numpy(), dtype=np.float64) for g in gate_layers(model)]
+
+
+def _round_count(count, size, round_to):
+    if round_to <= 1:
+        return max(1, count)
+    rounded = int(round(count / round_to)) * round_to
+    return int(min(size, max(min(round_to, size), rounded)))
+
+
+def _keep_top(scores, count):
+    keep = np.zeros(len(scores), dtype=bool)
+    keep[np.argsort(-scores, kind="stable")[:count]] = True
+    return keep
+
+
+def _at_threshold(scores, threshold, round_to):
+    keep, notes = [], []
+    for index, s in enumerate(scores):
+        count = int((s >= threshold).sum())
+        if count == 0:
+            notes.append(f"group {index} would lose all {len(s)} channels; keeping its best one")
+        keep.append(_keep_top(s, _round_count(count, len(s), round_to)))
+    return keep, notes
+
+
+def select_channels(flops, scores, target_reduction=None, round_to=1):
+    """Kept channels per group so that the network lands on a FLOPs budget.
+
+    Args:
+        flops: a :class:`FlopsModel` (or a model/graph to build one from).
+        scores: list of 1-D arrays, one per group (higher = more worth keeping),
+            e.g. :func:`gate_scores`.
+        target_reduction: float in (0, 1) or None. Fraction of the unpruned MACs
+            to remove. None keeps exactly the channels with a positive score
+            (the noise-free hard gates when the scores are ``theta + base``).
+        round_to: int. Round each group's kept count to a multiple of this.
+
+    Returns:
+        A :class:`Selection`.
+    """
+    if not isinstance(flops, FlopsModel):
+        flops = FlopsModel(flops)
+    scores = [np.asarray(s, dtype=np.float64) for s in scores]
+    sizes = [int(w) for w in flops.widths]
+    if [len(s) for s in scores] != sizes:
+        raise ValueError(f"scores have widths {[len(s) for s in scores]}, the groups {sizes}")
+    if round_to < 1:
+        raise ValueError(f"round_to must be >= 1, got {round_to}")
+
+    def cost(keep):
+        return flops.count([k.sum() for k in keep])
+
+    if target_reduction is None:
+        keep, notes = _at_threshold(scores, 0.0, round_to)
+    else:
+        if not 0.0 < target_reduction < 1.0:
+            raise ValueError(f"target_reduction must be in (0, 1), got {target_reduction}")
+        budget = (1.0 - target_reduction) * flops.total
+        floor = cost(_at_threshold(scores, np.inf, round_to)[0])
+        if floor > budget:
+            raise ValueError(
+                f"cannot remove {target_reduction:.1%} of FLOPs: keeping the minimum of every "
+                f"group still costs {floor / flops.total:.1%} of the network"
+            )
+        # Highest threshold first removes most; find the lowest threshold within budget.
+        candidates = np.unique(np.concatenate(scores))[::-1]
+        lo, hi = 0, len(candidates) - 1  # candidates[lo] keeps fewest
+        if cost(_at_threshold(scores, candidates[hi], round_to)[0]) <= budget:
+            lo = hi
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            if cost(_at_threshold(scores, candidates[mid], round_to)[0]) <= budget:
+                lo = mid
+            else:
+                hi = mid
+        keep, notes = _at_threshold(scores, candidates[lo], round_to)
+        keep = _fill_budget(keep, scores, cost, budget, round_to)
+    for note in notes:
+        log.warning(note)
+    return Selection(keep, cost(keep), flops.total, notes)
+
+
+def _fill_budget(keep, scores, cost, budget, round_to):
+    """Greedily adds the best remaining channels (in steps of ``round_to``) while in budget."""
+    keep = [k.copy() for k in keep]
+    while True:
+        best = None
+        for g, (k, s) in enumerate(zip(keep, scores)):
+            step = min(round_to, int((~k).sum()))
+            if step == 0:
+                continue
+            candidate = [c if i != g else _keep_top(s, int(k.sum()) + step) for i, c in enumerate(keep)]
+            if cost(candidate) <= budget:
+                gain = np.sort(s[~k])[::-1][:step].mean()
+                if best is None or gain > best[0]:
+                    best = (gain, g, candidate)
+        if best is None:
+            return keep
+        keep = best[2]
