@@ -1,0 +1,175 @@
+"""Supervised training of a (gated or pruned) network: baseline training and fine-tuning.
+
+METHOD.md item 9: SGD with momentum 0.9, lr 0.1 at batch 128, weight decay 1e-4, a
+step schedule (x0.1 at 50% and 75%) or a cosine one. Keras's SGD decays weights
+*decoupled* from the gradient (``w -= lr * wd * w``), while PyTorch's L2 term goes
+through the momentum buffer, which amplifies it by ``1 / (1 - momentum)``; so the
+PyTorch recipe's 1e-4 corresponds to ``weight_decay = 1e-4 / (1 - 0.9) = 1e-3`` here
+(:func:`keras_weight_decay`).
+
+Runs resume: ``keras.callbacks.BackupAndRestore`` keeps the weights, optimizer state
+and epoch in ``<workdir>/backup``; running again continues after the last finished
+epoch. A NaN/Inf loss stops training with :class:`NonFiniteLossError` before the
+epoch's backup is written, so the last good checkpoint stays intact.
+"""
+
+import dataclasses
+import math
+import os
+
+import keras
+import numpy as np
+
+from pn_tf.layers import gate_layers
+
+SCHEDULES = ("step", "cosine", "constant")
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training produced a NaN or Inf loss."""
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """A training recipe.
+
+    Attributes:
+        epochs: number of epochs.
+        learning_rate: peak learning rate (0.1 at batch 128 in the paper).
+        momentum: SGD momentum.
+        weight_decay: PyTorch-style L2 coefficient (converted for Keras's SGD).
+        schedule: ``"step"`` (x0.1 at 50% and 75%), ``"cosine"`` or ``"constant"``.
+        warmup_epochs: linear warm-up epochs (cosine schedule only).
+        label_smoothing: label smoothing of the cross-entropy.
+    """
+
+    epochs: int = 200
+    learning_rate: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    schedule: str = "step"
+    warmup_epochs: int = 0
+    label_smoothing: float = 0.0
+
+    def __post_init__(self):
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        if self.epochs < 1:
+            raise ValueError(f"epochs must be >= 1, got {self.epochs}")
+        if not self.learning_rate > 0:
+            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
+
+
+def keras_weight_decay(weight_decay, momentum):
+    """The decoupled decay equivalent to PyTorch's coupled L2 under SGD momentum."""
+    return weight_decay / (1.0 - momentum) if momentum < 1 else weight_decay
+
+
+def learning_rate_schedule(config, steps_per_epoch):
+    total = config.epochs * steps_per_epoch
+    if config.schedule == "constant":
+        return config.learning_rate
+    if config.schedule == "step":
+        boundaries = [int(total * 0.5), int(total * 0.75)]
+        values = [config.learning_rate, config.learning_rate * 0.1, config.learning_rate * 0.01]
+        return keras.optimizers.schedules.PiecewiseConstantDecay(boundaries, values)
+    warmup = config.warmup_epochs * steps_per_epoch
+    return keras.optimizers.schedules.CosineDecay(
+        0.0 if warmup else config.learning_rate, max(1, total - warmup), alpha=0.0,
+        warmup_target=config.learning_rate if warmup else None, warmup_steps=warmup,
+    )
+
+
+def make_optimizer(config, steps_per_epoch):
+    return keras.optimizers.SGD(
+        learning_rate_schedule(config, steps_per_epoch), momentum=config.momentum, nesterov=False,
+        weight_decay=keras_weight_decay(config.weight_decay, config.momentum),
+    )
+
+
+class StopOnNonFinite(keras.callbacks.Callback):
+    """Raises :class:`NonFiniteLossError` on the first NaN/Inf loss."""
+
+    def __init__(self, stage):
+        super().__init__()
+        self.stage = stage
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            self.model.stop_training = True
+            raise NonFiniteLossError(
+                f"{self.stage}: the loss became {float(loss)} at batch {batch}; the last good "
+                "checkpoint is kept. Lower the learning rate or check the inputs."
+            )
+
+
+class LearningRateLogger(keras.callbacks.Callback):
+    """Adds the current learning rate to the epoch logs (for TensorBoard)."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            lr = self.model.optimizer.learning_rate
+            logs["learning_rate"] = float(np.asarray(lr))
+
+
+def standard_callbacks(workdir, stage, extra=()):
+    """Backup/restore, NaN guard, CSV + TensorBoard logs under ``workdir``."""
+    os.makedirs(workdir, exist_ok=True)
+    return [
+        keras.callbacks.BackupAndRestore(os.path.join(workdir, "backup"), delete_checkpoint=False),
+        StopOnNonFinite(stage),
+        LearningRateLogger(),
+        keras.callbacks.CSVLogger(os.path.join(workdir, "history.csv"), append=True),
+        keras.callbacks.TensorBoard(os.path.join(workdir, "tensorboard"), update_freq="epoch"),
+        *extra,
+    ]
+
+
+def compile_classifier(model, config, steps_per_epoch):
+    model.compile(
+        optimizer=make_optimizer(config, steps_per_epoch),
+        loss=(_smoothed_loss(config.label_smoothing) if config.label_smoothing
+              else keras.losses.SparseCategoricalCrossentropy(from_logits=True)),
+        metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+    )
+    return model
+
+
+def _smoothed_loss(smoothing):
+    def loss(y_true, logits):
+        classes = keras.ops.shape(logits)[-1]
+        one_hot = keras.ops.one_hot(keras.ops.cast(keras.ops.reshape(y_true, (-1,)), "int32"), classes)
+        return keras.losses.categorical_crossentropy(one_hot, logits, from_logits=True,
+                                                     label_smoothing=smoothing)
+
+    return loss
+
+
+def fit_classifier(model, train_ds, config, workdir, stage, validation_ds=None,
+                   steps_per_epoch=None, verbose=2, callbacks=()):
+    """Trains ``model`` by ``config`` with resumable checkpoints in ``workdir``.
+
+    Args:
+        model: a keras.Model mapping images to logits.
+        train_ds: a batched tf.data.Dataset of (images, labels), one pass per epoch.
+        config: a :class:`TrainConfig`.
+        workdir: folder for the backup, history.csv and TensorBoard logs.
+        stage: name used in messages.
+        validation_ds: optional held-out batches evaluated after every epoch.
+        steps_per_epoch: batches per epoch (needed for the schedule; counted if None).
+
+    Returns:
+        The Keras History of this (possibly resumed) run.
+    """
+    if steps_per_epoch is None:
+        steps_per_epoch = int(train_ds.cardinality())
+        if steps_per_epoch <= 0:
+            raise ValueError(f"{stage}: pass steps_per_epoch for a dataset of unknown length")
+    for gate in gate_layers(model):  # gates stay as they are while weights train
+        gate.trainable = False
+    compile_classifier(model, config, steps_per_epoch)
+    return model.fit(
+        train_ds, epochs=config.epochs, validation_data=validation_ds, verbose=verbose,
+        callbacks=standard_callbacks(workdir, stage, callbacks),
+    )
