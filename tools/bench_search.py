@@ -41,7 +41,7 @@ def main(argv):
     import numpy as np
     import tensorflow as tf
 
-    from pn_tf.layers import set_gate_mode
+    from pn_tf.layers import gate_layers, set_gate_mode
     from pn_tf.models import build_model
     from pn_tf.search.search_model import PNSearch
 
@@ -56,6 +56,8 @@ def main(argv):
 
     plain = build_model(f.arch, input_size=f.input_size)
     set_gate_mode(plain, "identity")
+    for gate in gate_layers(plain):
+        gate.trainable = False
     plain.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9),
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     search = PNSearch(network, predictor=f.predictor, target_reduction=0.5, pn_batch_size=64)
@@ -64,8 +66,9 @@ def main(argv):
     for _ in range(64):
         search.memory.push(tf.concat([tf.ones(w) for w in search.widths], 0), tf.constant(0.5))
 
-    train_fn = plain.make_train_function()
-    search_fn = search.make_train_function()
+    plain.make_train_function()
+    search.make_train_function()
+    train_fn, search_fn = plain.train_function, search.train_function
     batches = tf.data.Dataset.from_tensors((x, y)).repeat()
     plain_iter, search_iter = iter(batches), iter(batches)
     for _ in range(f.warmup):
