@@ -1,53 +1,64 @@
-"""The baseline stage: train the unpruned network (or load a given checkpoint).
+"""The baseline stage: train the unpruned network, or load a given or shipped checkpoint.
 
-The baseline is trained on ``train_main`` (the training set minus the held-out
-split), so that the held-out images used by the search and for model selection were
-never seen by the weights. Its test accuracy is reported, never used to choose.
+The baseline is trained on ``train_main`` (the training set minus the held-out split),
+so the held-out images used by the search and for model selection were never seen by
+its weights. Test accuracy is reported, never used to choose anything.
 """
 
-import json
 import os
-import time
 
-import keras
+from pn_tf.training import evaluate_splits, train_and_evaluate
 
-from pn_tf import data as data_lib
-from pn_tf.io import atomic_path, write_json
-from pn_tf.training import TrainConfig, fit_classifier
+PRETRAINED_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pretrained")
 
 
-def evaluate_accuracy(model, dataset):
-    """Top-1 accuracy of ``model`` (logits) over a batched dataset."""
-    model.compile(metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    return float(model.evaluate(dataset, verbose=0, return_dict=True)["accuracy"])
+class CheckpointError(ValueError):
+    """A checkpoint is missing, corrupt or does not fit the architecture."""
 
 
-def train_baseline(model, dataset, workdir, config, batch_size=128, data_dir=None, seed=0,
-                   take=None, verbose=2):
-    """Trains ``model`` on ``dataset``'s train_main split; writes weights and a summary.
+def shipped_weights(arch, dataset):
+    """Path of the baseline shipped in ``pn_tf/pretrained`` for (arch, dataset), or None."""
+    path = os.path.join(PRETRAINED_DIR, f"{arch}_{dataset}.weights.h5")
+    return path if os.path.exists(path) else None
 
-    Returns:
-        dict with ``accuracy`` (test split), ``holdout_accuracy``, ``epochs`` and the recipe.
-    """
-    os.makedirs(workdir, exist_ok=True)
-    train = data_lib.make_dataset(dataset, "train_main", batch_size, training=True,
-                                  data_dir=data_dir, seed=seed, take=take)
-    holdout = data_lib.make_dataset(dataset, "holdout", 256, training=False, data_dir=data_dir)
-    start = time.time()
-    fit_classifier(model, train, config, workdir, "baseline", validation_ds=holdout, verbose=verbose)
-    test = data_lib.make_dataset(dataset, "test", 256, training=False, data_dir=data_dir)
-    summary = {
-        "arch": model.name,
-        "dataset": dataset,
-        "accuracy": evaluate_accuracy(model, test),
-        "holdout_accuracy": evaluate_accuracy(model, holdout),
-        "train_split": "train_main",
-        "batch_size": batch_size,
-        "recipe": config.__dict__,
-        "train_seconds_this_run": round(time.time() - start, 1),
-    }
-    with atomic_path(os.path.join(workdir, "baseline.weights.h5")) as tmp:
-        model.save_weights(tmp)
-    write_json(os.path.join(workdir, "baseline.json"), summary)
+
+def resolve_weights(spec, arch, dataset):
+    """``spec``: "" (train), "shipped", or a path to a ``.weights.h5`` file."""
+    if not spec:
+        return None
+    if spec == "shipped":
+        path = shipped_weights(arch, dataset)
+        if path is None:
+            raise CheckpointError(
+                f"no shipped baseline for {arch} on {dataset} (looked in {PRETRAINED_DIR}); "
+                "train one with --baseline_weights= (empty) or pass a .weights.h5 path")
+        return path
+    if not os.path.isfile(spec):
+        raise CheckpointError(f"--baseline_weights={spec}: no such file")
+    return spec
+
+
+def load_checked(model, path):
+    """Loads ``path`` into ``model`` or raises a CheckpointError saying why it does not fit."""
+    try:
+        model.load_weights(path)
+    except Exception as err:  # h5py/Keras raise several types for corrupt or mismatched files
+        raise CheckpointError(
+            f"cannot load {path} into {model.name}: {type(err).__name__}: {str(err)[:300]}. "
+            "Is it a checkpoint of this architecture, input size and class count?") from err
+    return model
+
+
+def baseline_stage(model, dataset, workdir, config, weights=None, batch_size=128, data_dir=None,
+                   seed=0, take=None, eval_take=None, verbose=2):
+    """Loads ``weights`` (then only evaluates) or trains; returns the stage summary."""
+    if weights:
+        load_checked(model, weights)
+        summary = evaluate_splits(model, dataset, data_dir, eval_take)
+        summary.update(source=os.path.abspath(weights), trained=False)
+        return summary
+    summary = train_and_evaluate(model, dataset, workdir, config, "baseline", batch_size=batch_size,
+                                 data_dir=data_dir, seed=seed, take=take, eval_take=eval_take,
+                                 verbose=verbose)
+    summary.update(trained=True)
     return summary

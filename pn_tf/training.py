@@ -16,6 +16,7 @@ epoch's backup is written, so the last good checkpoint stays intact.
 import dataclasses
 import math
 import os
+import time
 
 import keras
 import numpy as np
@@ -173,3 +174,45 @@ def fit_classifier(model, train_ds, config, workdir, stage, validation_ds=None,
         train_ds, epochs=config.epochs, validation_data=validation_ds, verbose=verbose,
         callbacks=standard_callbacks(workdir, stage, callbacks),
     )
+
+
+def evaluate_accuracy(model, dataset):
+    """Top-1 accuracy of ``model`` (logits) over a batched dataset."""
+    model.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
+    return float(model.evaluate(dataset, verbose=0, return_dict=True)["accuracy"])
+
+
+def evaluate_splits(model, dataset, data_dir=None, take=None):
+    """Held-out and test accuracy (the test number is for the report only)."""
+    from pn_tf import data as data_lib
+
+    result = {}
+    for split in ("holdout", "test"):
+        ds = data_lib.make_dataset(dataset, split, 256, training=False, data_dir=data_dir, take=take)
+        result[f"{split}_accuracy"] = evaluate_accuracy(model, ds)
+    result["accuracy"] = result["test_accuracy"]
+    return result
+
+
+def train_and_evaluate(model, dataset, workdir, config, stage, batch_size=128, data_dir=None,
+                       seed=0, take=None, eval_take=None, verbose=2):
+    """Trains on ``train_main`` (validating on ``holdout``), then evaluates both splits.
+
+    Writes ``<workdir>/<stage>.weights.h5`` atomically and returns a summary dict.
+    """
+    from pn_tf import data as data_lib
+    from pn_tf.io import atomic_path
+
+    train = data_lib.make_dataset(dataset, "train_main", batch_size, training=True,
+                                  data_dir=data_dir, seed=seed, take=take)
+    holdout = data_lib.make_dataset(dataset, "holdout", 256, training=False, data_dir=data_dir,
+                                    take=eval_take)
+    start = time.time()
+    fit_classifier(model, train, config, workdir, stage, validation_ds=holdout, verbose=verbose)
+    summary = evaluate_splits(model, dataset, data_dir, eval_take)
+    summary.update(train_split="train_main", batch_size=batch_size, recipe=dataclasses.asdict(config),
+                   train_seconds_this_run=round(time.time() - start, 1))
+    with atomic_path(os.path.join(workdir, f"{stage}.weights.h5")) as tmp:
+        model.save_weights(tmp)
+    return summary

@@ -8,8 +8,7 @@ import pytest
 import tensorflow as tf
 
 from pn_tf.models import build_model, resnet_cifar
-from pn_tf.search.search_model import PNSearch
-from pn_tf.search.search_model import project
+from pn_tf.search import PNSearch, project
 from tests.conftest import REPO_ROOT
 
 

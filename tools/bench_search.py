@@ -43,7 +43,7 @@ def main(argv):
 
     from pn_tf.layers import gate_layers, set_gate_mode
     from pn_tf.models import build_model
-    from pn_tf.search.search_model import PNSearch
+    from pn_tf.search import PNSearch
 
     f = flags.FLAGS
     keras.utils.set_random_seed(0)

@@ -1,4 +1,4 @@
-"""The search stage: performance predictor, episodic memory (METHOD.md items 5-9)."""
+"""The search stage: predictor, episodic memory, the PN train_step and its runner (METHOD.md 4-9)."""
 
 from pn_tf.search.memory import EpisodicMemory
 from pn_tf.search.predictor import (
@@ -9,13 +9,19 @@ from pn_tf.search.predictor import (
     WeightNormDense,
     build_predictor,
 )
+from pn_tf.search.run import SearchConfig, run_search
+from pn_tf.search.search_model import PNSearch, project
 
 __all__ = [
     "BiGRUPredictor",
     "EpisodicMemory",
     "GRUPredictor",
     "LinearPredictor",
+    "PNSearch",
+    "SearchConfig",
     "PREDICTOR_KINDS",
     "WeightNormDense",
     "build_predictor",
+    "project",
+    "run_search",
 ]

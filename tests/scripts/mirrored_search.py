@@ -17,7 +17,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 from pn_tf.models import resnet_cifar  # noqa: E402
-from pn_tf.search.search_model import PNSearch  # noqa: E402
+from pn_tf.search import PNSearch  # noqa: E402
 
 
 def run(strategy, weights, steps, memory_capacity):

@@ -1,0 +1,130 @@
+"""The search stage: run PNSearch over the held-out split, resumably, with monitoring.
+
+METHOD.md item 9 (CIFAR-10): 200 epochs over the held-out 10% of the training set,
+batch 256 (ResNet-56) / 128 (MobileNetV2), crop + flip; gates AdamW 5e-2 (x0.1 at 80%
+of the epochs), PN AdamW 1e-3. The searched gate logits are saved with the network
+weights; the architecture itself is chosen later, deterministically, by extraction.
+"""
+
+import dataclasses
+import os
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from pn_tf import data as data_lib
+from pn_tf.io import atomic_path, write_json
+from pn_tf.search.search_model import PNSearch
+from pn_tf.training import LearningRateLogger, StopOnNonFinite
+
+
+@dataclasses.dataclass
+class SearchConfig:
+    """The search recipe (defaults: the paper's CIFAR-10 ResNet-56 setting)."""
+
+    epochs: int = 200
+    batch_size: int = 256
+    predictor: str = "gru"
+    projection: str = "always"
+    pn_noise: float = 15.0
+    target_reduction: float = 0.5
+    p: float = None
+    gate_lr: float = 5e-2
+    gate_weight_decay: float = 1e-2
+    pn_lr: float = 1e-3
+    pn_weight_decay: float = 1e-3
+    lr_drop_at: float = 0.8
+    seed: int = 0
+    take: int = None
+
+
+class GateChart(keras.callbacks.Callback):
+    """Per-layer kept fraction (noise-free hard gates) as TensorBoard scalars and a bar chart."""
+
+    def __init__(self, logdir, every_steps=0):
+        super().__init__()
+        self.writer = tf.summary.create_file_writer(logdir)
+        self.every_steps = every_steps
+
+    def _kept(self):
+        return [float(np.mean(v)) for v in self.model.deterministic_gates()]
+
+    def on_epoch_end(self, epoch, logs=None):
+        kept = self._kept()
+        with self.writer.as_default(step=epoch):
+            for gate, fraction in zip(self.model.gates, kept):
+                tf.summary.scalar(f"kept_fraction/{gate.name}", fraction)
+            tf.summary.image("kept_width_per_layer", bar_chart(kept)[None])
+            tf.summary.scalar("flops_budget_ratio", self.model.budget_ratio)
+        self.writer.flush()
+
+
+def bar_chart(values, height=96, bar=6, gap=2):
+    """A white-on-dark bar chart image (H, W, 3) of values in [0, 1], one bar per layer."""
+    width = len(values) * (bar + gap) + gap
+    image = np.full((height, width, 3), 30, dtype=np.uint8)
+    image[height // 2, :, :] = 70  # the 50% line
+    for i, v in enumerate(values):
+        top = height - int(round(np.clip(v, 0, 1) * (height - 1)))
+        left = gap + i * (bar + gap)
+        image[top:, left:left + bar, :] = (90, 200, 255)
+    return image
+
+
+def run_search(network, dataset, workdir, config, data_dir=None, strategy=None, verbose=2,
+               eval_split="holdout", eval_take=None):
+    """Searches the gate logits of ``network`` (whose weights are the baseline).
+
+    Returns:
+        dict summary (also written to ``<workdir>/search.json``); the network with
+        its searched logits is saved as ``<workdir>/searched.weights.h5``.
+    """
+    strategy = strategy or tf.distribute.get_strategy()
+    os.makedirs(workdir, exist_ok=True)
+    train = data_lib.make_dataset(dataset, "holdout", config.batch_size, training=True,
+                                  data_dir=data_dir, seed=config.seed, take=config.take)
+    steps_per_epoch = int(train.cardinality())
+    evaluation = data_lib.make_dataset(dataset, eval_split, 256, training=False, data_dir=data_dir,
+                                       take=eval_take)
+    with strategy.scope():
+        search = PNSearch(network, predictor=config.predictor, target_reduction=config.target_reduction,
+                          p=config.p, projection=config.projection, pn_noise=config.pn_noise,
+                          seed=config.seed)
+        drop = max(1, int(config.epochs * config.lr_drop_at * steps_per_epoch))
+        gate_lr = keras.optimizers.schedules.PiecewiseConstantDecay(
+            [drop], [config.gate_lr, config.gate_lr * 0.1])
+        search.compile(
+            gate_optimizer=keras.optimizers.AdamW(gate_lr, weight_decay=config.gate_weight_decay),
+            pn_optimizer=keras.optimizers.AdamW(config.pn_lr, weight_decay=config.pn_weight_decay),
+        )
+    callbacks = [
+        keras.callbacks.BackupAndRestore(os.path.join(workdir, "backup"), delete_checkpoint=False),
+        StopOnNonFinite("search"),
+        LearningRateLogger(),
+        keras.callbacks.CSVLogger(os.path.join(workdir, "history.csv"), append=True),
+        keras.callbacks.TensorBoard(os.path.join(workdir, "tensorboard"), update_freq=max(1, steps_per_epoch // 4)),
+        GateChart(os.path.join(workdir, "tensorboard", "gates")),
+    ]
+    search.fit(train, epochs=config.epochs, validation_data=evaluation, callbacks=callbacks,
+               verbose=verbose)
+    final = search.evaluate(evaluation, verbose=0, return_dict=True)
+    kept = search.deterministic_gates()
+    summary = {
+        "predictor": config.predictor,
+        "projection": config.projection,
+        "p": search.p,
+        "budget_flops_ratio": search.budget_ratio,
+        "threshold_flops_ratio": float(final["flops_ratio"]),
+        f"{eval_split}_accuracy_threshold_gates": float(final["accuracy"]),
+        "threshold_widths": [int(k.sum()) for k in kept],
+        "full_widths": search.widths,
+        "epochs": config.epochs,
+        "steps_per_epoch": steps_per_epoch,
+        "memory_entries": int(search.memory.count.numpy()),
+        "recipe": dataclasses.asdict(config),
+    }
+    with atomic_path(os.path.join(workdir, "searched.weights.h5")) as tmp:
+        network.save_weights(tmp)
+    write_json(os.path.join(workdir, "search.json"), summary)
+    return summary
