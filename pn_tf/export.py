@@ -1,0 +1,455 @@
+"""Export stage: ``.keras``, SavedModel and TFLite (float32 / float16 / int8) artifacts.
+
+Every model of the zoo normalises inside, so every artifact takes raw float32 pixels
+``[B, H, W, 3]`` in 0..255 and returns logits ``[B, num_classes]``; nothing beside the file is
+needed to run it.
+
+Conversion path. TFLite conversion always goes Keras -> SavedModel (an explicit ``serve``
+signature, also exposed as ``serving_default``, for ``[None, H, W, 3]`` float32) ->
+``tf.lite.TFLiteConverter.from_saved_model``. With Keras 3 on TF 2.21,
+``from_concrete_functions`` on a traced ``model.__call__`` silently drops the captured
+weights (the result is NaN), while the SavedModel route freezes them correctly; it is also
+what ``from_keras_model`` does internally. The batch axis stays dynamic (``shape_signature``
+-1, allocated as 1), so the same file serves batch-1 latency and batched evaluation.
+
+Quantization (``export_tflite(quantization=...)``):
+
+* ``"float32"`` -- no optimisation; matches Keras to float round-off.
+* ``"float16"`` -- float16 weights, float32 compute on CPU (weights dequantised at load).
+* ``"int8"``    -- full-integer: every op runs int8 (``TFLITE_BUILTINS_INT8`` only, so an op
+  without an int8 kernel fails the conversion instead of silently falling back to float),
+  activations calibrated on representative batches of *training* images
+  (:func:`representative_dataset`). **I/O stays float32 by default** (``int8_io="float32"``):
+  the converter adds one QUANTIZE after the input and one DEQUANTIZE before the output, so the
+  file is a drop-in replacement for the float one. ``int8_io="int8"`` / ``"uint8"`` makes the
+  I/O tensors integer instead (for accelerators that want it); :func:`run_interpreter`
+  handles either by reading each tensor's ``quantization`` (scale, zero point).
+
+Atomic writes: each artifact is written under a temporary name in its destination directory
+and renamed into place (:func:`atomic_path`); on any failure nothing is left at the final path
+and the temporary is removed. Overwriting an existing artifact swaps it only once the new
+one is complete.
+
+TensorFlow is imported lazily, so the LiteRT runtime half of this module (the deployment
+tools use it) starts in a fraction of a second and needs only ``ai-edge-litert`` and numpy.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+
+import numpy as np
+
+QUANTIZATIONS = ("float32", "float16", "int8")
+INT8_IO_TYPES = ("float32", "int8", "uint8")
+SERVING_ENDPOINT = "serve"
+_MAC_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
+
+
+# --- atomic writes ------------------------------------------------------------------------------
+
+def _remove(path):
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path, ignore_errors=True)
+    elif os.path.lexists(path):
+        os.remove(path)
+
+
+def _swap_directory(tmp, path):
+    """Renames directory ``tmp`` to ``path``, replacing an existing ``path`` only on success."""
+    if not os.path.lexists(path):
+        os.rename(tmp, path)
+        return
+    parent, base = os.path.split(path)
+    old = tempfile.mkdtemp(prefix=f".{base}.old-", dir=parent)
+    os.rmdir(old)
+    os.rename(path, old)
+    try:
+        os.rename(tmp, path)
+    except BaseException:
+        os.rename(old, path)
+        raise
+    _remove(old)
+
+
+@contextlib.contextmanager
+def atomic_path(path, directory=False):
+    """Yields a temporary sibling of ``path``; moves it to ``path`` if the block succeeds.
+
+    The temporary lives in the destination directory (so the final rename stays on one
+    filesystem) and keeps ``path``'s extension (Keras checks it). On an exception it is removed
+    and ``path`` is left as it was.
+
+    Args:
+        path: str or PathLike. The final file or directory.
+        directory: bool. Yield an empty directory instead of an (empty) file path.
+    """
+    path = os.path.abspath(os.fspath(path))
+    parent, base = os.path.split(path)
+    os.makedirs(parent, exist_ok=True)
+    if directory:
+        tmp = tempfile.mkdtemp(prefix=f".{base}.tmp-", dir=parent)
+    else:
+        fd, tmp = tempfile.mkstemp(prefix=f".{base}.tmp-", suffix=os.path.splitext(base)[1],
+                                   dir=parent)
+        os.close(fd)
+    try:
+        yield tmp
+        if directory:
+            _swap_directory(tmp, path)
+        else:
+            os.replace(tmp, path)
+    except BaseException:
+        _remove(tmp)
+        raise
+
+
+def _write_bytes(path, content):
+    with open(path, "wb") as f:
+        f.write(content)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+# --- Keras and SavedModel -----------------------------------------------------------------------
+
+def export_keras(model, path):
+    """Saves ``model`` as a ``.keras`` file, atomically. Returns the path."""
+    if not os.fspath(path).endswith(".keras"):
+        raise ValueError(f"a Keras archive path must end with '.keras', got {os.fspath(path)!r}")
+    with atomic_path(path) as tmp:
+        model.save(tmp)
+    return os.fspath(path)
+
+
+def input_spec(model):
+    """The serving input: float32 ``[None, H, W, C]`` with the model's static H, W, C."""
+    import tensorflow as tf
+
+    shape = tuple(model.input.shape)
+    if len(shape) != 4 or any(d is None for d in shape[1:]):
+        raise ValueError(f"export needs a fixed [None, H, W, C] input, got {shape}")
+    return tf.TensorSpec((None,) + shape[1:], tf.float32, name="images")
+
+
+def _write_saved_model(model, directory):
+    import keras
+
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint(SERVING_ENDPOINT, lambda images: model(images, training=False),
+                         input_signature=[input_spec(model)])
+    archive.write_out(directory, verbose=False)
+
+
+def export_saved_model(model, path):
+    """Writes a TF SavedModel directory with one inference signature, atomically.
+
+    The endpoint ``serve`` (also ``serving_default``, which TF Serving and the TFLite
+    converter use) maps float32 ``images [None, H, W, C]`` in 0..255 to logits.
+    Returns the path.
+    """
+    with atomic_path(path, directory=True) as tmp:
+        _write_saved_model(model, tmp)
+    return os.fspath(path)
+
+
+# --- TFLite conversion --------------------------------------------------------------------------
+
+def _check_quantization(quantization, representative_data, int8_io):
+    if quantization not in QUANTIZATIONS:
+        raise ValueError(f"quantization must be one of {QUANTIZATIONS}, got {quantization!r}")
+    if int8_io not in INT8_IO_TYPES:
+        raise ValueError(f"int8_io must be one of {INT8_IO_TYPES}, got {int8_io!r}")
+    if quantization == "int8" and representative_data is None:
+        raise ValueError("quantization='int8' needs representative_data (batches of training "
+                         "images), e.g. pn_tf.export.representative_dataset('cifar10')")
+    if quantization != "int8" and int8_io != "float32":
+        raise ValueError(f"int8_io={int8_io!r} only applies to quantization='int8'")
+
+
+def _calibration_batches(representative_data, max_batches):
+    """A converter ``representative_dataset``: ``[float32 images]`` per step, labels dropped."""
+
+    def generate():
+        for step, batch in enumerate(representative_data):
+            if max_batches is not None and step >= max_batches:
+                break
+            images = batch[0] if isinstance(batch, (tuple, list)) else batch
+            yield [np.asarray(images, dtype=np.float32)]
+
+    return generate
+
+
+def _configure_converter(converter, quantization, representative_data, int8_io, max_batches):
+    import tensorflow as tf
+
+    if quantization == "float16":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.target_spec.supported_types = [tf.float16]
+    elif quantization == "int8":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = _calibration_batches(representative_data, max_batches)
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        converter.inference_input_type = getattr(tf, int8_io)
+        converter.inference_output_type = getattr(tf, int8_io)
+
+
+def convert_saved_model(saved_model_dir, quantization="float32", representative_data=None,
+                        int8_io="float32", max_calibration_batches=None):
+    """Converts a SavedModel's ``serving_default`` signature to TFLite flatbuffer bytes."""
+    import tensorflow as tf
+
+    _check_quantization(quantization, representative_data, int8_io)
+    converter = tf.lite.TFLiteConverter.from_saved_model(
+        os.fspath(saved_model_dir), signature_keys=["serving_default"])
+    _configure_converter(converter, quantization, representative_data, int8_io,
+                         max_calibration_batches)
+    return converter.convert()
+
+
+def export_tflite(model, path, quantization="float32", representative_data=None, *,
+                  int8_io="float32", max_calibration_batches=None):
+    """Converts ``model`` to a ``.tflite`` file through the TFLite converter, atomically.
+
+    Args:
+        model: a keras.Model, or the path of a SavedModel written by
+            :func:`export_saved_model` (converting several quantizations from one SavedModel
+            saves re-exporting it each time).
+        path: str or PathLike. The ``.tflite`` file to write.
+        quantization: ``"float32"``, ``"float16"`` or ``"int8"`` (full integer).
+        representative_data: for ``"int8"``: an iterable of image batches or
+            ``(images, labels)`` batches (e.g. :func:`representative_dataset`), float32 pixels.
+        int8_io: ``"float32"`` (default: float I/O around the integer graph), ``"int8"`` or
+            ``"uint8"``.
+        max_calibration_batches: int or None. Stop calibrating after this many batches.
+
+    Returns the path.
+    """
+    _check_quantization(quantization, representative_data, int8_io)
+    if isinstance(model, (str, os.PathLike)):
+        content = convert_saved_model(model, quantization, representative_data, int8_io,
+                                      max_calibration_batches)
+    else:
+        with tempfile.TemporaryDirectory(prefix="pn_tf_export_") as tmp:
+            saved_model = os.path.join(tmp, "saved_model")
+            _write_saved_model(model, saved_model)
+            content = convert_saved_model(saved_model, quantization, representative_data,
+                                          int8_io, max_calibration_batches)
+    with atomic_path(path) as tmp:
+        _write_bytes(tmp, content)
+    return os.fspath(path)
+
+
+def representative_dataset(dataset="cifar10", num_images=512, batch_size=32, image_size=None,
+                           data_dir=None, split="train"):
+    """Calibration batches for int8: the first ``num_images`` training images, unaugmented."""
+    from pn_tf.data import make_dataset
+
+    return make_dataset(dataset, split, batch_size, training=False, image_size=image_size,
+                        data_dir=data_dir, take=num_images, drop_remainder=False)
+
+
+# --- LiteRT runtime -----------------------------------------------------------------------------
+
+def load_interpreter(path, num_threads=None):
+    """A LiteRT interpreter for a ``.tflite`` file, tensors allocated.
+
+    Raises FileNotFoundError for a missing file and ValueError for one that is not a
+    TFLite model.
+    """
+    from ai_edge_litert.interpreter import Interpreter
+
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no TFLite model at {path!r}")
+    try:
+        interpreter = Interpreter(model_path=path, num_threads=num_threads)
+        interpreter.allocate_tensors()
+    except (ValueError, RuntimeError) as err:
+        raise ValueError(f"{path!r} is not a valid TFLite model: {err}") from err
+    return interpreter
+
+
+def quantize(values, detail):
+    """Float values -> the tensor's dtype, using its (scale, zero point) if it is integer."""
+    dtype = detail["dtype"]
+    if not np.issubdtype(dtype, np.integer):
+        return np.asarray(values, dtype=dtype)
+    scale, zero_point = detail["quantization"]
+    info = np.iinfo(dtype)
+    q = np.round(np.asarray(values, np.float32) / scale + zero_point)
+    return np.clip(q, info.min, info.max).astype(dtype)
+
+
+def dequantize(values, detail):
+    """A tensor's values as float32, undoing its (scale, zero point) if it is integer."""
+    if not np.issubdtype(detail["dtype"], np.integer):
+        return np.asarray(values, dtype=np.float32)
+    scale, zero_point = detail["quantization"]
+    return (np.asarray(values, np.float32) - zero_point) * np.float32(scale)
+
+
+def input_size(interpreter):
+    """``(height, width)`` of the model's image input."""
+    shape = interpreter.get_input_details()[0]["shape"]
+    return int(shape[1]), int(shape[2])
+
+
+def _set_batch(interpreter, batch):
+    detail = interpreter.get_input_details()[0]
+    if detail["shape"][0] != batch:
+        interpreter.resize_tensor_input(detail["index"], [batch] + list(detail["shape"][1:]))
+        interpreter.allocate_tensors()
+
+
+def _fixed_batch(interpreter):
+    signature = interpreter.get_input_details()[0]["shape_signature"]
+    return None if signature[0] == -1 else int(signature[0])
+
+
+def run_interpreter(interpreter, images, batch_size=64):
+    """Float logits ``[N, classes]`` for float pixel ``images [N, H, W, C]``.
+
+    Integer I/O tensors are (de)quantized with their own scale and zero point. A dynamic
+    batch axis is resized to ``batch_size`` chunks; a fixed one is fed chunk by chunk.
+    """
+    images = np.asarray(images, dtype=np.float32)
+    step = _fixed_batch(interpreter) or batch_size
+    outputs = []
+    for start in range(0, len(images), step):
+        chunk = images[start:start + step]
+        if _fixed_batch(interpreter) is None:
+            _set_batch(interpreter, len(chunk))
+        in_detail = interpreter.get_input_details()[0]
+        interpreter.set_tensor(in_detail["index"], quantize(chunk, in_detail))
+        interpreter.invoke()
+        out_detail = interpreter.get_output_details()[0]
+        outputs.append(dequantize(interpreter.get_tensor(out_detail["index"]), out_detail))
+    return np.concatenate(outputs, axis=0)
+
+
+def tflite_predict(path, images, num_threads=None, batch_size=64):
+    """Float logits of the ``.tflite`` model at ``path`` on float pixel ``images``."""
+    return run_interpreter(load_interpreter(path, num_threads), images, batch_size)
+
+
+def tflite_macs(path):
+    """Multiply-accumulates of one image, counted from the ``.tflite`` graph itself.
+
+    Sums CONV_2D (``H_out W_out C_out k_h k_w C_in/groups``, the filter being
+    ``[C_out, k_h, k_w, C_in/groups]``), DEPTHWISE_CONV_2D (``H_out W_out C k_h k_w``) and
+    FULLY_CONNECTED (``rows * units * in``) over the interpreter's op list
+    (``Interpreter._get_ops_details``, the only op-level listing ai-edge-litert 2.3 exposes
+    in Python) with tensor shapes at batch 1 -- the convention of :mod:`pn_tf.graph.flops`.
+    """
+    interpreter = load_interpreter(path)
+    if _fixed_batch(interpreter) is None:
+        _set_batch(interpreter, 1)
+    batch = int(interpreter.get_input_details()[0]["shape"][0])
+    shapes = {t["index"]: tuple(int(d) for d in t["shape"])
+              for t in interpreter.get_tensor_details()}
+    total = 0
+    for op in interpreter._get_ops_details():
+        if op["op_name"] not in _MAC_OPS:
+            continue
+        weights, out = shapes[op["inputs"][1]], shapes[op["outputs"][0]]
+        per_output = weights[-1] if op["op_name"] == "FULLY_CONNECTED" else weights[1] * weights[2]
+        if op["op_name"] == "CONV_2D":
+            per_output *= weights[3]
+        total += int(np.prod(out)) * per_output
+    return total // batch
+
+
+# --- checks -------------------------------------------------------------------------------------
+
+def keras_outputs(model, images):
+    """Inference-mode logits of a Keras model as a numpy array."""
+    return np.asarray(model(np.asarray(images, np.float32), training=False))
+
+
+def saved_model_predict(path, images):
+    """Logits from a reloaded SavedModel's ``serving_default`` signature."""
+    import tensorflow as tf
+
+    serving = tf.saved_model.load(os.fspath(path)).signatures["serving_default"]
+    outputs = serving(tf.constant(np.asarray(images, np.float32)))
+    if len(outputs) != 1:
+        raise ValueError(f"expected one serving output, got {sorted(outputs)}")
+    return next(iter(outputs.values())).numpy()
+
+
+def keras_file_predict(path, images):
+    """Logits from a reloaded ``.keras`` file."""
+    import keras
+
+    import pn_tf.layers  # noqa: F401  (registers the custom layers)
+
+    return keras_outputs(keras.saving.load_model(os.fspath(path)), images)
+
+
+def artifact_predict(path, images):
+    """Logits from any exported artifact: ``.keras``, ``.tflite`` or a SavedModel directory."""
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        return saved_model_predict(path, images)
+    if path.endswith(".keras"):
+        return keras_file_predict(path, images)
+    if path.endswith(".tflite"):
+        return tflite_predict(path, images)
+    raise ValueError(f"unknown artifact type: {path!r}")
+
+
+def compare_outputs(expected, actual):
+    """Maximum absolute difference of two output arrays of the same shape."""
+    expected, actual = np.asarray(expected, np.float64), np.asarray(actual, np.float64)
+    if expected.shape != actual.shape:
+        raise ValueError(f"output shapes differ: {expected.shape} vs {actual.shape}")
+    return float(np.max(np.abs(expected - actual))) if expected.size else 0.0
+
+
+def verify_export(model, path, images):
+    """Max abs difference between ``model``'s logits and the artifact's at ``path``."""
+    return compare_outputs(keras_outputs(model, images), artifact_predict(path, images))
+
+
+def top1_accuracy(predict, dataset):
+    """Top-1 accuracy of ``predict(images) -> logits`` over ``(images, labels)`` batches."""
+    correct = total = 0
+    for images, labels in dataset:
+        logits = np.asarray(predict(np.asarray(images)))
+        correct += int(np.sum(np.argmax(logits, axis=-1) == np.asarray(labels)))
+        total += len(labels)
+    if not total:
+        raise ValueError("top1_accuracy got an empty dataset")
+    return correct / total
+
+
+# --- everything at once -------------------------------------------------------------------------
+
+def export_all(model, directory, name, representative_data=None, check_images=None,
+               quantizations=QUANTIZATIONS, max_calibration_batches=None):
+    """Writes ``name.keras``, ``name_saved_model/`` and ``name_<q>.tflite`` into ``directory``.
+
+    The SavedModel is exported once and every TFLite file is converted from it. With
+    ``check_images`` each artifact's max abs logit difference against ``model`` is measured.
+
+    Returns ``{artifact: {"path": ..., "max_abs_diff": float or None}}``.
+    """
+    directory = os.fspath(directory)
+    saved_model = os.path.join(directory, f"{name}_saved_model")
+    paths = {"keras": export_keras(model, os.path.join(directory, f"{name}.keras")),
+             "saved_model": export_saved_model(model, saved_model)}
+    for quantization in quantizations:
+        paths[f"tflite_{quantization}"] = export_tflite(
+            saved_model, os.path.join(directory, f"{name}_{quantization}.tflite"), quantization,
+            representative_data if quantization == "int8" else None,
+            max_calibration_batches=max_calibration_batches)
+    reference = None if check_images is None else keras_outputs(model, check_images)
+    return {kind: {"path": path,
+                   "max_abs_diff": None if reference is None
+                   else compare_outputs(reference, artifact_predict(path, check_images))}
+            for kind, path in paths.items()}

@@ -1,0 +1,262 @@
+"""Export stage: artifact round trips, TFLite vs. Keras, atomic writes, deployment tools."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from pn_tf import export
+from pn_tf.graph import FlopsModel
+from pn_tf.models import build_model
+from tests.conftest import REPO_ROOT, tfds_data_dir
+from tests.helpers import random_images
+
+NARROW = [8] * 27
+
+
+def _has_cifar():
+    return os.path.isdir(os.path.join(tfds_data_dir(), "cifar10"))
+
+
+def _calibration_images():
+    """Real training images when CIFAR-10 is there, random pixels otherwise."""
+    if _has_cifar():
+        return export.representative_dataset("cifar10", num_images=64, batch_size=16,
+                                             data_dir=tfds_data_dir())
+    return [random_images((32, 32, 3), seed=s, batch=16) for s in range(4)]
+
+
+def _leftovers(directory):
+    return [name for name in os.listdir(directory) if ".tmp-" in name or ".old-" in name]
+
+
+@pytest.fixture(scope="module")
+def model():
+    return build_model("resnet56", widths=NARROW)
+
+
+@pytest.fixture(scope="module")
+def images():
+    return random_images((32, 32, 3), seed=1, batch=8)
+
+
+@pytest.fixture(scope="module")
+def artifacts(model, tmp_path_factory):
+    """One SavedModel and the three TFLite files converted from it."""
+    out = tmp_path_factory.mktemp("artifacts")
+    saved_model = export.export_saved_model(model, out / "saved_model")
+    paths = {"saved_model": saved_model}
+    for quantization in export.QUANTIZATIONS:
+        paths[quantization] = export.export_tflite(
+            saved_model, out / f"m_{quantization}.tflite", quantization,
+            _calibration_images() if quantization == "int8" else None)
+    return paths
+
+
+def test_keras_round_trip(model, images, tmp_path):
+    path = export.export_keras(model, tmp_path / "m.keras")
+    assert export.verify_export(model, path, images) <= 1e-5
+    assert _leftovers(tmp_path) == []
+
+
+def test_saved_model_serving_signature(model, images, artifacts):
+    import tensorflow as tf
+
+    loaded = tf.saved_model.load(str(artifacts["saved_model"]))
+    assert {"serve", "serving_default"} <= set(loaded.signatures)
+    spec = loaded.signatures["serving_default"].structured_input_signature[1]["images"]
+    assert spec.shape.as_list() == [None, 32, 32, 3] and spec.dtype == tf.float32
+    assert export.verify_export(model, artifacts["saved_model"], images) <= 1e-5
+    np.testing.assert_allclose(loaded.serve(images).numpy(), export.keras_outputs(model, images),
+                               atol=1e-5)
+
+
+def test_tflite_float32_matches_keras(model, images, artifacts):
+    assert export.verify_export(model, artifacts["float32"], images) <= 1e-4
+
+
+def test_tflite_float16_close(model, images, artifacts):
+    reference = export.keras_outputs(model, images)
+    diff = export.verify_export(model, artifacts["float16"], images)
+    assert diff <= 0.02 * np.abs(reference).max()
+
+
+def test_tflite_int8_tracks_float(model, images, artifacts):
+    """Full-integer graph with float I/O; its logits stay close to the float model's."""
+    interpreter = export.load_interpreter(artifacts["int8"])
+    assert interpreter.get_input_details()[0]["dtype"] == np.float32
+    ops = {op["op_name"] for op in interpreter._get_ops_details()}
+    assert {"QUANTIZE", "DEQUANTIZE", "CONV_2D"} <= ops
+    reference = export.keras_outputs(model, images)
+    logits = export.tflite_predict(artifacts["int8"], images)
+    relative = np.linalg.norm(logits - reference) / np.linalg.norm(reference)
+    assert relative < 0.1
+    assert np.corrcoef(logits.ravel(), reference.ravel())[0, 1] > 0.99
+
+
+def test_tflite_macs_match_keras_count(model, artifacts):
+    expected = FlopsModel(model).total
+    for quantization in export.QUANTIZATIONS:
+        assert export.tflite_macs(artifacts[quantization]) == expected
+
+
+def test_mobilenetv2_cifar_float32(tmp_path):
+    model = build_model("mobilenetv2_cifar")
+    images = random_images((32, 32, 3), seed=2, batch=4)
+    path = export.export_tflite(model, tmp_path / "mbv2.tflite")
+    reference = export.keras_outputs(model, images)
+    assert export.verify_export(model, path, images) <= 1e-4 * max(1.0, np.abs(reference).max())
+
+
+def test_bad_arguments(model, tmp_path):
+    with pytest.raises(ValueError, match="'int4'"):
+        export.export_tflite(model, tmp_path / "m.tflite", quantization="int4")
+    with pytest.raises(ValueError, match="representative_data"):
+        export.export_tflite(model, tmp_path / "m.tflite", quantization="int8")
+    with pytest.raises(ValueError, match=".keras"):
+        export.export_keras(model, tmp_path / "m.h5")
+    with pytest.raises(FileNotFoundError):
+        export.load_interpreter(tmp_path / "missing.tflite")
+    (tmp_path / "junk.tflite").write_bytes(b"not a flatbuffer" * 8)
+    with pytest.raises(ValueError, match="not a valid TFLite model"):
+        export.load_interpreter(tmp_path / "junk.tflite")
+    assert sorted(os.listdir(tmp_path)) == ["junk.tflite"]
+
+
+def test_failed_tflite_write_leaves_nothing(artifacts, tmp_path, monkeypatch):
+    def half_then_fail(path, content):
+        with open(path, "wb") as f:
+            f.write(content[: len(content) // 2])
+        raise OSError("disk full")
+
+    monkeypatch.setattr(export, "convert_saved_model", lambda *a, **k: b"x" * 4096)
+    monkeypatch.setattr(export, "_write_bytes", half_then_fail)
+    with pytest.raises(OSError, match="disk full"):
+        export.export_tflite(artifacts["saved_model"], tmp_path / "m.tflite")
+    assert os.listdir(tmp_path) == []
+
+
+def test_failed_conversion_leaves_nothing(artifacts, tmp_path, monkeypatch):
+    from tensorflow.lite.python import lite
+
+    def fail(self):
+        raise RuntimeError("converter exploded")
+
+    monkeypatch.setattr(lite.TFLiteSavedModelConverterV2, "convert", fail)
+    with pytest.raises(RuntimeError, match="exploded"):
+        export.export_tflite(artifacts["saved_model"], tmp_path / "m.tflite")
+    assert os.listdir(tmp_path) == []
+
+
+def test_failed_saved_model_keeps_old_and_no_temp(model, tmp_path, monkeypatch):
+    target = tmp_path / "sm"
+    target.mkdir()
+    (target / "old.txt").write_text("previous export")
+
+    def partial_then_fail(model, directory):
+        with open(os.path.join(directory, "saved_model.pb"), "wb") as f:
+            f.write(b"partial")
+        raise RuntimeError("interrupted")
+
+    monkeypatch.setattr(export, "_write_saved_model", partial_then_fail)
+    with pytest.raises(RuntimeError, match="interrupted"):
+        export.export_saved_model(model, target)
+    assert sorted(os.listdir(tmp_path)) == ["sm"]
+    assert os.listdir(target) == ["old.txt"]
+
+    monkeypatch.setattr(export, "_write_saved_model",
+                        lambda model, d: open(os.path.join(d, "new.txt"), "w").close())
+    export.export_saved_model(model, target)
+    assert os.listdir(target) == ["new.txt"] and sorted(os.listdir(tmp_path)) == ["sm"]
+
+
+def test_failed_keras_save_leaves_nothing(model, tmp_path, monkeypatch):
+    def fail(path, *args, **kwargs):
+        open(path, "wb").write(b"partial")
+        raise OSError("no space")
+
+    monkeypatch.setattr(model, "save", fail)
+    with pytest.raises(OSError, match="no space"):
+        export.export_keras(model, tmp_path / "m.keras")
+    assert os.listdir(tmp_path) == []
+
+
+def _run_tool(script, *args):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", TFDS_DATA_DIR=tfds_data_dir())
+    return subprocess.run([sys.executable, str(REPO_ROOT / "tools" / script), *args],
+                          capture_output=True, text=True, env=env, timeout=120)
+
+
+def test_tflite_predict_tool(model, artifacts, tmp_path):
+    from PIL import Image
+
+    pixels = random_images((40, 52, 3), seed=3, batch=1)[0].astype(np.uint8)
+    image = tmp_path / "img.png"
+    Image.fromarray(pixels).save(image)
+    done = _run_tool("tflite_predict.py", f"--model={artifacts['int8']}", "--labels=cifar10",
+                     "--top_k=3", "--json", str(image))
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)["results"][0]
+    assert result["file"] == str(image) and len(result["top_k"]) == 3
+    from tools.tflite_predict import CIFAR10_LABELS
+
+    assert {e["label"] for e in result["top_k"]} <= set(CIFAR10_LABELS)
+    probs = [e["prob"] for e in result["top_k"]]
+    assert probs == sorted(probs, reverse=True) and sum(probs) <= 1 + 1e-6
+
+    (tmp_path / "bad.png").write_bytes(b"garbage")
+    done = _run_tool("tflite_predict.py", f"--model={artifacts['float32']}", str(tmp_path / "bad.png"))
+    assert done.returncode == 1 and "cannot read image" in done.stderr
+    done = _run_tool("tflite_predict.py", f"--model={tmp_path / 'none.tflite'}", str(image))
+    assert done.returncode == 1 and "no TFLite model" in done.stderr
+
+
+def test_bench_tool(artifacts):
+    done = _run_tool("bench_tflite.py", f"--models={artifacts['float32']},{artifacts['int8']}",
+                     "--runs=20", "--warmup=2")
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    first, second = report["models"]
+    for key in ("latency_ms", "latency_p90_ms", "flops", "size_bytes", "latency_ratio",
+                "flops_ratio", "efficiency", "meets_goal"):
+        assert key in first and key in second
+    assert first["latency_ratio"] == 1.0 and second["flops_ratio"] == 1.0
+    assert second["size_bytes"] < first["size_bytes"]
+    assert report["flops_source"] == "tflite_graph"
+
+
+@pytest.mark.slow
+def test_int8_io_variant(model, artifacts, images, tmp_path):
+    path = export.export_tflite(artifacts["saved_model"], tmp_path / "io.tflite", "int8",
+                                _calibration_images(), int8_io="int8")
+    detail = export.load_interpreter(path).get_input_details()[0]
+    assert detail["dtype"] == np.int8
+    reference = export.keras_outputs(model, images)
+    logits = export.tflite_predict(path, images)
+    assert np.linalg.norm(logits - reference) / np.linalg.norm(reference) < 0.1
+
+
+@pytest.mark.slow
+def test_int8_accuracy_within_one_point(data_dir, tmp_path):
+    """Briefly trained narrow ResNet-56: int8 top-1 on the CIFAR-10 test set within 1 point."""
+    import keras
+
+    from pn_tf.data import make_dataset
+
+    keras.utils.set_random_seed(0)
+    model = build_model("resnet56", widths=[16] * 27)
+    model.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9, nesterov=True),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(make_dataset("cifar10", "train_main", 128, training=True, data_dir=data_dir,
+                           take=12800, seed=0), epochs=1, verbose=0)
+    path = export.export_tflite(model, tmp_path / "int8.tflite", "int8",
+                                export.representative_dataset("cifar10", data_dir=data_dir))
+    test = make_dataset("cifar10", "test", 500, training=False, data_dir=data_dir)
+    float_top1 = export.top1_accuracy(lambda x: export.keras_outputs(model, x), test)
+    interpreter = export.load_interpreter(path)
+    int8_top1 = export.top1_accuracy(lambda x: export.run_interpreter(interpreter, x, 500), test)
+    assert float_top1 > 0.2
+    assert abs(int8_top1 - float_top1) <= 0.01

@@ -1,0 +1,124 @@
+"""Batch-1 CPU latency of two or more ``.tflite`` models, side by side, as JSON.
+
+    python tools/bench_tflite.py --models=full.tflite,pruned.tflite --num_threads=1 --runs=200
+
+All models are loaded in one process and timed interleaved: each round runs a block of
+``--block`` invocations of every model, in a rotating order, so that a change of machine load
+hits them all alike. Reports per model: median and p90 latency (ms), MACs counted from the
+``.tflite`` graph itself (CONV_2D, DEPTHWISE_CONV_2D, FULLY_CONNECTED via the interpreter's
+op list, see :func:`pn_tf.export.tflite_macs`; ``--flops`` overrides them), file size, and
+against the first model: ``latency_ratio``, ``flops_ratio`` and
+``efficiency = latency_reduction / flops_reduction`` (the goal for a pruned model is >= 0.9).
+"""
+
+import json
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import numpy as np  # noqa: E402
+from absl import app, flags  # noqa: E402
+
+from pn_tf.export import load_interpreter, quantize, tflite_macs  # noqa: E402
+
+flags.DEFINE_list("models", None, "Comma-separated .tflite files; the first is the baseline.")
+flags.DEFINE_integer("num_threads", 1, "Interpreter threads.")
+flags.DEFINE_integer("runs", 200, "Timed invocations per model.")
+flags.DEFINE_integer("warmup", 20, "Untimed invocations per model before timing.")
+flags.DEFINE_integer("block", 10, "Consecutive invocations of one model per round.")
+flags.DEFINE_list("flops", None, "Optional MACs per model (same order), instead of counting.")
+flags.DEFINE_integer("seed", 0, "Seed of the random input image.")
+flags.mark_flag_as_required("models")
+
+FLAGS = flags.FLAGS
+GOAL_EFFICIENCY = 0.9
+
+
+def batch1_interpreter(path, num_threads):
+    """An interpreter at batch 1, its input filled with one random image of raw pixels."""
+    interpreter = load_interpreter(path, num_threads)
+    detail = interpreter.get_input_details()[0]
+    if detail["shape_signature"][0] == -1 and detail["shape"][0] != 1:
+        interpreter.resize_tensor_input(detail["index"], [1] + list(detail["shape"][1:]))
+        interpreter.allocate_tensors()
+        detail = interpreter.get_input_details()[0]
+    rng = np.random.default_rng(FLAGS.seed)
+    image = rng.uniform(0, 255, detail["shape"]).astype(np.float32)
+    interpreter.set_tensor(detail["index"], quantize(image, detail))
+    return interpreter
+
+
+def time_interleaved(interpreters, runs, warmup, block):
+    """Per-model lists of ``runs`` invoke() times in seconds, measured round-robin."""
+    for interpreter in interpreters:
+        for _ in range(warmup):
+            interpreter.invoke()
+    times = [[] for _ in interpreters]
+    order = list(range(len(interpreters)))
+    while len(times[0]) < runs:
+        n = min(block, runs - len(times[0]))
+        for i in order:
+            invoke = interpreters[i].invoke
+            for _ in range(n):
+                start = time.perf_counter()
+                invoke()
+                times[i].append(time.perf_counter() - start)
+        order = order[1:] + order[:1]
+    return times
+
+
+def _reduction_efficiency(latency_ratio, flops_ratio):
+    flops_reduction = 1.0 - flops_ratio
+    if flops_reduction <= 0:
+        return None
+    return (1.0 - latency_ratio) / flops_reduction
+
+
+def summarize(paths, times, flops):
+    """The JSON report: one entry per model, ratios against the first."""
+    entries = []
+    for path, samples, macs in zip(paths, times, flops):
+        ms = np.asarray(samples) * 1e3
+        entries.append({"model": path, "latency_ms": float(np.median(ms)),
+                        "latency_p90_ms": float(np.percentile(ms, 90)), "flops": int(macs),
+                        "size_bytes": os.path.getsize(path)})
+    base = entries[0]
+    for entry in entries:
+        entry["latency_ratio"] = entry["latency_ms"] / base["latency_ms"]
+        entry["flops_ratio"] = entry["flops"] / base["flops"] if base["flops"] else None
+        entry["size_ratio"] = entry["size_bytes"] / base["size_bytes"]
+        efficiency = (None if entry["flops_ratio"] is None
+                      else _reduction_efficiency(entry["latency_ratio"], entry["flops_ratio"]))
+        entry["efficiency"] = efficiency
+        entry["meets_goal"] = None if efficiency is None else efficiency >= GOAL_EFFICIENCY
+    return entries
+
+
+def main(argv):
+    del argv
+    paths = FLAGS.models
+    if len(paths) < 2:
+        print("error: --models needs two or more .tflite files", file=sys.stderr)
+        return 2
+    if FLAGS.flops is not None and len(FLAGS.flops) != len(paths):
+        print("error: --flops needs one value per model", file=sys.stderr)
+        return 2
+    try:
+        interpreters = [batch1_interpreter(p, FLAGS.num_threads) for p in paths]
+        flops = ([int(float(f)) for f in FLAGS.flops] if FLAGS.flops
+                 else [tflite_macs(p) for p in paths])
+    except (OSError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    times = time_interleaved(interpreters, FLAGS.runs, FLAGS.warmup, FLAGS.block)
+    report = {"num_threads": FLAGS.num_threads, "runs": FLAGS.runs, "batch_size": 1,
+              "flops_source": "--flops" if FLAGS.flops else "tflite_graph",
+              "goal_efficiency": GOAL_EFFICIENCY, "models": summarize(paths, times, flops)}
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    app.run(main)
