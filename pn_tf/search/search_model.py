@@ -112,6 +112,7 @@ class PNSearch(keras.Model):
         }
         self._eval_trackers = {name: keras.metrics.Mean(name=name)
                                for name in ("loss", "accuracy", "flops_ratio")}
+        self.built = True  # every part (network, predictor, memory) is built already
 
     @property
     def metrics(self):

@@ -1,0 +1,264 @@
+"""The pipeline's stages, their order, their outputs and their checks.
+
+Each stage reads what earlier stages wrote in the work directory and writes its own
+sub-folder, ending with ``<stage>/<stage>.json`` (written last, atomically): a
+stage whose JSON exists is finished and never redone. Interrupted training stages
+resume from their epoch backups (``keras.callbacks.BackupAndRestore``).
+"""
+
+import dataclasses
+import json
+import os
+import time
+
+from absl import logging
+
+STAGES = ("baseline", "search", "extract", "finetune", "export", "report")
+CONFIG_KEYS_FIXED = ("arch", "dataset", "input_size", "num_classes", "target_flops_reduction", "seed")
+
+
+class PipelineError(Exception):
+    """A problem the user can fix: the message says what and how."""
+
+
+@dataclasses.dataclass
+class RunConfig:
+    """Everything a run depends on, validated (see pn_tf/train.py for the flags)."""
+
+    arch: str
+    dataset: str
+    workdir: str
+    stages: list
+    data_dir: str = None
+    input_size: int = None
+    num_classes: int = None
+    seed: int = 0
+    strategy: str = "default"
+    cpu_replicas: int = 0
+    train_take: int = None
+    eval_take: int = None
+    verbose: int = 2
+    baseline_weights: str = ""
+    baseline_epochs: int = 200
+    baseline_lr: float = 0.1
+    baseline_schedule: str = "step"
+    batch_size: int = 128
+    weight_decay: float = 1e-4
+    target_flops_reduction: float = 0.5
+    p: float = None
+    search_epochs: int = 200
+    search_batch_size: int = 256
+    predictor: str = "gru"
+    projection: str = "always"
+    pn_noise: float = 15.0
+    gate_lr: float = 5e-2
+    search_take: int = None
+    round_to: int = 1
+    finetune_epochs: int = 200
+    finetune_lr: float = 0.1
+    finetune_schedule: str = "step"
+    tflite: list = dataclasses.field(default_factory=lambda: ["float32", "float16", "int8"])
+    calibration_images: int = 512
+    tflite_threads: int = 1
+    tflite_runs: int = 100
+
+
+def _positive(config, *names, allow_zero=()):
+    for name in names:
+        value = getattr(config, name)
+        if value is None:
+            continue
+        if value < 0 or (value == 0 and name not in allow_zero):
+            raise PipelineError(f"--{name} must be {'>= 0' if name in allow_zero else '> 0'}, got {value}")
+
+
+def make_strategy(name, cpu_replicas=0):
+    """The tf.distribute strategy for ``--strategy`` (created before other TF work)."""
+    import tensorflow as tf
+
+    if name == "default":
+        return tf.distribute.get_strategy()
+    if name == "multi_worker":
+        if not os.environ.get("TF_CONFIG"):
+            raise PipelineError("--strategy=multi_worker needs TF_CONFIG describing the cluster "
+                                "(see https://www.tensorflow.org/guide/distributed_training)")
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    gpus = tf.config.list_physical_devices("GPU")
+    if gpus:
+        return tf.distribute.MirroredStrategy()
+    if cpu_replicas < 2:
+        raise PipelineError("--strategy=mirrored found no GPU; pass --cpu_replicas=N (N >= 2) "
+                            "to mirror over N logical CPU devices")
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * cpu_replicas)
+    return tf.distribute.MirroredStrategy([f"/cpu:{i}" for i in range(cpu_replicas)])
+
+
+class Pipeline:
+    """Runs the stages of one work directory."""
+
+    def __init__(self, config, strategy):
+        self.config = config
+        self.strategy = strategy
+        self.workdir = os.path.abspath(config.workdir)
+
+    # -- setup and validation ----------------------------------------------------
+
+    @classmethod
+    def from_flags(cls, flags):
+        names = {f.name for f in dataclasses.fields(RunConfig)}
+        values = {name: flags[name].value for name in names if name in flags}
+        if not values.get("workdir"):
+            raise PipelineError("--workdir is required: the folder that holds this run")
+        config = RunConfig(**values)
+        strategy = make_strategy(config.strategy, config.cpu_replicas)
+        pipeline = cls(config, strategy)
+        pipeline.validate()
+        return pipeline
+
+    def validate(self):
+        """Every check that can fail before long work starts."""
+        from pn_tf import data as data_lib
+        from pn_tf.models import ARCHITECTURES
+
+        c = self.config
+        unknown = [s for s in c.stages if s not in STAGES]
+        if unknown:
+            raise PipelineError(f"unknown --stages {unknown}; choose from {', '.join(STAGES)}")
+        c.stages = [s for s in STAGES if s in c.stages]
+        if c.arch not in ARCHITECTURES:
+            raise PipelineError(f"unknown --arch={c.arch}; known: {', '.join(sorted(ARCHITECTURES))}")
+        try:
+            spec = data_lib.get_spec(c.dataset)
+            data_lib.num_examples(c.dataset, "holdout", c.data_dir)
+        except (ValueError, FileNotFoundError) as err:
+            raise PipelineError(str(err)) from err
+        c.num_classes = c.num_classes or spec.num_classes
+        c.input_size = c.input_size or spec.image_size
+        _positive(c, "baseline_epochs", "search_epochs", "batch_size", "search_batch_size",
+                  "baseline_lr", "finetune_lr", "gate_lr", "round_to", "calibration_images",
+                  "tflite_threads", "tflite_runs", "train_take", "eval_take", "search_take",
+                  "finetune_epochs", "weight_decay", "pn_noise", allow_zero=("finetune_epochs", "weight_decay", "pn_noise"))
+        if not 0.0 < c.target_flops_reduction < 1.0:
+            raise PipelineError(f"--target_flops_reduction must be in (0, 1), got {c.target_flops_reduction}")
+        bad = [q for q in c.tflite if q not in ("float32", "float16", "int8")]
+        if bad:
+            raise PipelineError(f"unknown --tflite variants {bad}; choose from float32, float16, int8")
+        self._check_budget()
+        self._check_baseline()
+        self._check_workdir()
+
+    def _check_budget(self):
+        from pn_tf.graph import FlopsModel
+
+        c = self.config
+        flops = FlopsModel(self.build_model())
+        try:
+            p = c.p if c.p is not None else flops.p_for_reduction(c.target_flops_reduction)
+        except ValueError as err:
+            raise PipelineError(f"--target_flops_reduction={c.target_flops_reduction}: {err}") from err
+        if not p > 0:
+            raise PipelineError(f"--p must be > 0, got {c.p}")
+        self.flops_total = flops.total
+
+    def _check_baseline(self):
+        from pn_tf.baseline import CheckpointError, load_checked, resolve_weights
+
+        c = self.config
+        try:
+            self.baseline_source = resolve_weights(c.baseline_weights, c.arch, c.dataset)
+            if self.baseline_source:
+                load_checked(self.build_model(), self.baseline_source)
+        except CheckpointError as err:
+            raise PipelineError(str(err)) from err
+
+    def _check_workdir(self):
+        c = self.config
+        path = os.path.join(self.workdir, "config.json")
+        current = {k: getattr(c, k) for k in CONFIG_KEYS_FIXED}
+        if os.path.exists(path):
+            try:
+                with open(path) as f:
+                    previous = json.load(f)
+            except (OSError, json.JSONDecodeError) as err:
+                raise PipelineError(f"{path} is unreadable ({err}); remove it or use a new --workdir") from err
+            changed = {k: (previous.get(k), v) for k, v in current.items() if previous.get(k) != v}
+            if changed:
+                raise PipelineError(
+                    f"--workdir={c.workdir} holds a run with different settings "
+                    f"{ {k: old for k, (old, new) in changed.items()} }; you asked for "
+                    f"{ {k: new for k, (old, new) in changed.items()} }. Use a new --workdir or the same flags.")
+        elif self.is_chief:
+            from pn_tf.io import write_json
+
+            write_json(path, {**dataclasses.asdict(c), **current})
+
+    @property
+    def is_chief(self):
+        resolver = getattr(self.strategy, "cluster_resolver", None)
+        if resolver is None or not getattr(resolver, "task_type", None):
+            return True
+        return resolver.task_type in ("chief", None) or (resolver.task_type == "worker" and resolver.task_id == 0)
+
+    # -- helpers -----------------------------------------------------------------
+
+    def build_model(self, **kwargs):
+        from pn_tf import data as data_lib
+        from pn_tf.models import build_model
+
+        c = self.config
+        mean, variance = data_lib.normalization_stats(c.dataset)
+        std = [v ** 0.5 for v in variance]
+        with self.strategy.scope():
+            return build_model(c.arch, input_size=c.input_size, num_classes=c.num_classes,
+                               mean=list(mean), std=std, **kwargs)
+
+    def stage_dir(self, stage):
+        path = os.path.join(self.workdir, stage)
+        if not self.is_chief:
+            path = os.path.join(self.workdir, ".workers", str(self.strategy.cluster_resolver.task_id), stage)
+        os.makedirs(path, exist_ok=True)
+        return path
+
+    def summary_path(self, stage):
+        return os.path.join(self.workdir, stage, f"{stage}.json")
+
+    def summary(self, stage):
+        path = self.summary_path(stage)
+        if not os.path.exists(path):
+            raise PipelineError(f"stage '{stage}' has not finished in {self.workdir}: run it first "
+                                f"(add it to --stages)")
+        with open(path) as f:
+            return json.load(f)
+
+    def write_summary(self, stage, summary):
+        from pn_tf.io import write_json
+
+        if self.is_chief:
+            write_json(self.summary_path(stage), summary)
+
+    def train_config(self, prefix):
+        from pn_tf.training import TrainConfig
+
+        c = self.config
+        return TrainConfig(epochs=max(1, getattr(c, f"{prefix}_epochs")), learning_rate=getattr(c, f"{prefix}_lr"),
+                           weight_decay=c.weight_decay, schedule=getattr(c, f"{prefix}_schedule"),
+                           warmup_epochs=1 if getattr(c, f"{prefix}_schedule") == "cosine" else 0)
+
+    # -- running -------------------------------------------------------------------
+
+    def run(self):
+        logging.info("pn-tf pipeline: %s on %s, stages %s, workdir %s", self.config.arch,
+                     self.config.dataset, ",".join(self.config.stages), self.workdir)
+        for stage in self.config.stages:
+            if os.path.exists(self.summary_path(stage)):
+                print(f"[pn-tf] stage {stage}: already finished ({self.summary_path(stage)})", flush=True)
+                continue
+            print(f"[pn-tf] stage {stage}: starting", flush=True)
+            start = time.time()
+            from pn_tf import stages
+
+            summary = getattr(stages, stage)(self)
+            summary["stage_seconds"] = round(time.time() - start, 1)
+            self.write_summary(stage, summary)
+            print(f"[pn-tf] stage {stage}: done in {summary['stage_seconds']:.0f}s", flush=True)

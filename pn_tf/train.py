@@ -1,0 +1,88 @@
+"""The pn-tf pipeline: data -> baseline -> PN search -> extraction -> fine-tuning -> export -> report.
+
+    python -m pn_tf.train --flagfile=configs/quickstart.flags --workdir=runs/quickstart
+
+Everything of one run lives in ``--workdir``: one sub-folder per stage, each finished
+stage marked by its ``<stage>.json``. Running the same command again skips finished
+stages and resumes an interrupted one from its last epoch checkpoint (even after
+SIGKILL). ``--stages`` runs a subset. Bad flags, missing data, impossible budgets and
+unusable checkpoints stop the run before any long work, with a message saying what
+to change. TensorBoard: ``tensorboard --logdir <workdir>``.
+"""
+
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app, flags, logging  # noqa: E402
+
+from pn_tf.pipeline import STAGES, Pipeline, PipelineError  # noqa: E402
+
+FLAGS = flags.FLAGS
+
+# Run.
+flags.DEFINE_string("arch", "resnet56", "Architecture (see pn_tf.models.ARCHITECTURES).")
+flags.DEFINE_string("dataset", "cifar10", "Dataset: cifar10, imagenette or imagenet2012.")
+flags.DEFINE_string("data_dir", None, "TFDS data dir (default: $TFDS_DATA_DIR, else TFDS's default).")
+flags.DEFINE_string("workdir", None, "Folder holding everything of this run.")
+flags.DEFINE_list("stages", list(STAGES), f"Stages to run, in order, from {', '.join(STAGES)}.")
+flags.DEFINE_integer("input_size", None, "Square input side (default: the dataset's).")
+flags.DEFINE_integer("seed", 0, "Seed of data order, augmentation and search noise.")
+flags.DEFINE_enum("strategy", "default", ["default", "mirrored", "multi_worker"],
+                  "tf.distribute strategy: default (one device), mirrored (all local GPUs, or "
+                  "CPUs with --cpu_replicas), multi_worker (hosts from TF_CONFIG).")
+flags.DEFINE_integer("cpu_replicas", 0, "With --strategy=mirrored and no GPU: logical CPU devices.")
+flags.DEFINE_integer("train_take", None, "Use only this many training images (smoke runs).")
+flags.DEFINE_integer("eval_take", None, "Use only this many images per evaluation split.")
+flags.DEFINE_integer("verbose", 2, "Keras progress output: 0 silent, 1 bar, 2 one line per epoch.")
+
+# Baseline.
+flags.DEFINE_string("baseline_weights", "", "'' trains a baseline, 'shipped' loads the one in "
+                    "pn_tf/pretrained, else a path to a .weights.h5 file of this architecture.")
+flags.DEFINE_integer("baseline_epochs", 200, "Baseline training epochs.")
+flags.DEFINE_float("baseline_lr", 0.1, "Baseline peak learning rate (SGD, momentum 0.9).")
+flags.DEFINE_enum("baseline_schedule", "step", ["step", "cosine", "constant"], "Baseline LR schedule.")
+flags.DEFINE_integer("batch_size", 128, "Batch size of baseline training and fine-tuning.")
+flags.DEFINE_float("weight_decay", 1e-4, "PyTorch-style L2 weight decay (converted for Keras SGD).")
+
+# Search.
+flags.DEFINE_float("target_flops_reduction", 0.5, "Fraction of FLOPs to remove.")
+flags.DEFINE_float("p", None, "Regularizer bound p directly (the paper's Table 1); overrides the "
+                   "target for the search; extraction still lands on --target_flops_reduction.")
+flags.DEFINE_integer("search_epochs", 200, "Search epochs over the held-out split.")
+flags.DEFINE_integer("search_batch_size", 256, "Search batch size.")
+flags.DEFINE_enum("predictor", "gru", ["gru", "bigru", "linear", "none"], "Performance predictor.")
+flags.DEFINE_enum("projection", "always", ["always", "conflict", "off"], "Gradient projection.")
+flags.DEFINE_float("pn_noise", 15.0, "Std of the noise on the PN's input (15 ResNet, 3 MobileNetV2).")
+flags.DEFINE_float("gate_lr", 5e-2, "Gate AdamW learning rate.")
+flags.DEFINE_integer("search_take", None, "Use only this many held-out images for the search.")
+
+# Extraction and fine-tuning.
+flags.DEFINE_integer("round_to", 1, "Round kept widths to a multiple of this (e.g. 8).")
+flags.DEFINE_integer("finetune_epochs", 200, "Fine-tuning epochs.")
+flags.DEFINE_float("finetune_lr", 0.1, "Fine-tuning peak learning rate.")
+flags.DEFINE_enum("finetune_schedule", "step", ["step", "cosine", "constant"], "Fine-tuning schedule.")
+
+# Export and report.
+flags.DEFINE_list("tflite", ["float32", "float16", "int8"], "TFLite variants to export.")
+flags.DEFINE_integer("calibration_images", 512, "Training images for int8 calibration.")
+flags.DEFINE_integer("tflite_threads", 1, "Threads for the TFLite latency measurement.")
+flags.DEFINE_integer("tflite_runs", 100, "Timed batch-1 runs per model for the latency.")
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    try:
+        pipeline = Pipeline.from_flags(FLAGS)
+        pipeline.run()
+    except PipelineError as err:
+        logging.error("%s", err)
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    app.run(lambda argv: sys.exit(main(argv)))
