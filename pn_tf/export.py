@@ -36,75 +36,17 @@ tools use it) starts in a fraction of a second and needs only ``ai-edge-litert``
 
 from __future__ import annotations
 
-import contextlib
 import os
-import shutil
 import tempfile
 
 import numpy as np
+
+from pn_tf.io import atomic_path
 
 QUANTIZATIONS = ("float32", "float16", "int8")
 INT8_IO_TYPES = ("float32", "int8", "uint8")
 SERVING_ENDPOINT = "serve"
 _MAC_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
-
-
-# --- atomic writes ------------------------------------------------------------------------------
-
-def _remove(path):
-    if os.path.isdir(path) and not os.path.islink(path):
-        shutil.rmtree(path, ignore_errors=True)
-    elif os.path.lexists(path):
-        os.remove(path)
-
-
-def _swap_directory(tmp, path):
-    """Renames directory ``tmp`` to ``path``, replacing an existing ``path`` only on success."""
-    if not os.path.lexists(path):
-        os.rename(tmp, path)
-        return
-    parent, base = os.path.split(path)
-    old = tempfile.mkdtemp(prefix=f".{base}.old-", dir=parent)
-    os.rmdir(old)
-    os.rename(path, old)
-    try:
-        os.rename(tmp, path)
-    except BaseException:
-        os.rename(old, path)
-        raise
-    _remove(old)
-
-
-@contextlib.contextmanager
-def atomic_path(path, directory=False):
-    """Yields a temporary sibling of ``path``; moves it to ``path`` if the block succeeds.
-
-    The temporary lives in the destination directory (so the final rename stays on one
-    filesystem) and keeps ``path``'s extension (Keras checks it). On an exception it is removed
-    and ``path`` is left as it was.
-
-    Args:
-        path: str or PathLike. The final file or directory.
-        directory: bool. Yield an empty directory instead of an (empty) file path.
-    """
-    path = os.path.abspath(os.fspath(path))
-    parent, base = os.path.split(path)
-    os.makedirs(parent, exist_ok=True)
-    if directory:
-        tmp = tempfile.mkdtemp(prefix=f".{base}.tmp-", dir=parent)
-    else:
-        fd, tmp = tempfile.mkstemp(prefix=f".{base}.tmp-", suffix=os.path.splitext(base)[1],
-                                   dir=parent)
-        os.close(fd)
-    try:
-        yield tmp
-        if directory:
-            _swap_directory(tmp, path)
-        else:
-            os.replace(tmp, path)
-    except BaseException:
-        _remove(tmp)
-        raise
 
 
 def _write_bytes(path, content):
@@ -362,6 +304,54 @@ def tflite_macs(path):
             per_output *= weights[3]
         total += int(np.prod(out)) * per_output
     return total // batch
+
+
+# --- batch-1 latency ----------------------------------------------------------------------------
+
+def batch1_interpreter(path, num_threads=1, seed=0):
+    """An interpreter at batch 1, its input filled with one random image of raw pixels."""
+    interpreter = load_interpreter(path, num_threads)
+    detail = interpreter.get_input_details()[0]
+    if detail["shape_signature"][0] == -1 and detail["shape"][0] != 1:
+        interpreter.resize_tensor_input(detail["index"], [1] + list(detail["shape"][1:]))
+        interpreter.allocate_tensors()
+        detail = interpreter.get_input_details()[0]
+    image = np.random.default_rng(seed).uniform(0, 255, detail["shape"]).astype(np.float32)
+    interpreter.set_tensor(detail["index"], quantize(image, detail))
+    return interpreter
+
+
+def time_interleaved(interpreters, runs, warmup=20, block=10):
+    """Per-model lists of ``runs`` invoke() times in seconds, measured round-robin.
+
+    Each round runs a block of invocations of every model, in a rotating order, so a change
+    of machine load hits all models alike.
+    """
+    import time
+
+    for interpreter in interpreters:
+        for _ in range(warmup):
+            interpreter.invoke()
+    times = [[] for _ in interpreters]
+    order = list(range(len(interpreters)))
+    while len(times[0]) < runs:
+        n = min(block, runs - len(times[0]))
+        for i in order:
+            invoke = interpreters[i].invoke
+            for _ in range(n):
+                start = time.perf_counter()
+                invoke()
+                times[i].append(time.perf_counter() - start)
+        order = order[1:] + order[:1]
+    return times
+
+
+def measure_latency(paths, num_threads=1, runs=100, warmup=20, block=10, seed=0):
+    """``{path: {"median_ms", "p90_ms"}}``: batch-1 latency of each file, timed interleaved."""
+    interpreters = [batch1_interpreter(p, num_threads, seed) for p in paths]
+    times = time_interleaved(interpreters, runs, warmup, block)
+    return {p: {"median_ms": float(np.median(t) * 1e3), "p90_ms": float(np.percentile(t, 90) * 1e3)}
+            for p, t in zip(paths, times)}
 
 
 # --- checks -------------------------------------------------------------------------------------

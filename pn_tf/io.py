@@ -6,31 +6,65 @@ import os
 import shutil
 import tempfile
 
+# Suffixes Keras checks on save; a temporary file must keep them.
+_KERAS_SUFFIXES = (".weights.h5", ".keras")
+
+
+def remove(path):
+    """Removes a file or a folder tree, if present."""
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path, ignore_errors=True)
+    elif os.path.lexists(path):
+        os.remove(path)
+
+
+def _swap_directory(tmp, path):
+    """Renames directory ``tmp`` to ``path``, replacing an existing ``path`` only on success."""
+    if not os.path.lexists(path):
+        os.rename(tmp, path)
+        return
+    parent, base = os.path.split(path)
+    old = tempfile.mkdtemp(prefix=f".{base}.old-", dir=parent)
+    os.rmdir(old)
+    os.rename(path, old)
+    try:
+        os.rename(tmp, path)
+    except BaseException:
+        os.rename(old, path)
+        raise
+    remove(old)
+
 
 @contextlib.contextmanager
-def atomic_path(path):
-    """Yields a temporary path beside ``path``; renames it into place on success.
+def atomic_path(path, directory=False):
+    """Yields a temporary sibling of ``path``; moves it to ``path`` if the block succeeds.
 
-    The temporary name keeps ``path``'s suffix (Keras checks ``.keras``/``.weights.h5``).
-    On any error the temporary file or folder is removed and ``path`` is untouched.
+    The temporary lives in the destination directory (so the final rename stays on one
+    filesystem) and keeps ``path``'s suffix (Keras checks ``.keras``/``.weights.h5``). On an
+    exception it is removed and ``path`` is left as it was.
+
+    Args:
+        path: str or PathLike. The final file or directory.
+        directory: bool. Yield an empty directory instead of an (absent) file path.
     """
-    directory, name = os.path.split(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    suffix = next((s for s in (".weights.h5", ".keras") if name.endswith(s)),
-                  os.path.splitext(name)[1])
-    handle, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=f".tmp{suffix}", dir=directory)
-    os.close(handle)
-    os.remove(tmp)
+    path = os.path.abspath(os.fspath(path))
+    parent, base = os.path.split(path)
+    os.makedirs(parent, exist_ok=True)
+    if directory:
+        tmp = tempfile.mkdtemp(prefix=f".{base}.tmp-", dir=parent)
+    else:
+        suffix = next((s for s in _KERAS_SUFFIXES if base.endswith(s)), os.path.splitext(base)[1])
+        fd, tmp = tempfile.mkstemp(prefix=f".{base}.tmp-", suffix=suffix, dir=parent)
+        os.close(fd)
+        os.remove(tmp)  # writers create it themselves (some refuse to overwrite)
     try:
         yield tmp
-        if os.path.isdir(path) and not os.path.islink(path):
-            shutil.rmtree(path)
-        os.replace(tmp, path)
+        if directory:
+            _swap_directory(tmp, path)
+        else:
+            os.replace(tmp, path)
     except BaseException:
-        if os.path.isdir(tmp):
-            shutil.rmtree(tmp, ignore_errors=True)
-        elif os.path.exists(tmp):
-            os.remove(tmp)
+        remove(tmp)
         raise
 
 

@@ -14,14 +14,13 @@ against the first model: ``latency_ratio``, ``flops_ratio`` and
 import json
 import os
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
-from pn_tf.export import load_interpreter, quantize, tflite_macs  # noqa: E402
+from pn_tf.export import batch1_interpreter, tflite_macs, time_interleaved  # noqa: E402
 
 flags.DEFINE_list("models", None, "Comma-separated .tflite files; the first is the baseline.")
 flags.DEFINE_integer("num_threads", 1, "Interpreter threads.")
@@ -34,39 +33,6 @@ flags.mark_flag_as_required("models")
 
 FLAGS = flags.FLAGS
 GOAL_EFFICIENCY = 0.9
-
-
-def batch1_interpreter(path, num_threads):
-    """An interpreter at batch 1, its input filled with one random image of raw pixels."""
-    interpreter = load_interpreter(path, num_threads)
-    detail = interpreter.get_input_details()[0]
-    if detail["shape_signature"][0] == -1 and detail["shape"][0] != 1:
-        interpreter.resize_tensor_input(detail["index"], [1] + list(detail["shape"][1:]))
-        interpreter.allocate_tensors()
-        detail = interpreter.get_input_details()[0]
-    rng = np.random.default_rng(FLAGS.seed)
-    image = rng.uniform(0, 255, detail["shape"]).astype(np.float32)
-    interpreter.set_tensor(detail["index"], quantize(image, detail))
-    return interpreter
-
-
-def time_interleaved(interpreters, runs, warmup, block):
-    """Per-model lists of ``runs`` invoke() times in seconds, measured round-robin."""
-    for interpreter in interpreters:
-        for _ in range(warmup):
-            interpreter.invoke()
-    times = [[] for _ in interpreters]
-    order = list(range(len(interpreters)))
-    while len(times[0]) < runs:
-        n = min(block, runs - len(times[0]))
-        for i in order:
-            invoke = interpreters[i].invoke
-            for _ in range(n):
-                start = time.perf_counter()
-                invoke()
-                times[i].append(time.perf_counter() - start)
-        order = order[1:] + order[:1]
-    return times
 
 
 def _reduction_efficiency(latency_ratio, flops_ratio):
@@ -106,7 +72,7 @@ def main(argv):
         print("error: --flops needs one value per model", file=sys.stderr)
         return 2
     try:
-        interpreters = [batch1_interpreter(p, FLAGS.num_threads) for p in paths]
+        interpreters = [batch1_interpreter(p, FLAGS.num_threads, FLAGS.seed) for p in paths]
         flops = ([int(float(f)) for f in FLAGS.flops] if FLAGS.flops
                  else [tflite_macs(p) for p in paths])
     except (OSError, ValueError) as err:

@@ -1,0 +1,159 @@
+"""The pipeline command: end to end at a tiny budget, resume after SIGKILL, bad inputs."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from pn_tf.pipeline import Pipeline, PipelineError, RunConfig
+from tests.conftest import REPO_ROOT
+
+TINY = [
+    "--flagfile=configs/quickstart.flags", "--baseline_weights=", "--baseline_epochs=1",
+    "--baseline_schedule=constant", "--baseline_lr=0.05", "--train_take=512", "--search_take=256",
+    "--search_epochs=1", "--eval_take=256", "--calibration_images=64", "--tflite_runs=5",
+    "--tflite=float32,int8", "--verbose=0",
+]
+
+
+def _command(workdir, data_dir, *extra):
+    return [sys.executable, "-m", "pn_tf.train", *TINY, f"--workdir={workdir}", f"--data_dir={data_dir}", *extra]
+
+
+def _run(workdir, data_dir, *extra, timeout=900):
+    return subprocess.run(_command(workdir, data_dir, *extra), cwd=REPO_ROOT, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def test_quickstart_end_to_end_tiny(tmp_path, data_dir):
+    out = _run(tmp_path / "run", data_dir)
+    assert out.returncode == 0, out.stderr[-4000:]
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    for key in ("arch", "dataset", "target_flops_reduction", "flops_reduction", "baseline", "pruned",
+                "equivalence_max_abs_diff", "artifacts"):
+        assert key in report, key
+    for who in ("baseline", "pruned"):
+        assert {"accuracy", "flops", "params", "tflite_ms"} <= set(report[who])
+        assert report[who]["tflite_ms"] > 0
+    assert abs(report["flops_reduction"] - 0.5) < 0.01
+    assert report["pruned"]["params"] < report["baseline"]["params"]
+    assert report["equivalence_max_abs_diff"] < 1e-4
+    for path in report["artifacts"].values():
+        assert os.path.exists(path), path
+    assert (tmp_path / "run" / "report.md").read_text().startswith("# pn-tf report")
+    assert list((tmp_path / "run" / "search" / "tensorboard").iterdir())
+    # Finished stages are never redone.
+    again = _run(tmp_path / "run", data_dir)
+    assert again.returncode == 0
+    assert again.stdout.count("already finished") == 6
+
+
+def test_resume_after_sigkill(tmp_path, data_dir):
+    workdir = tmp_path / "run"
+    args = ("--search_epochs=3", "--stages=baseline,search")
+    proc = subprocess.Popen(_command(workdir, data_dir, *args), cwd=REPO_ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    history = workdir / "search" / "history.csv"
+    deadline = time.time() + 600
+    while time.time() < deadline and proc.poll() is None:
+        if history.exists() and len(history.read_text().splitlines()) >= 2:  # one epoch done
+            break
+        time.sleep(0.5)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (workdir / "search" / "search.json").exists()
+    baseline_mtime = (workdir / "baseline" / "baseline.json").stat().st_mtime
+    out = _run(workdir, data_dir, *args)
+    assert out.returncode == 0, out.stderr[-4000:]
+    assert "stage baseline: already finished" in out.stdout
+    epochs = [line.split(",")[0] for line in history.read_text().splitlines()[1:]]
+    assert epochs == ["0", "1", "2"], epochs  # resumed after the finished epoch, not restarted
+    assert (workdir / "baseline" / "baseline.json").stat().st_mtime == baseline_mtime
+    assert json.loads((workdir / "search" / "search.json").read_text())["epochs"] == 3
+
+
+def _config(tmp_path, data_dir, **overrides):
+    values = dict(arch="resnet56", dataset="cifar10", workdir=str(tmp_path / "w"), stages=["baseline"],
+                  data_dir=data_dir)
+    values.update(overrides)
+    return RunConfig(**values)
+
+
+def _validate(config):
+    import tensorflow as tf
+
+    Pipeline(config, tf.distribute.get_strategy()).validate()
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (dict(arch="resnet57"), "unknown --arch=resnet57"),
+    (dict(stages=["baseline", "polish"]), "unknown --stages"),
+    (dict(target_flops_reduction=1.5), "--target_flops_reduction must be in"),
+    (dict(target_flops_reduction=0.999), "cannot remove"),
+    (dict(search_epochs=0), "--search_epochs must be > 0"),
+    (dict(tflite=["int4"]), "unknown --tflite"),
+    (dict(baseline_weights="/nonexistent/w.weights.h5"), "no such file"),
+    (dict(dataset="cifar100"), "cifar100"),
+])
+def test_bad_inputs_stop_before_work(tmp_path, data_dir, overrides, message):
+    with pytest.raises(PipelineError, match=message.replace("(", r"\(").replace("-", r"\-")):
+        _validate(_config(tmp_path, data_dir, **overrides))
+    assert not (tmp_path / "w" / "baseline").exists()
+
+
+def test_missing_dataset_names_the_data_dir(tmp_path):
+    with pytest.raises(PipelineError, match=str(tmp_path / "empty")):
+        _validate(_config(tmp_path, str(tmp_path / "empty")))
+
+
+def test_corrupt_and_mismatched_checkpoints(tmp_path, data_dir):
+    from pn_tf.models import build_model
+
+    corrupt = tmp_path / "corrupt.weights.h5"
+    corrupt.write_bytes(b"not an h5 file" * 10)
+    with pytest.raises(PipelineError, match="cannot load"):
+        _validate(_config(tmp_path, data_dir, baseline_weights=str(corrupt)))
+    other = tmp_path / "mbv2.weights.h5"
+    build_model("mobilenetv2_cifar").save_weights(other)
+    with pytest.raises(PipelineError, match="cannot load"):
+        _validate(_config(tmp_path, data_dir, baseline_weights=str(other)))
+
+
+def test_workdir_of_another_run_is_refused(tmp_path, data_dir):
+    _validate(_config(tmp_path, data_dir))
+    with pytest.raises(PipelineError, match="different settings"):
+        _validate(_config(tmp_path, data_dir, arch="mobilenetv2_cifar"))
+
+
+def test_cli_exit_code_and_message(tmp_path, data_dir):
+    out = _run(tmp_path / "run", data_dir, "--arch=vgg7")
+    assert out.returncode == 2
+    assert "unknown --arch=vgg7" in out.stderr
+    assert not (tmp_path / "run" / "baseline").exists()
+
+
+def test_nan_loss_stops_with_message_and_keeps_backup(tmp_path):
+    import keras
+    import tensorflow as tf
+
+    from pn_tf.training import NonFiniteLossError, TrainConfig, fit_classifier
+
+    inputs = keras.Input((4,))
+    model = keras.Model(inputs, keras.layers.Dense(3)(inputs))
+    x = np.random.RandomState(0).randn(64, 4).astype("float32")
+    y = np.zeros(64, "int32")
+    ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(16)
+    fit_classifier(model, ds, TrainConfig(epochs=1, schedule="constant", learning_rate=0.01),
+                   str(tmp_path), "toy", verbose=0)
+    backup = sorted(p.name for p in (tmp_path / "backup").iterdir())
+    bad = ds.map(lambda a, b: (a * np.float32(np.inf), b))
+    with pytest.raises(NonFiniteLossError, match="toy: the loss became"):
+        fit_classifier(model, bad, TrainConfig(epochs=2, schedule="constant", learning_rate=0.01),
+                       str(tmp_path), "toy", verbose=0)
+    assert sorted(p.name for p in (tmp_path / "backup").iterdir()) == backup
