@@ -157,3 +157,27 @@ def test_nan_loss_stops_with_message_and_keeps_backup(tmp_path):
         fit_classifier(model, bad, TrainConfig(epochs=2, schedule="constant", learning_rate=0.01),
                        str(tmp_path), "toy", verbose=0)
     assert sorted(p.name for p in (tmp_path / "backup").iterdir()) == backup
+
+
+@pytest.mark.parametrize("flagfile", sorted(p.name for p in (REPO_ROOT / "configs").glob("*.flags")))
+def test_every_flagfile_parses_and_validates(flagfile, tmp_path, data_dir):
+    from absl import flags
+
+    import pn_tf.train  # noqa: F401  (defines the flags)
+    from pn_tf.baseline import shipped_weights
+
+    path = REPO_ROOT / "configs" / flagfile
+    assert path.read_text().startswith("# "), "each flagfile starts by saying what it reproduces"
+    flags.FLAGS.unparse_flags()
+    flags.FLAGS(["pn_tf.train", f"--flagfile={path}", f"--workdir={tmp_path / 'w'}",
+                 f"--data_dir={data_dir}"])
+    try:
+        if flags.FLAGS.dataset == "imagenet2012":
+            with pytest.raises(PipelineError, match="imagenet2012|GPU"):
+                Pipeline.from_flags(flags.FLAGS)
+        elif flags.FLAGS.baseline_weights == "shipped" and not shipped_weights(flags.FLAGS.arch, "cifar10"):
+            pytest.skip("no shipped baseline for this architecture")
+        else:
+            Pipeline.from_flags(flags.FLAGS)
+    finally:
+        flags.FLAGS.unparse_flags()
