@@ -61,6 +61,8 @@ def _narrow_config(layer, in_index, out_index, in_size, out_size):
         config["filters"] = len(out_index)
     elif isinstance(layer, keras.layers.Dense):
         config["units"] = len(out_index)
+    elif isinstance(layer, keras.layers.Reshape) and config["target_shape"][-1] == out_size:
+        config["target_shape"] = tuple(config["target_shape"][:-1]) + (len(out_index),)
     elif isinstance(layer, keras.layers.Normalization) and len(in_index) != in_size:
         for key in ("mean", "variance"):
             if config.get(key) is not None:

@@ -205,6 +205,8 @@ class ChannelGraph:
         self._gate_atom = {}  # gate name -> atom index
         self._reads = []  # (layer name, role, atoms, masked gate names)
         self._layer_atoms = {}  # layer name -> (in atoms, out atoms)
+        self._read_tensors = []  # the tensor of each entry of _reads
+        self.birth = {}  # atom index -> the first tensor made of that atom alone
         for node in self._topological_nodes():
             self._visit(node)
         for tensor in keras.tree.flatten(model.outputs):
@@ -231,11 +233,30 @@ class ChannelGraph:
     def _set(self, tensor, atoms, masked=frozenset()):
         self._segments[id(tensor)] = tuple(atoms)
         self._masked[id(tensor)] = frozenset(masked)
+        if len(atoms) == 1:
+            self.birth.setdefault(tuple(atoms)[0], tensor)
 
     def _read(self, layer_name, role, tensor):
         atoms = self._segments[id(tensor)]
         self._reads.append((layer_name, role, atoms, self._masked[id(tensor)]))
+        self._read_tensors.append(tensor)
         return atoms
+
+    def segments(self, tensor):
+        """The atoms laid side by side along ``tensor``'s channel axis."""
+        return self._segments[id(tensor)]
+
+    def masked_by(self, tensor):
+        """Names of the gates whose zeros are guaranteed to survive up to ``tensor``."""
+        return self._masked[id(tensor)]
+
+    def reads(self):
+        """``(layer name, role, atoms, tensor)`` for every layer call that reads channels.
+
+        Roles: ``"conv"``/``"dense"`` (mix channels: must read a gated group through
+        its gate), ``"depthwise"`` (carries them), ``"opaque"``, ``"output"``.
+        """
+        return [(name, role, atoms, t) for (name, role, atoms, _), t in zip(self._reads, self._read_tensors)]
 
     def _visit(self, node):
         layer = node.operation
@@ -277,6 +298,7 @@ class ChannelGraph:
             self._layer_atoms.setdefault(name, (atoms, atoms))
         elif isinstance(layer, (keras.layers.Flatten, keras.layers.Reshape)) and self._keeps_channel_axis(inputs[0], outputs[0]):
             self._set(outputs[0], in_atoms[0], self._masked[id(inputs[0])])
+            self._layer_atoms.setdefault(name, (in_atoms[0], in_atoms[0]))
         elif isinstance(layer, ChannelZeroPad):
             (atoms,) = in_atoms
             pad = [self._new_atom(n, name, "zero padding") for n in (layer.before, layer.after) if n]
@@ -357,6 +379,7 @@ class ChannelGraph:
             self._set(y, [out_atom])
             self._layer_atoms.setdefault(layer.name, (in_atoms, (out_atom,)))
             return
+        self._read(layer.name, "depthwise", x)
         self.costs.append(CostTerm(layer.name, "depthwise", coef, in_atoms, linear=True))
         masked = self._masked[id(x)] if keeps_zero(layer) else frozenset()
         self._set(y, in_atoms, masked)
@@ -420,7 +443,10 @@ class ChannelGraph:
                     )
                     gate_of_root = {r: g for r, g in gate_of_root.items() if g != gate}
         groups = []
-        for gate in self._gate_atom:
+        # Gate order is the model's layer order (what gate_layers() and the search use).
+        layer_order = {layer.name: i for i, layer in enumerate(self.model.layers)}
+        ordered = sorted(self._gate_atom, key=lambda g: layer_order.get(g, len(layer_order)))
+        for gate in ordered:
             root = self.root(self._gate_atom[gate])
             if gate_of_root.get(root) != gate:
                 continue
@@ -446,6 +472,30 @@ class ChannelGraph:
             elif touches_in and touches_out and layer_name != gate:
                 carriers.append(layer_name)
         return ChannelGroup(index, gate, self.atoms[root].size, members, producers, carriers, consumers)
+
+    def prunable_spaces(self, min_size=2):
+        """Every channel space that could be pruned, gated or not, in graph order.
+
+        A space is a union-find root none of whose atoms is fixed (model input or
+        output, an opaque layer, a grouped convolution, ...) and that has at least
+        ``min_size`` channels. Returned as :class:`ChannelGroup` objects whose
+        ``gate`` is the controlling gate's name if the space is a declared group,
+        else None; ``index`` numbers the spaces.
+        """
+        gate_of_root = {self.root(g.atoms[0]): g.gate for g in self.groups}
+        fixed = set()
+        for a in self.atoms:
+            if a.fixed_reason:
+                fixed.add(self.root(a.index))
+        members = {}
+        for a in self.atoms:
+            members.setdefault(self.root(a.index), []).append(a.index)
+        spaces = []
+        for root, atoms in members.items():
+            if root in fixed or self.atoms[root].size < min_size:
+                continue
+            spaces.append(self._make_group(len(spaces), gate_of_root.get(root), root, tuple(atoms)))
+        return spaces
 
     def layer_atoms(self, layer_name):
         """(input atoms, output atoms) of a layer's first call."""
