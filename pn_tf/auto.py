@@ -21,6 +21,7 @@ built from that space's producer output with standard layers
 as ordinary gates, concatenation and a multiply, so nothing downstream changes.
 """
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -81,14 +82,16 @@ def _resolve_policy(policy, overrides):
 def _strip_gates(model):
     """A copy of ``model`` with every gate replaced by Identity (same weights)."""
 
+    from pn_tf.extract.surgery import clone_layer
+
     def clone(layer):
         if isinstance(layer, ChannelGate):
             return keras.layers.Identity(name=layer.name)
-        return layer.__class__.from_config(layer.get_config())
+        return clone_layer(layer)
 
     stripped = keras.models.clone_model(model, clone_function=clone)
     for layer in stripped.layers:
-        if layer.weights:
+        if layer.weights and layer is not model.get_layer(layer.name):
             layer.set_weights(model.get_layer(layer.name).get_weights())
     return stripped
 
@@ -146,7 +149,8 @@ def analyse(model, policy="all", exclude=(), **overrides):
     rules = _resolve_policy(policy, overrides)
     if gate_layers(model):
         model = _strip_gates(model)
-    graph = ChannelGraph(model, strict=False)
+    with _quiet():
+        graph = ChannelGraph(model, strict=False)
     exclude = set(exclude)
     groups, excluded = [], {}
     for space in graph.prunable_spaces():
@@ -188,6 +192,18 @@ def find_groups(model, policy="all", exclude=(), **overrides):
     for message in analysis.warnings:
         log.warning(message)
     return analysis.groups
+
+
+@contextlib.contextmanager
+def _quiet():
+    """Silences the engine's per-analysis warnings (they were reported once already)."""
+    logger = logging.getLogger("pn_tf.graph.channels")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 # -- gate insertion -----------------------------------------------------------------
@@ -279,11 +295,9 @@ def _rebuild(model, graph, groups, points, name):
         base = f"{g.producers[0]}_gate" if g.producers else f"space{g.index}_gate"
         gates[graph.root(g.atoms[0])] = ChannelGate(name=_unique_name(base, taken))
     raw, tensors, mask_parts = {}, {}, {}
-    inputs = []
     for x in model.inputs:
         layer = _layer_of(x)
         new = keras.Input(batch_shape=tuple(x.shape), dtype=x.dtype, name=layer.name)
-        inputs.append(new)
         raw[id(x)] = tensors[id(x)] = new
 
     def ones_part(atom, rank):
@@ -335,13 +349,16 @@ def _rebuild(model, graph, groups, points, name):
                 raw[id(x)] = y
                 tensors[id(x)] = gated(x, y) if id(x) in points else y
     outputs = keras.tree.map_structure(lambda x: tensors[id(x)], model._outputs_struct)
+    inputs = keras.tree.map_structure(lambda x: tensors[id(x)], model._inputs_struct)
     return keras.Model(inputs, outputs, name=name)
 
 
 def _private_copy(model):
-    copy = keras.models.clone_model(model)
+    from pn_tf.extract.surgery import clone_layer
+
+    copy = keras.models.clone_model(model, clone_function=clone_layer)
     for layer in copy.layers:
-        if layer.weights:
+        if layer.weights and layer is not model.get_layer(layer.name):
             layer.set_weights(model.get_layer(layer.name).get_weights())
     return copy
 
@@ -377,7 +394,8 @@ def insert_gates(model, groups=None, policy="all", exclude=(), gate_depthwise=Tr
     for _ in range(4):
         points = _plan(graph, groups, gate_depthwise)
         gated = _rebuild(copy, graph, groups, points, name=f"{model.name}_gated")
-        check = ChannelGraph(gated, strict=False)
+        with _quiet():
+            check = ChannelGraph(gated, strict=False)
         found = {g.gate for g in check.groups}
         names = [g.name for g in gate_layers(gated)]
         bad = [n for n in names if n not in found]
@@ -403,7 +421,8 @@ def extract_at(gated, target_flops_reduction, scores=None, round_to=1):
     """
     from pn_tf.extract import extract_model, gate_scores, select_channels
 
-    graph = ChannelGraph(gated)
+    with _quiet():
+        graph = ChannelGraph(gated)
     flops = FlopsModel(graph)
     selection = select_channels(flops, scores if scores is not None else gate_scores(gated),
                                 target_reduction=target_flops_reduction, round_to=round_to)

@@ -71,6 +71,19 @@ def _narrow_config(layer, in_index, out_index, in_size, out_size):
     return config
 
 
+def clone_layer(layer):
+    """A fresh copy of ``layer`` from its config, or ``layer`` itself if that is impossible.
+
+    Layers that cannot be rebuilt from their config (a Lambda holding a Python
+    lambda, unregistered custom layers) are shared with the new model; the engine
+    treats them as opaque, so they are never narrowed.
+    """
+    try:
+        return layer.__class__.from_config(layer.get_config())
+    except Exception:  # noqa: BLE001 - any failure means "cannot rebuild"
+        return layer
+
+
 def extract_model(model, keep, graph=None, name=None):
     """The narrow functional model that keeps ``keep[g]`` channels of group g.
 
@@ -109,15 +122,14 @@ def extract_model(model, keep, graph=None, name=None):
     def clone(layer):
         if isinstance(layer, ChannelGate):
             return keras.layers.Identity(name=layer.name)
-        config = layer.get_config()
         if layer.name in plan:
-            config = _narrow_config(layer, *plan[layer.name])
-        return layer.__class__.from_config(config)
+            return layer.__class__.from_config(_narrow_config(layer, *plan[layer.name]))
+        return clone_layer(layer)
 
     narrow = keras.models.clone_model(model, clone_function=clone)
     narrow.name = name or f"{model.name}_pruned"
     for layer in narrow.layers:
-        if layer.weights:
+        if layer.weights and layer is not model.get_layer(layer.name):
             _copy_weights(model.get_layer(layer.name), layer, plan.get(layer.name))
     return narrow
 

@@ -1,0 +1,168 @@
+"""Prune any Keras model with pn-tf's automatic channel-dependency analysis.
+
+Two modes:
+
+* Check a keras.applications architecture (random weights, no data):
+
+    python tools/autoprune.py --keras_application=MobileNetV2 --input_size=96 \\
+        --target_flops_reduction=0.5 --json
+
+  builds ``keras.applications.NAME(weights=None)``, finds its channel groups,
+  inserts gates, sets random gate logits, extracts at the target and compares
+  the narrow model with the gated one (hard 0/1 masks) on random inputs.
+
+* Prune a saved model with the PN search:
+
+    python tools/autoprune.py --model=net.keras --dataset=cifar10 \\
+        --target_flops_reduction=0.5 --output=net_pruned.keras --search_epochs=5
+    python tools/autoprune.py --model=net.keras --image_dir=photos/ ...
+
+Exit status: 0 on success, 2 on bad arguments or missing files.
+"""
+
+import argparse
+import json
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _parser():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--keras_application", help="name in keras.applications, e.g. ResNet50")
+    src.add_argument("--model", help="path of a saved .keras functional model")
+    p.add_argument("--input_size", type=int, default=224, help="square input side (applications)")
+    p.add_argument("--classes", type=int, default=10, help="classifier size (applications)")
+    p.add_argument("--target_flops_reduction", type=float, default=0.5)
+    p.add_argument("--policy", default="all", choices=("all", "internal"))
+    p.add_argument("--round_to", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    data = p.add_mutually_exclusive_group()
+    data.add_argument("--dataset", help="TFDS name for the search (its holdout split)")
+    data.add_argument("--image_dir", help="folder of class sub-folders of images")
+    p.add_argument("--data_dir", default=None, help="TFDS data directory")
+    p.add_argument("--output", help="where to save the pruned .keras model")
+    p.add_argument("--search_epochs", type=int, default=5)
+    p.add_argument("--batch_size", type=int, default=64)
+    p.add_argument("--predictor", default="gru", choices=("gru", "bigru", "linear", "none"))
+    p.add_argument("--take", type=int, default=None, help="use only this many examples")
+    return p
+
+
+def _fail(message):
+    print(f"autoprune: error: {message}", file=sys.stderr)
+    return 2
+
+
+def check_application(name, input_size, target, classes=10, seed=0, policy="all", round_to=1):
+    """The JSON report of the keras.applications check (see the module docstring)."""
+    import keras
+    import numpy as np
+
+    from pn_tf import auto
+    from pn_tf.extract import set_gate_masks
+    from pn_tf.graph import FlopsModel, count_params
+    from pn_tf.layers import set_gate_mode
+
+    builder = getattr(keras.applications, name, None)
+    if builder is None or not callable(builder):
+        raise KeyError(name)
+    keras.utils.set_random_seed(seed)
+    model = builder(weights=None, input_shape=(input_size, input_size, 3), classes=classes,
+                    classifier_activation=None)
+    rng = np.random.RandomState(seed)
+    for layer in model.layers:  # non-trivial BN statistics, so a revived channel would show
+        if isinstance(layer, keras.layers.BatchNormalization):
+            gamma, beta, mean, var = layer.get_weights()
+            layer.set_weights([rng.uniform(0.5, 1.5, gamma.shape), rng.randn(*beta.shape) * 0.3,
+                               rng.randn(*mean.shape) * 0.3, rng.uniform(0.5, 1.5, var.shape)])
+    analysis = auto.analyse(model, policy=policy)
+    gated = auto.insert_gates(model, analysis.groups, policy=policy)
+    x = rng.uniform(0, 255, (2, input_size, input_size, 3)).astype("float32")
+    original = np.asarray(model(x))
+    identity_diff = float(np.abs(original - np.asarray(gated(x))).max())
+    auto.random_gate_logits(gated, seed)
+    narrow, selection, graph = auto.extract_at(gated, target, round_to=round_to)
+    set_gate_masks(gated, selection.keep, graph)
+    set_gate_mode(gated, "mask")
+    reference, pruned = np.asarray(gated(x)), np.asarray(narrow(x))
+    return {
+        "application": name,
+        "input_size": input_size,
+        "groups": len(graph.groups),
+        "group_widths": [int(g.size) for g in graph.groups],
+        "kept_widths": selection.widths,
+        "flops": selection.total_flops,
+        "pruned_flops": selection.flops,
+        "pruned_flops_recount": FlopsModel(narrow).total,
+        "target_flops_reduction": target,
+        "flops_reduction": selection.reduction,
+        "params": count_params(model),
+        "pruned_params": count_params(narrow),
+        "max_abs_diff": float(np.abs(reference - pruned).max()),
+        "output_scale": float(np.abs(reference).max()),
+        "identity_max_abs_diff": identity_diff,
+        "excluded": analysis.excluded,
+        "warnings": analysis.warnings + list(selection.notes),
+    }
+
+
+def main(argv=None):
+    args = _parser().parse_args(argv)
+    if not 0.0 < args.target_flops_reduction < 1.0:
+        return _fail(f"--target_flops_reduction must be in (0, 1), got {args.target_flops_reduction}")
+    if args.keras_application:
+        try:
+            report = check_application(args.keras_application, args.input_size,
+                                       args.target_flops_reduction, classes=args.classes,
+                                       seed=args.seed, policy=args.policy, round_to=args.round_to)
+        except KeyError:
+            return _fail(f"keras.applications has no architecture named {args.keras_application!r}")
+        if args.json:
+            print(json.dumps(report))
+        else:
+            for key in ("application", "groups", "flops", "pruned_flops", "flops_reduction", "params",
+                        "pruned_params", "max_abs_diff"):
+                print(f"{key}: {report[key]}")
+            for message in report["warnings"]:
+                print(f"warning: {message}")
+        return 0
+
+    if not os.path.isfile(args.model):
+        return _fail(f"model file {args.model!r} does not exist")
+    if not (args.dataset or args.image_dir):
+        return _fail("--model needs --dataset or --image_dir for the search")
+    if args.image_dir and not os.path.isdir(args.image_dir):
+        return _fail(f"image folder {args.image_dir!r} does not exist")
+    if not args.output:
+        return _fail("--model needs --output for the pruned model")
+    import keras
+
+    from pn_tf import auto
+    from pn_tf.io import atomic_path
+
+    model = keras.saving.load_model(args.model, compile=False)
+    pruned, summary = auto.prune(
+        model, args.image_dir or args.dataset, target_flops_reduction=args.target_flops_reduction,
+        search_epochs=args.search_epochs, batch_size=args.batch_size, predictor=args.predictor,
+        data_dir=args.data_dir, round_to=args.round_to, policy=args.policy, take=args.take,
+        seed=args.seed, verbose=0 if args.json else 2, return_summary=True)
+    with atomic_path(args.output) as tmp:
+        pruned.save(tmp)
+    summary["output"] = os.path.abspath(args.output)
+    summary.pop("search_history", None)
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        for key in ("groups", "flops", "pruned_flops", "flops_reduction", "params", "pruned_params", "output"):
+            print(f"{key}: {summary[key]}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
