@@ -21,54 +21,57 @@ from pn_tf.pipeline import STAGES, Pipeline, PipelineError  # noqa: E402
 
 FLAGS = flags.FLAGS
 
-# Run.
-flags.DEFINE_string("arch", "resnet56", "Architecture (see pn_tf.models.ARCHITECTURES).")
-flags.DEFINE_string("dataset", "cifar10", "Dataset: cifar10, imagenette or imagenet2012.")
-flags.DEFINE_string("data_dir", None, "TFDS data dir (default: $TFDS_DATA_DIR, else TFDS's default).")
-flags.DEFINE_string("workdir", None, "Folder holding everything of this run.")
-flags.DEFINE_list("stages", list(STAGES), f"Stages to run, in order, from {', '.join(STAGES)}.")
-flags.DEFINE_integer("input_size", None, "Square input side (default: the dataset's).")
-flags.DEFINE_integer("seed", 0, "Seed of data order, augmentation and search noise.")
-flags.DEFINE_enum("strategy", "default", ["default", "mirrored", "multi_worker"],
-                  "tf.distribute strategy: default (one device), mirrored (all local GPUs, or "
-                  "CPUs with --cpu_replicas), multi_worker (hosts from TF_CONFIG).")
-flags.DEFINE_integer("cpu_replicas", 0, "With --strategy=mirrored and no GPU: logical CPU devices.")
-flags.DEFINE_integer("train_take", None, "Use only this many training images (smoke runs).")
-flags.DEFINE_integer("eval_take", None, "Use only this many images per evaluation split.")
-flags.DEFINE_integer("verbose", 2, "Keras progress output: 0 silent, 1 bar, 2 one line per epoch.")
+def define_flags(flag_values=flags.FLAGS):
+    """Defines the pipeline's flags on ``flag_values`` (the global FLAGS by default)."""
+    fv = {"flag_values": flag_values}
+    # Run.
+    flags.DEFINE_string("arch", "resnet56", "Architecture (see pn_tf.models.ARCHITECTURES).", **fv)
+    flags.DEFINE_string("dataset", "cifar10", "Dataset: cifar10, imagenette or imagenet2012.", **fv)
+    flags.DEFINE_string("data_dir", None, "TFDS data dir (default: $TFDS_DATA_DIR, else TFDS's default).", **fv)
+    flags.DEFINE_string("workdir", None, "Folder holding everything of this run.", **fv)
+    flags.DEFINE_list("stages", list(STAGES), f"Stages to run, in order, from {', '.join(STAGES)}.", **fv)
+    flags.DEFINE_integer("input_size", None, "Square input side (default: the dataset's).", **fv)
+    flags.DEFINE_integer("seed", 0, "Seed of data order, augmentation and search noise.", **fv)
+    flags.DEFINE_enum("strategy", "default", ["default", "mirrored", "multi_worker"],
+                      "tf.distribute strategy: default (one device), mirrored (all local GPUs, or "
+                      "CPUs with --cpu_replicas), multi_worker (hosts from TF_CONFIG).", **fv)
+    flags.DEFINE_integer("cpu_replicas", 0, "With --strategy=mirrored and no GPU: logical CPU devices.", **fv)
+    flags.DEFINE_integer("train_take", None, "Use only this many training images (smoke runs).", **fv)
+    flags.DEFINE_integer("eval_take", None, "Use only this many images per evaluation split.", **fv)
+    flags.DEFINE_integer("verbose", 2, "Keras progress output: 0 silent, 1 bar, 2 one line per epoch.", **fv)
 
-# Baseline.
-flags.DEFINE_string("baseline_weights", "", "'' trains a baseline, 'shipped' loads the one in "
-                    "pn_tf/pretrained, else a path to a .weights.h5 file of this architecture.")
-flags.DEFINE_integer("baseline_epochs", 200, "Baseline training epochs.")
-flags.DEFINE_float("baseline_lr", 0.1, "Baseline peak learning rate (SGD, momentum 0.9).")
-flags.DEFINE_enum("baseline_schedule", "step", ["step", "cosine", "constant"], "Baseline LR schedule.")
-flags.DEFINE_integer("batch_size", 128, "Batch size of baseline training and fine-tuning.")
-flags.DEFINE_float("weight_decay", 1e-4, "PyTorch-style L2 weight decay (converted for Keras SGD).")
+    # Baseline.
+    flags.DEFINE_string("baseline_weights", "", "'' trains a baseline, 'shipped' loads the one in "
+                        "pn_tf/pretrained, else a path to a .weights.h5 file of this architecture.", **fv)
+    flags.DEFINE_integer("baseline_epochs", 200, "Baseline training epochs.", **fv)
+    flags.DEFINE_float("baseline_lr", 0.1, "Baseline peak learning rate (SGD, momentum 0.9).", **fv)
+    flags.DEFINE_enum("baseline_schedule", "step", ["step", "cosine", "constant"], "Baseline LR schedule.", **fv)
+    flags.DEFINE_integer("batch_size", 128, "Batch size of baseline training and fine-tuning.", **fv)
+    flags.DEFINE_float("weight_decay", 1e-4, "PyTorch-style L2 weight decay (converted for Keras SGD).", **fv)
 
-# Search.
-flags.DEFINE_float("target_flops_reduction", 0.5, "Fraction of FLOPs to remove.")
-flags.DEFINE_float("p", None, "Regularizer bound p directly (the paper's Table 1); overrides the "
-                   "target for the search; extraction still lands on --target_flops_reduction.")
-flags.DEFINE_integer("search_epochs", 200, "Search epochs over the held-out split.")
-flags.DEFINE_integer("search_batch_size", 256, "Search batch size.")
-flags.DEFINE_enum("predictor", "gru", ["gru", "bigru", "linear", "none"], "Performance predictor.")
-flags.DEFINE_enum("projection", "always", ["always", "conflict", "off"], "Gradient projection.")
-flags.DEFINE_float("pn_noise", 15.0, "Std of the noise on the PN's input (15 ResNet, 3 MobileNetV2).")
-flags.DEFINE_float("gate_lr", 5e-2, "Gate AdamW learning rate.")
-flags.DEFINE_integer("search_take", None, "Use only this many held-out images for the search.")
+    # Search.
+    flags.DEFINE_float("target_flops_reduction", 0.5, "Fraction of FLOPs to remove.", **fv)
+    flags.DEFINE_float("p", None, "Regularizer bound p directly (the paper's Table 1); overrides the "
+                       "target for the search; extraction still lands on --target_flops_reduction.", **fv)
+    flags.DEFINE_integer("search_epochs", 200, "Search epochs over the held-out split.", **fv)
+    flags.DEFINE_integer("search_batch_size", 256, "Search batch size.", **fv)
+    flags.DEFINE_enum("predictor", "gru", ["gru", "bigru", "linear", "none"], "Performance predictor.", **fv)
+    flags.DEFINE_enum("projection", "always", ["always", "conflict", "off"], "Gradient projection.", **fv)
+    flags.DEFINE_float("pn_noise", 15.0, "Std of the noise on the PN's input (15 ResNet, 3 MobileNetV2).", **fv)
+    flags.DEFINE_float("gate_lr", 5e-2, "Gate AdamW learning rate.", **fv)
+    flags.DEFINE_integer("search_take", None, "Use only this many held-out images for the search.", **fv)
 
-# Extraction and fine-tuning.
-flags.DEFINE_integer("round_to", 1, "Round kept widths to a multiple of this (e.g. 8).")
-flags.DEFINE_integer("finetune_epochs", 200, "Fine-tuning epochs.")
-flags.DEFINE_float("finetune_lr", 0.1, "Fine-tuning peak learning rate.")
-flags.DEFINE_enum("finetune_schedule", "step", ["step", "cosine", "constant"], "Fine-tuning schedule.")
+    # Extraction and fine-tuning.
+    flags.DEFINE_integer("round_to", 1, "Round kept widths to a multiple of this (e.g. 8).", **fv)
+    flags.DEFINE_integer("finetune_epochs", 200, "Fine-tuning epochs.", **fv)
+    flags.DEFINE_float("finetune_lr", 0.1, "Fine-tuning peak learning rate.", **fv)
+    flags.DEFINE_enum("finetune_schedule", "step", ["step", "cosine", "constant"], "Fine-tuning schedule.", **fv)
 
-# Export and report.
-flags.DEFINE_list("tflite", ["float32", "float16", "int8"], "TFLite variants to export.")
-flags.DEFINE_integer("calibration_images", 512, "Training images for int8 calibration.")
-flags.DEFINE_integer("tflite_threads", 1, "Threads for the TFLite latency measurement.")
-flags.DEFINE_integer("tflite_runs", 100, "Timed batch-1 runs per model for the latency.")
+    # Export and report.
+    flags.DEFINE_list("tflite", ["float32", "float16", "int8"], "TFLite variants to export.", **fv)
+    flags.DEFINE_integer("calibration_images", 512, "Training images for int8 calibration.", **fv)
+    flags.DEFINE_integer("tflite_threads", 1, "Threads for the TFLite latency measurement.", **fv)
+    flags.DEFINE_integer("tflite_runs", 100, "Timed batch-1 runs per model for the latency.", **fv)
 
 
 def main(argv):
@@ -85,4 +88,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(lambda argv: sys.exit(main(argv)))

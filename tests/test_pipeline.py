@@ -163,21 +163,18 @@ def test_nan_loss_stops_with_message_and_keeps_backup(tmp_path):
 def test_every_flagfile_parses_and_validates(flagfile, tmp_path, data_dir):
     from absl import flags
 
-    import pn_tf.train  # noqa: F401  (defines the flags)
     from pn_tf.baseline import shipped_weights
+    from pn_tf.train import define_flags
 
     path = REPO_ROOT / "configs" / flagfile
     assert path.read_text().startswith("# "), "each flagfile starts by saying what it reproduces"
-    flags.FLAGS.unparse_flags()
-    flags.FLAGS(["pn_tf.train", f"--flagfile={path}", f"--workdir={tmp_path / 'w'}",
-                 f"--data_dir={data_dir}"])
-    try:
-        if flags.FLAGS.dataset == "imagenet2012":
-            with pytest.raises(PipelineError, match="imagenet2012|GPU"):
-                Pipeline.from_flags(flags.FLAGS)
-        elif flags.FLAGS.baseline_weights == "shipped" and not shipped_weights(flags.FLAGS.arch, "cifar10"):
-            pytest.skip("no shipped baseline for this architecture")
-        else:
-            Pipeline.from_flags(flags.FLAGS)
-    finally:
-        flags.FLAGS.unparse_flags()
+    values = flags.FlagValues()
+    define_flags(values)
+    values(["pn_tf.train", f"--flagfile={path}", f"--workdir={tmp_path / 'w'}", f"--data_dir={data_dir}"])
+    if values.dataset == "imagenet2012":
+        with pytest.raises(PipelineError, match="imagenet2012|GPU"):
+            Pipeline.from_flags(values)
+    elif values.baseline_weights == "shipped" and not shipped_weights(values.arch, "cifar10"):
+        pytest.skip("no shipped baseline for this architecture")
+    else:
+        Pipeline.from_flags(values)
