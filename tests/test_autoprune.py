@@ -153,7 +153,8 @@ def test_prune_smoke_on_cifar10(data_dir):
     pruned, summary = auto.prune(model, "cifar10", target_flops_reduction=0.5, search_epochs=1,
                                  batch_size=64, take=256, data_dir=data_dir, return_summary=True)
     assert summary["groups"] == 3
-    assert abs(summary["flops_reduction"] - 0.5) < 0.01
+    # Three groups only: one stem channel costs ~1.3% of this network, so it lands coarsely.
+    assert 0.5 <= summary["flops_reduction"] < 0.53
     assert FlopsModel(pruned).total == pytest.approx(summary["pruned_flops"])
     assert pruned.output_shape == (None, 10)
     assert "loss" in summary["search_history"]
@@ -178,23 +179,47 @@ def test_cli_json_for_an_application():
     assert abs(report["flops_reduction"] - 0.3) < 0.01
 
 
-def test_cli_errors(tmp_path):
-    unknown = _run_cli("--keras_application=NoSuchNet", "--input_size=32")
-    assert unknown.returncode != 0 and "NoSuchNet" in unknown.stderr
-    missing = _run_cli(f"--model={tmp_path / 'absent.keras'}", "--dataset=cifar10",
-                       f"--output={tmp_path / 'out.keras'}")
-    assert missing.returncode != 0 and "does not exist" in missing.stderr
+def _cli_main():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("autoprune_cli", REPO_ROOT / "tools" / "autoprune.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main
+
+
+def test_cli_errors(tmp_path, capsys):
+    main = _cli_main()
+    assert main(["--keras_application=NoSuchNet", "--input_size=32"]) != 0
+    assert "NoSuchNet" in capsys.readouterr().err
+    assert main([f"--model={tmp_path / 'absent.keras'}", "--dataset=cifar10",
+                 f"--output={tmp_path / 'out.keras'}"]) != 0
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["--keras_application=ResNet50", "--target_flops_reduction=1.5"]) != 0
+
+
+def test_pn_tf_exports_prune_lazily():
+    code = ("import sys, pn_tf; assert 'tensorflow' not in sys.modules; "
+            "assert pn_tf.prune.__module__ == 'pn_tf.auto'")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO_ROOT, timeout=300)
 
 
 @pytest.mark.slow
-def test_cli_prunes_a_saved_model(tmp_path, data_dir):
+def test_cli_prunes_a_saved_model_on_an_image_folder(tmp_path):
+    rng = np.random.RandomState(0)
+    for label in ("cats", "dogs"):
+        (tmp_path / "images" / label).mkdir(parents=True)
+        for i in range(12):
+            keras.utils.save_img(tmp_path / "images" / label / f"{i}.png",
+                                 rng.randint(0, 255, (40, 40, 3)).astype("uint8"))
     source = tmp_path / "tiny.keras"
     _tiny_model().save(source)
     output = tmp_path / "tiny_pruned.keras"
-    result = _run_cli(f"--model={source}", "--dataset=cifar10", f"--data_dir={data_dir}",
+    result = _run_cli(f"--model={source}", f"--image_dir={tmp_path / 'images'}",
                       "--target_flops_reduction=0.4", f"--output={output}", "--search_epochs=1",
-                      "--take=256", "--json")
+                      "--batch_size=8", "--json")
     assert result.returncode == 0, result.stderr[-2000:]
     pruned = keras.saving.load_model(output)
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert FlopsModel(pruned).total == pytest.approx(report["pruned_flops"])
+    assert not [p for p in os.listdir(tmp_path) if ".tmp-" in p]  # atomic save left no debris
