@@ -64,6 +64,9 @@ def test_keras_application_prunes_equivalently(name):
     assert abs(selection.reduction - 0.4) < 0.01
     assert FlopsModel(narrow).total == pytest.approx(selection.flops, rel=1e-9)
     assert count_params(narrow) < count_params(model)
+    gate_names = {g.name for g in gate_layers(gated)}
+    assert not [layer.name for layer in narrow.layers
+                if layer.name in gate_names or layer.name.startswith("pn_")]  # no leftovers
 
 
 def test_lambda_layer_channels_are_left_alone(caplog):
