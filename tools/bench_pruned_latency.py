@@ -1,0 +1,352 @@
+"""TFLite batch-1 CPU latency of unpruned vs pruned zoo models at a FLOPs budget.
+
+    python tools/bench_pruned_latency.py --archs=resnet56,mobilenetv2 --round_to=1,8 \\
+        --quantizations=float32,int8 --num_threads=1 --json
+
+For each architecture:
+
+1. build the zoo model (``pn_tf.models.build_model``) at its input size (CIFAR models 32,
+   ImageNet-style models 224, or ``--input_size``);
+2. give it realistic BatchNorm statistics: ``--bn_images`` real training images (CIFAR-10 for
+   the CIFAR models, imagenette otherwise) are run through it in training mode with each BN's
+   momentum set so that its moving mean/variance become the average of the batch statistics
+   (``--bn_images=0`` randomizes them instead, and needs no data). The conv weights stay at
+   their initialisation, except for a shipped baseline (``pn_tf/pretrained``, used when
+   present and ``--use_shipped``). Latency does not depend on the weight values; int8
+   calibration only needs sane activations;
+3. score every channel of every prunable group by the L1 norm of its producing filters
+   (summed over the producers of a tied group), standardized within the group (z-score) so
+   that one global threshold compares groups of different fan-in. This is the classic
+   "smallest-L1-filters" selection; on the initial weights it gives close to uniform keep
+   ratios per group, which is also what a width-uniform pruning would do;
+4. choose channels with ``select_channels(FlopsModel(model), scores, target_flops_reduction,
+   round_to)`` (one selection per ``--round_to`` value) and build the narrow model with
+   ``extract_model``. The unpruned reference is ``extract_model`` with every channel kept:
+   the same network, gates stripped;
+5. export every model to TFLite (float32; int8 full-integer with float I/O, calibrated on
+   ``--calibration_images`` training images at the model's input size, see
+   :func:`pn_tf.export.representative_dataset`);
+6. per (architecture, quantization), time the unpruned model and its pruned versions
+   interleaved in this one process (:func:`pn_tf.export.batch1_interpreter` /
+   :func:`pn_tf.export.time_interleaved`; a change of machine load hits all alike) at batch 1
+   with ``--num_threads`` interpreter threads.
+
+Reported per row: MACs counted from the ``.tflite`` graph (:func:`pn_tf.export.tflite_macs`),
+``flops_reduction``, median and p90 latency, ``latency_reduction``,
+``efficiency = latency_reduction / flops_reduction`` (goal >= 0.9), parameters of the Keras
+model and the ``.tflite`` file size. ``--json`` prints one JSON object to stdout; otherwise a
+table. The number of timed runs per group is ``--runs``, capped so that one group takes about
+``--group_seconds`` (never fewer than ``--min_runs``), so slow models get fewer runs.
+"""
+
+import datetime
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import numpy as np  # noqa: E402
+from absl import app, flags, logging  # noqa: E402
+
+DEFAULT_ARCHS = ["resnet56", "mobilenetv2_cifar", "shufflenetv2plus_small",
+                 "shufflenetv2plus_large", "mobilenetv2"]
+CIFAR_ARCHS = ("resnet56", "mobilenetv2_cifar")
+GOAL_EFFICIENCY = 0.9
+
+flags.DEFINE_list("archs", DEFAULT_ARCHS, "Zoo architectures to measure.")
+flags.DEFINE_integer("input_size", None,
+                     "Square input side for every arch (default: per arch, CIFAR 32, else 224).")
+flags.DEFINE_float("target_flops_reduction", 0.5, "Fraction of the MACs to remove.")
+flags.DEFINE_list("round_to", ["1"],
+                  "Round each group's kept count to a multiple of this; several values give "
+                  "several pruned models, timed together with the same unpruned one.")
+flags.DEFINE_list("quantizations", ["float32", "int8"], "TFLite variants: float32, float16, int8.")
+flags.DEFINE_integer("num_threads", 1, "LiteRT interpreter threads.")
+flags.DEFINE_integer("runs", 200, "Timed invocations per model (at most; see --group_seconds).")
+flags.DEFINE_integer("min_runs", 30, "Timed invocations per model at least (if --runs allows).")
+flags.DEFINE_float("group_seconds", 60.0,
+                   "Approximate timing budget per (arch, quantization) group; caps --runs.")
+flags.DEFINE_integer("warmup", 10, "Untimed invocations per model before timing.")
+flags.DEFINE_integer("block", 10, "Consecutive invocations of one model per round.")
+flags.DEFINE_integer("bn_images", 128,
+                     "Real images used to set BN moving statistics (0: random statistics).")
+flags.DEFINE_integer("calibration_images", 64, "Images for int8 calibration.")
+flags.DEFINE_bool("use_shipped", True, "Load a shipped baseline from pn_tf/pretrained if any.")
+flags.DEFINE_bool("json", False, "Print one JSON object instead of the table.")
+flags.DEFINE_string("out_dir", None, "Where to keep the .tflite files (default: a temp dir, "
+                    "removed at the end).")
+flags.DEFINE_string("data_dir", None, "TFDS data dir (default: $TFDS_DATA_DIR).")
+flags.DEFINE_integer("seed", 0, "Seed for random BN statistics and the timing input.")
+
+FLAGS = flags.FLAGS
+
+
+def dataset_for(arch):
+    return "cifar10" if arch in CIFAR_ARCHS else "imagenette"
+
+
+def _batches(dataset, count, size, batch_size, data_dir):
+    from pn_tf.export import representative_dataset
+
+    return representative_dataset(dataset, num_images=count, batch_size=batch_size,
+                                  image_size=size, data_dir=data_dir)
+
+
+def set_bn_statistics(model, dataset, count, size, data_dir, seed=0):
+    """Moving mean/variance of every BN = the mean of its batch statistics on real images.
+
+    With ``count == 0`` they are drawn at random instead (mean ~ N(0, 0.3), var ~ U(0.5, 1.5)).
+    """
+    import keras
+
+    bns = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    if count <= 0:
+        rng = np.random.default_rng(seed)
+        for bn in bns:
+            gamma, beta, mean, var = bn.get_weights()
+            bn.set_weights([gamma, beta, rng.normal(0, 0.3, mean.shape).astype(mean.dtype),
+                            rng.uniform(0.5, 1.5, var.shape).astype(var.dtype)])
+        return "random"
+    saved = [bn.momentum for bn in bns]
+    try:
+        for step, (images, _) in enumerate(_batches(dataset, count, size, 32, data_dir)):
+            for bn in bns:  # running average: batch k gets weight 1 / (k + 1)
+                bn.momentum = step / (step + 1.0)
+            model(images, training=True)
+    finally:
+        for bn, momentum in zip(bns, saved):
+            bn.momentum = momentum
+    return f"{count} {dataset} training images, training-mode batch statistics"
+
+
+def _filter_l1(layer):
+    """Per-output-channel L1 norm of a producer's kernel, or None if it has none."""
+    import keras
+
+    if isinstance(layer, keras.layers.DepthwiseConv2D):
+        return None
+    if isinstance(layer, keras.layers.SeparableConv2D):
+        kernel = np.asarray(layer.pointwise_kernel)
+    elif isinstance(layer, (keras.layers.Conv2D, keras.layers.Dense)):
+        kernel = np.asarray(layer.kernel)
+    else:
+        return None
+    return np.abs(kernel).reshape(-1, kernel.shape[-1]).sum(axis=0)
+
+
+def l1_scores(model, graph):
+    """Per group: z-scored L1 norms of the producing filters (summed over tied producers)."""
+    scores = []
+    for group in graph.groups:
+        total = np.zeros(group.size)
+        for name in group.producers:
+            l1 = _filter_l1(model.get_layer(name))
+            if l1 is not None and l1.shape == (group.size,):
+                total += l1
+        std = total.std()
+        scores.append((total - total.mean()) / std if std > 0 else np.zeros(group.size))
+    return scores
+
+
+def _export(model, directory, name, quantizations, representative):
+    from pn_tf.export import export_saved_model, export_tflite
+
+    saved = os.path.join(directory, f"{name}_saved_model")
+    export_saved_model(model, saved)
+    paths = {}
+    for q in quantizations:
+        paths[q] = export_tflite(saved, os.path.join(directory, f"{name}_{q}.tflite"), q,
+                                 representative if q == "int8" else None)
+    shutil.rmtree(saved, ignore_errors=True)
+    return paths
+
+
+def _time_group(paths, num_threads, runs, min_runs, group_seconds, warmup, block, seed):
+    """Interleaved batch-1 times (seconds) of ``paths``; runs capped by ``group_seconds``."""
+    from pn_tf.export import batch1_interpreter, time_interleaved
+
+    interpreters = [batch1_interpreter(p, num_threads, seed) for p in paths]
+    per_round = 0.0
+    for interpreter in interpreters:  # warm-up, timed once to size the measurement
+        for _ in range(max(1, warmup)):
+            start = time.perf_counter()
+            interpreter.invoke()
+        per_round += time.perf_counter() - start
+    runs = int(max(min(min_runs, runs), min(runs, group_seconds / max(per_round, 1e-6))))
+    return time_interleaved(interpreters, runs, warmup=0, block=block), runs
+
+
+def measure_arch(arch, directory, *, input_size, target, round_tos, quantizations, num_threads,
+                 runs, min_runs, group_seconds, warmup, block, bn_images, calibration_images,
+                 use_shipped, data_dir, seed):
+    from pn_tf.baseline import load_checked, shipped_weights
+    from pn_tf.export import tflite_macs
+    from pn_tf.extract import extract_model, select_channels
+    from pn_tf.graph import ChannelGraph, FlopsModel, count_params
+    from pn_tf.models import ARCHITECTURES, build_model
+
+    started = time.time()
+    size = int(input_size or ARCHITECTURES[arch][1])
+    dataset = dataset_for(arch)
+    model = build_model(arch, input_size=size)
+    weights = "initial (random)"
+    shipped = shipped_weights(arch, dataset) if use_shipped and size == ARCHITECTURES[arch][1] else None
+    if shipped:
+        load_checked(model, shipped)
+        weights, bn = f"shipped {os.path.basename(shipped)}", "from the checkpoint"
+    else:
+        bn = set_bn_statistics(model, dataset, bn_images, size, data_dir, seed)
+    graph = ChannelGraph(model)
+    flops = FlopsModel(graph)
+    scores = l1_scores(model, graph)
+    representative = None
+    if "int8" in quantizations:
+        batches = _batches(dataset, calibration_images, size, 16, data_dir)
+        representative = [np.asarray(images) for images, _ in batches]
+
+    variants = {"full": ([np.ones(g.size, bool) for g in graph.groups], None)}
+    for r in round_tos:
+        variants[f"pruned_r{r}"] = (select_channels(flops, scores, target, round_to=r).keep, r)
+    models = {}
+    for name, (keep, round_to) in variants.items():
+        narrow = extract_model(model, keep, graph, name=f"{arch}_{name}")
+        paths = _export(narrow, directory, f"{arch}_{size}_{name}", quantizations, representative)
+        models[name] = {"paths": paths, "params": count_params(narrow),
+                        "keras_flops": int(round(flops.count([k.sum() for k in keep]))),
+                        "round_to": round_to,
+                        "kept_channels": int(sum(k.sum() for k in keep)),
+                        "total_channels": int(sum(len(k) for k in keep))}
+        del narrow
+    logging.info("%s: built and exported %d models in %.0f s", arch, len(models),
+                 time.time() - started)
+
+    rows = []
+    names = list(models)
+    for q in quantizations:
+        paths = [models[n]["paths"][q] for n in names]
+        macs = [tflite_macs(p) for p in paths]
+        times, used_runs = _time_group(paths, num_threads, runs, min_runs, group_seconds, warmup,
+                                       block, seed)
+        base_ms = float(np.median(times[0]) * 1e3)
+        for name, path, mac, samples in zip(names, paths, macs, times):
+            ms = np.asarray(samples) * 1e3
+            flops_reduction = 1.0 - mac / macs[0]
+            latency_reduction = 1.0 - float(np.median(ms)) / base_ms
+            efficiency = latency_reduction / flops_reduction if flops_reduction > 0 else None
+            rows.append({
+                "arch": arch, "input_size": size, "quantization": q, "model": name,
+                "round_to": models[name]["round_to"], "flops": int(mac),
+                "keras_flops": models[name]["keras_flops"],
+                "flops_reduction": flops_reduction,
+                "latency_ms": float(np.median(ms)), "latency_p90_ms": float(np.percentile(ms, 90)),
+                "latency_reduction": latency_reduction, "efficiency": efficiency,
+                "meets_goal": None if efficiency is None else efficiency >= GOAL_EFFICIENCY,
+                "params": models[name]["params"], "size_bytes": os.path.getsize(path),
+                "kept_channels": models[name]["kept_channels"],
+                "total_channels": models[name]["total_channels"], "runs": used_runs,
+                "tflite": path})
+    return {"arch": arch, "input_size": size, "dataset": dataset, "weights": weights,
+            "bn_statistics": bn, "seconds": round(time.time() - started, 1), "rows": rows}
+
+
+def format_table(results):
+    header = ("arch", "in", "quant", "model", "MMACs", "flops_red", "median_ms", "p90_ms",
+              "lat_red", "eff", "params", "size_KB", "runs")
+    lines = [header]
+    for result in results:
+        for r in result["rows"]:
+            pruned = r["efficiency"] is not None
+            lines.append((
+                r["arch"], str(r["input_size"]), r["quantization"], r["model"],
+                f"{r['flops'] / 1e6:.2f}", f"{r['flops_reduction']:.1%}" if pruned else "-",
+                f"{r['latency_ms']:.3f}", f"{r['latency_p90_ms']:.3f}",
+                f"{r['latency_reduction']:.1%}" if pruned else "-",
+                (f"{r['efficiency']:.2f}" + ("" if r["meets_goal"] else " MISS")) if pruned else "-",
+                f"{r['params']:,}", f"{r['size_bytes'] / 1024:.0f}", str(r["runs"])))
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    out = ["  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in lines]
+    out.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(out)
+
+
+def main(argv):
+    del argv
+    import keras  # noqa: F401  (imported before timing starts)
+
+    from pn_tf.export import QUANTIZATIONS
+    from pn_tf.models import ARCHITECTURES
+
+    for arch in FLAGS.archs:
+        if arch not in ARCHITECTURES:
+            print(f"error: unknown arch {arch!r}; known: {', '.join(sorted(ARCHITECTURES))}",
+                  file=sys.stderr)
+            return 2
+    for q in FLAGS.quantizations:
+        if q not in QUANTIZATIONS:
+            print(f"error: unknown quantization {q!r}; known: {QUANTIZATIONS}", file=sys.stderr)
+            return 2
+    round_tos = sorted({int(r) for r in FLAGS.round_to})
+    if not 0.0 < FLAGS.target_flops_reduction < 1.0 or min(round_tos) < 1:
+        print("error: --target_flops_reduction must be in (0, 1) and --round_to >= 1",
+              file=sys.stderr)
+        return 2
+    data_dir = FLAGS.data_dir or os.environ.get("TFDS_DATA_DIR")
+    keep_files = FLAGS.out_dir is not None
+    directory = FLAGS.out_dir or tempfile.mkdtemp(prefix="pn_tf_latency_")
+    os.makedirs(directory, exist_ok=True)
+    load_before = os.getloadavg()
+    started = time.time()
+    started_at = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+    results = []
+    try:
+        for arch in FLAGS.archs:
+            results.append(measure_arch(
+                arch, directory, input_size=FLAGS.input_size, target=FLAGS.target_flops_reduction,
+                round_tos=round_tos, quantizations=FLAGS.quantizations,
+                num_threads=FLAGS.num_threads, runs=FLAGS.runs, min_runs=FLAGS.min_runs,
+                group_seconds=FLAGS.group_seconds, warmup=FLAGS.warmup, block=FLAGS.block,
+                bn_images=FLAGS.bn_images, calibration_images=FLAGS.calibration_images,
+                use_shipped=FLAGS.use_shipped, data_dir=data_dir, seed=FLAGS.seed))
+    finally:
+        if not keep_files:
+            shutil.rmtree(directory, ignore_errors=True)
+    try:
+        from importlib.metadata import version
+        litert = version("ai-edge-litert")
+    except Exception:  # pragma: no cover
+        litert = None
+    import tensorflow as tf
+
+    report = {
+        "date": started_at,
+        "finished": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "command": " ".join([os.path.basename(sys.argv[0])] + sys.argv[1:]),
+        "machine": {"cpu_count": os.cpu_count(), "processor": platform.processor() or
+                    platform.machine(), "loadavg_before": load_before,
+                    "loadavg_after": os.getloadavg()},
+        "tensorflow": tf.__version__, "ai_edge_litert": litert,
+        "num_threads": FLAGS.num_threads, "batch_size": 1,
+        "target_flops_reduction": FLAGS.target_flops_reduction, "round_to": round_tos,
+        "goal_efficiency": GOAL_EFFICIENCY, "flops_source": "tflite_graph",
+        "tflite_dir": directory if keep_files else None,
+        "seconds": round(time.time() - started, 1), "results": results,
+    }
+    if FLAGS.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(format_table(results))
+        misses = [f"{r['arch']}/{r['quantization']}/{r['model']} ({r['efficiency']:.2f})"
+                  for res in results for r in res["rows"] if r["meets_goal"] is False]
+        print(f"\nefficiency = latency_reduction / flops_reduction; goal >= {GOAL_EFFICIENCY}. "
+              f"{'Misses: ' + ', '.join(misses) if misses else 'All pruned rows meet it.'}")
+    return 0
+
+
+if __name__ == "__main__":
+    app.run(main)
