@@ -315,4 +315,8 @@ def make_dataset(name: str, split: str, batch_size: int, training: bool, *,
                 lambda xy, key: (_random_flip(xy[0], key), xy[1]),
                 num_parallel_calls=AUTOTUNE)
     ds = ds.map(lambda x, y: _pixels_out(x, y, size), num_parallel_calls=AUTOTUNE)
-    return ds.prefetch(AUTOTUNE)
+    # One TFRecord file cannot be sharded by file across workers: shard the (deterministic)
+    # batches instead, so MultiWorkerMirroredStrategy splits every global batch.
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return ds.with_options(options).prefetch(AUTOTUNE)

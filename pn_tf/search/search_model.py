@@ -114,6 +114,11 @@ class PNSearch(keras.Model):
                                for name in ("loss", "accuracy", "flops_ratio")}
         self.built = True  # every part (network, predictor, memory) is built already
 
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # Everything is built in __init__ and compile(). Keras 3.15's symbolic build first
+        # reduces a data batch across replicas, which fails under MultiWorkerMirroredStrategy.
+        return
+
     @property
     def metrics(self):
         return list(self._trackers.values()) + list(self._eval_trackers.values())
@@ -208,7 +213,7 @@ class PNSearch(keras.Model):
         }
         for name, value in values.items():
             self._trackers[name].update_state(value)
-        return {name: t.result() for name, t in self._trackers.items()}
+        return self._logs(self._trackers)
 
     def _pn_step(self, pn_active, replicas):
         if self.predictor is None:
@@ -239,7 +244,15 @@ class PNSearch(keras.Model):
         ratio = self.flops([g.hard_values(tf.zeros_like(g.noise)) for g in self.gates]) / self.flops.total
         for name, value in (("loss", loss), ("accuracy", acc), ("flops_ratio", ratio)):
             self._eval_trackers[name].update_state(value)
-        return {name: t.result() for name, t in self._eval_trackers.items()}
+        return self._logs(self._eval_trackers)
+
+    def _logs(self, trackers):
+        logs = {name: t.result() for name, t in trackers.items()}
+        if isinstance(tf.distribute.get_strategy(), tf.distribute.MultiWorkerMirroredStrategy):
+            # Keras 3.15 reduces step outputs across workers with MEAN over axis 0, which
+            # rejects scalars; a length-1 vector reduces to the same scalar.
+            logs = {name: tf.reshape(v, [1]) for name, v in logs.items()}
+        return logs
 
     def deterministic_gates(self):
         """The noise-free hard gate vectors ``1[theta + base >= 0]`` as numpy arrays."""
