@@ -125,35 +125,6 @@ def set_bn_statistics(model, dataset, count, size, data_dir, seed=0):
     return f"{count} {dataset} training images, training-mode batch statistics"
 
 
-def _filter_l1(layer):
-    """Per-output-channel L1 norm of a producer's kernel, or None if it has none."""
-    import keras
-
-    if isinstance(layer, keras.layers.DepthwiseConv2D):
-        return None
-    if isinstance(layer, keras.layers.SeparableConv2D):
-        kernel = np.asarray(layer.pointwise_kernel)
-    elif isinstance(layer, (keras.layers.Conv2D, keras.layers.Dense)):
-        kernel = np.asarray(layer.kernel)
-    else:
-        return None
-    return np.abs(kernel).reshape(-1, kernel.shape[-1]).sum(axis=0)
-
-
-def l1_scores(model, graph):
-    """Per group: z-scored L1 norms of the producing filters (summed over tied producers)."""
-    scores = []
-    for group in graph.groups:
-        total = np.zeros(group.size)
-        for name in group.producers:
-            l1 = _filter_l1(model.get_layer(name))
-            if l1 is not None and l1.shape == (group.size,):
-                total += l1
-        std = total.std()
-        scores.append((total - total.mean()) / std if std > 0 else np.zeros(group.size))
-    return scores
-
-
 def _export(model, directory, name, quantizations, representative):
     from pn_tf.export import export_saved_model, export_tflite
 
@@ -187,7 +158,7 @@ def measure_arch(arch, directory, *, input_size, target, round_tos, quantization
                  use_shipped, data_dir, seed):
     from pn_tf.baseline import load_checked, shipped_weights
     from pn_tf.export import tflite_macs
-    from pn_tf.extract import extract_model, select_channels
+    from pn_tf.extract import extract_model, filter_l1_scores, select_channels
     from pn_tf.graph import ChannelGraph, FlopsModel, count_params
     from pn_tf.models import ARCHITECTURES, build_model
 
@@ -204,7 +175,7 @@ def measure_arch(arch, directory, *, input_size, target, round_tos, quantization
         bn = set_bn_statistics(model, dataset, bn_images, size, data_dir, seed)
     graph = ChannelGraph(model)
     flops = FlopsModel(graph)
-    scores = l1_scores(model, graph)
+    scores = filter_l1_scores(model, graph)
     representative = None
     if "int8" in quantizations:
         batches = _batches(dataset, calibration_images, size, 16, data_dir)

@@ -12,6 +12,7 @@ its top-scoring channels; ``round_to`` rounds each group's kept count to a multi
 import dataclasses
 import logging
 
+import keras
 import numpy as np
 
 from pn_tf.graph import FlopsModel
@@ -49,6 +50,37 @@ def gate_scores(model):
     from pn_tf.layers import gate_layers
 
     return [np.asarray(g.logits.numpy(), dtype=np.float64) for g in gate_layers(model)]
+
+
+def _filter_l1(layer):
+    """Per-output-channel L1 norm of a producer's kernel, or None if it has none."""
+    if isinstance(layer, keras.layers.DepthwiseConv2D):
+        return None
+    if isinstance(layer, keras.layers.SeparableConv2D):
+        kernel = np.asarray(layer.pointwise_kernel)
+    elif isinstance(layer, (keras.layers.Conv2D, keras.layers.Dense)):
+        kernel = np.asarray(layer.kernel)
+    else:
+        return None
+    return np.abs(kernel).reshape(-1, kernel.shape[-1]).sum(axis=0)
+
+
+def filter_l1_scores(model, graph):
+    """Per group: z-scored L1 norms of the producing filters (summed over tied producers).
+
+    The classic magnitude criterion (Li et al., ICLR 2017), standardised within each group so
+    that one global threshold compares groups of different scales.
+    """
+    scores = []
+    for group in graph.groups:
+        total = np.zeros(group.size)
+        for name in group.producers:
+            l1 = _filter_l1(model.get_layer(name))
+            if l1 is not None and l1.shape == (group.size,):
+                total += l1
+        std = total.std()
+        scores.append((total - total.mean()) / std if std > 0 else np.zeros(group.size))
+    return scores
 
 
 def _round_count(count, size, round_to):
