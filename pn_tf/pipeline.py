@@ -52,6 +52,7 @@ class RunConfig:
     projection: str = "always"
     pn_noise: float = 15.0
     gate_lr: float = 5e-2
+    pn_batch_size: int = 64
     search_take: int = None
     round_to: int = 1
     finetune_epochs: int = 200
@@ -137,7 +138,7 @@ class Pipeline:
         c.input_size = c.input_size or spec.image_size
         _positive(c, "baseline_epochs", "search_epochs", "batch_size", "search_batch_size",
                   "baseline_lr", "finetune_lr", "gate_lr", "round_to", "calibration_images",
-                  "tflite_threads", "tflite_runs", "train_take", "eval_take", "search_take",
+                  "tflite_threads", "tflite_runs", "pn_batch_size", "train_take", "eval_take", "search_take",
                   "finetune_epochs", "weight_decay", "pn_noise", allow_zero=("finetune_epochs", "weight_decay", "pn_noise"))
         if not 0.0 < c.target_flops_reduction < 1.0:
             raise PipelineError(f"--target_flops_reduction must be in (0, 1), got {c.target_flops_reduction}")

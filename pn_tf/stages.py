@@ -40,7 +40,7 @@ def search(pipe):
     c = pipe.config
     network = load_checked(pipe.build_model(), _baseline_weights(pipe))
     config = SearchConfig(epochs=c.search_epochs, batch_size=c.search_batch_size, predictor=c.predictor,
-                          projection=c.projection, pn_noise=c.pn_noise,
+                          projection=c.projection, pn_noise=c.pn_noise, pn_batch_size=c.pn_batch_size,
                           target_reduction=c.target_flops_reduction, p=c.p, gate_lr=c.gate_lr,
                           seed=c.seed, take=c.search_take)
     summary = run_search(network, c.dataset, pipe.stage_dir("search"), config, data_dir=c.data_dir,

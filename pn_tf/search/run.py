@@ -28,6 +28,7 @@ class SearchConfig:
     predictor: str = "gru"
     projection: str = "always"
     pn_noise: float = 15.0
+    pn_batch_size: int = 64
     target_reduction: float = 0.5
     p: float = None
     gate_lr: float = 5e-2
@@ -90,7 +91,7 @@ def run_search(network, dataset, workdir, config, data_dir=None, strategy=None, 
     with strategy.scope():
         search = PNSearch(network, predictor=config.predictor, target_reduction=config.target_reduction,
                           p=config.p, projection=config.projection, pn_noise=config.pn_noise,
-                          seed=config.seed)
+                          pn_batch_size=config.pn_batch_size, seed=config.seed)
         drop = max(1, int(config.epochs * config.lr_drop_at * steps_per_epoch))
         gate_lr = keras.optimizers.schedules.PiecewiseConstantDecay(
             [drop], [config.gate_lr, config.gate_lr * 0.1])
