@@ -114,7 +114,7 @@ class LearningRateLogger(keras.callbacks.Callback):
             logs["learning_rate"] = float(np.asarray(lr))
 
 
-def standard_callbacks(workdir, stage, extra=()):
+def standard_callbacks(workdir, stage, extra=(), update_freq="epoch"):
     """Backup/restore, NaN guard, CSV + TensorBoard logs under ``workdir``."""
     os.makedirs(workdir, exist_ok=True)
     return [
@@ -122,7 +122,7 @@ def standard_callbacks(workdir, stage, extra=()):
         StopOnNonFinite(stage),
         LearningRateLogger(),
         keras.callbacks.CSVLogger(os.path.join(workdir, "history.csv"), append=True),
-        keras.callbacks.TensorBoard(os.path.join(workdir, "tensorboard"), update_freq="epoch"),
+        keras.callbacks.TensorBoard(os.path.join(workdir, "tensorboard"), update_freq=update_freq),
         *extra,
     ]
 

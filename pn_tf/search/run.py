@@ -16,7 +16,7 @@ import tensorflow as tf
 from pn_tf import data as data_lib
 from pn_tf.io import atomic_path, write_json
 from pn_tf.search.search_model import PNSearch
-from pn_tf.training import LearningRateLogger, StopOnNonFinite
+from pn_tf.training import standard_callbacks
 
 
 @dataclasses.dataclass
@@ -99,14 +99,8 @@ def run_search(network, dataset, workdir, config, data_dir=None, strategy=None, 
             gate_optimizer=keras.optimizers.AdamW(gate_lr, weight_decay=config.gate_weight_decay),
             pn_optimizer=keras.optimizers.AdamW(config.pn_lr, weight_decay=config.pn_weight_decay),
         )
-    callbacks = [
-        keras.callbacks.BackupAndRestore(os.path.join(workdir, "backup"), delete_checkpoint=False),
-        StopOnNonFinite("search"),
-        LearningRateLogger(),
-        keras.callbacks.CSVLogger(os.path.join(workdir, "history.csv"), append=True),
-        keras.callbacks.TensorBoard(os.path.join(workdir, "tensorboard"), update_freq=max(1, steps_per_epoch // 4)),
-        GateChart(os.path.join(workdir, "tensorboard", "gates")),
-    ]
+    callbacks = standard_callbacks(workdir, "search", [GateChart(os.path.join(workdir, "tensorboard", "gates"))],
+                                   update_freq=max(1, steps_per_epoch // 4))
     search.fit(train, epochs=config.epochs, validation_data=evaluation, callbacks=callbacks,
                verbose=verbose)
     final = search.evaluate(evaluation, verbose=0, return_dict=True)
