@@ -54,6 +54,9 @@ class RunConfig:
     gate_lr: float = 5e-2
     pn_batch_size: int = 64
     search_take: int = None
+    search_eval_split: str = "holdout"
+    search_eval_take: int = None
+    selection: str = "gates"
     round_to: int = 1
     finetune_epochs: int = 200
     finetune_lr: float = 0.1
@@ -139,9 +142,15 @@ class Pipeline:
         _positive(c, "baseline_epochs", "search_epochs", "batch_size", "search_batch_size",
                   "baseline_lr", "finetune_lr", "gate_lr", "round_to", "calibration_images",
                   "tflite_threads", "tflite_runs", "pn_batch_size", "train_take", "eval_take", "search_take",
-                  "finetune_epochs", "weight_decay", "pn_noise", allow_zero=("finetune_epochs", "weight_decay", "pn_noise"))
+                  "finetune_epochs", "weight_decay", "pn_noise", "search_eval_take", allow_zero=("finetune_epochs", "weight_decay", "pn_noise"))
         if not 0.0 < c.target_flops_reduction < 1.0:
             raise PipelineError(f"--target_flops_reduction must be in (0, 1), got {c.target_flops_reduction}")
+        from pn_tf.extract import SELECTIONS
+
+        if c.selection not in SELECTIONS:
+            raise PipelineError(f"unknown --selection={c.selection}; choose from {', '.join(SELECTIONS)}")
+        if c.search_eval_split not in ("holdout", "test"):
+            raise PipelineError(f"--search_eval_split must be holdout or test, got {c.search_eval_split}")
         bad = [q for q in c.tflite if q not in ("float32", "float16", "int8")]
         if bad:
             raise PipelineError(f"unknown --tflite variants {bad}; choose from float32, float16, int8")
@@ -242,9 +251,12 @@ class Pipeline:
         from pn_tf.training import TrainConfig
 
         c = self.config
-        return TrainConfig(epochs=max(1, getattr(c, f"{prefix}_epochs")), learning_rate=getattr(c, f"{prefix}_lr"),
+        epochs = max(1, getattr(c, f"{prefix}_epochs"))
+        cosine = getattr(c, f"{prefix}_schedule") == "cosine"
+        # Cosine: one warm-up epoch, or the first half of a one-epoch run.
+        return TrainConfig(epochs=epochs, learning_rate=getattr(c, f"{prefix}_lr"),
                            weight_decay=c.weight_decay, schedule=getattr(c, f"{prefix}_schedule"),
-                           warmup_epochs=1 if getattr(c, f"{prefix}_schedule") == "cosine" else 0)
+                           warmup_epochs=min(1.0, epochs / 2) if cosine else 0)
 
     # -- running -------------------------------------------------------------------
 

@@ -38,13 +38,18 @@ def search(pipe):
     from pn_tf.search import SearchConfig, run_search
 
     c = pipe.config
+    if c.selection != "gates":
+        print(f"[pn-tf] stage search: skipped, --selection={c.selection} ranks channels without a search",
+              flush=True)
+        return {"skipped": True, "selection": c.selection, "weights": _baseline_weights(pipe)}
     network = load_checked(pipe.build_model(), _baseline_weights(pipe))
     config = SearchConfig(epochs=c.search_epochs, batch_size=c.search_batch_size, predictor=c.predictor,
                           projection=c.projection, pn_noise=c.pn_noise, pn_batch_size=c.pn_batch_size,
                           target_reduction=c.target_flops_reduction, p=c.p, gate_lr=c.gate_lr,
                           seed=c.seed, take=c.search_take)
     summary = run_search(network, c.dataset, pipe.stage_dir("search"), config, data_dir=c.data_dir,
-                         strategy=pipe.strategy, verbose=c.verbose, eval_take=c.eval_take)
+                         strategy=pipe.strategy, verbose=c.verbose, eval_split=c.search_eval_split,
+                         eval_take=c.search_eval_take or c.eval_take)
     summary["weights"] = os.path.join(pipe.stage_dir("search"), "searched.weights.h5")
     return summary
 
@@ -57,7 +62,7 @@ def _holdout_images(pipe, count=64):
 
 def extract(pipe):
     from pn_tf.baseline import load_checked
-    from pn_tf.extract import extract_model, gate_scores, select_channels, set_gate_masks
+    from pn_tf.extract import channel_scores, extract_model, select_channels, set_gate_masks
     from pn_tf.graph import ChannelGraph, FlopsModel, count_params
     from pn_tf.io import atomic_path
     from pn_tf.layers import set_gate_mode
@@ -67,7 +72,8 @@ def extract(pipe):
     network = load_checked(pipe.build_model(), pipe.summary("search")["weights"])
     graph = ChannelGraph(network)
     flops = FlopsModel(graph)
-    selection = select_channels(flops, gate_scores(network), c.target_flops_reduction, c.round_to)
+    scores = channel_scores(c.selection, network, graph, seed=c.seed)
+    selection = select_channels(flops, scores, c.target_flops_reduction, c.round_to)
     with pipe.strategy.scope():
         narrow = extract_model(network, selection.keep, graph, name=f"{c.arch}_pruned")
     set_gate_masks(network, selection.keep, graph)
@@ -78,8 +84,8 @@ def extract(pipe):
     if abs(measured - selection.flops) > 1e-6 * selection.flops or diff > 1e-3:
         raise PipelineError(f"extraction check failed: FLOPs {measured} vs {selection.flops}, "
                             f"max abs diff {diff}; please report this with the workdir")
-    holdout = data_lib.make_dataset(c.dataset, "holdout", 256, training=False, data_dir=c.data_dir,
-                                    take=c.eval_take)
+    split = {name: data_lib.make_dataset(c.dataset, name, 256, training=False, data_dir=c.data_dir,
+                                         take=c.eval_take) for name in ("holdout", "test")}
     path = os.path.join(pipe.stage_dir("extract"), "pruned.keras")
     if pipe.is_chief:
         with atomic_path(path) as tmp:
@@ -95,7 +101,9 @@ def extract(pipe):
         "params": count_params(narrow),
         "round_to": c.round_to,
         "equivalence_max_abs_diff": diff,
-        "holdout_accuracy_before_finetune": evaluate_accuracy(narrow, holdout),
+        "selection": c.selection,
+        "holdout_accuracy_before_finetune": evaluate_accuracy(narrow, split["holdout"]),
+        "test_accuracy_before_finetune": evaluate_accuracy(narrow, split["test"]),
         "notes": selection.notes,
     }
 

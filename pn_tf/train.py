@@ -62,8 +62,14 @@ def define_flags(flag_values=flags.FLAGS):
     flags.DEFINE_integer("pn_batch_size", 64, "PN batch drawn from memory; the PN terms start once "
                          "the memory holds this many entries (one per 2 steps).", **fv)
     flags.DEFINE_integer("search_take", None, "Use only this many held-out images for the search.", **fv)
+    flags.DEFINE_enum("search_eval_split", "holdout", ["holdout", "test"], "Split on which the gated "
+                      "network is evaluated after every search epoch (test: the Figure-2 curves).", **fv)
+    flags.DEFINE_integer("search_eval_take", None, "Evaluate the search on only this many images.", **fv)
 
     # Extraction and fine-tuning.
+    flags.DEFINE_enum("selection", "gates", ["gates", "l1", "uniform", "random"],
+                      "How extraction ranks channels: the searched gates, or (no search) filter "
+                      "L1 norms, uniform width scaling, random channels.", **fv)
     flags.DEFINE_integer("round_to", 1, "Round kept widths to a multiple of this (e.g. 8).", **fv)
     flags.DEFINE_integer("finetune_epochs", 200, "Fine-tuning epochs.", **fv)
     flags.DEFINE_float("finetune_lr", 0.1, "Fine-tuning peak learning rate.", **fv)

@@ -40,7 +40,7 @@ class TrainConfig:
         momentum: SGD momentum.
         weight_decay: PyTorch-style L2 coefficient (converted for Keras's SGD).
         schedule: ``"step"`` (x0.1 at 50% and 75%), ``"cosine"`` or ``"constant"``.
-        warmup_epochs: linear warm-up epochs (cosine schedule only).
+        warmup_epochs: linear warm-up epochs, may be fractional (cosine schedule only).
         label_smoothing: label smoothing of the cross-entropy.
     """
 
@@ -49,7 +49,7 @@ class TrainConfig:
     momentum: float = 0.9
     weight_decay: float = 1e-4
     schedule: str = "step"
-    warmup_epochs: int = 0
+    warmup_epochs: float = 0
     label_smoothing: float = 0.0
 
     def __post_init__(self):
@@ -74,7 +74,7 @@ def learning_rate_schedule(config, steps_per_epoch):
         boundaries = [int(total * 0.5), int(total * 0.75)]
         values = [config.learning_rate, config.learning_rate * 0.1, config.learning_rate * 0.01]
         return keras.optimizers.schedules.PiecewiseConstantDecay(boundaries, values)
-    warmup = config.warmup_epochs * steps_per_epoch
+    warmup = int(round(config.warmup_epochs * steps_per_epoch))
     return keras.optimizers.schedules.CosineDecay(
         0.0 if warmup else config.learning_rate, max(1, total - warmup), alpha=0.0,
         warmup_target=config.learning_rate if warmup else None, warmup_steps=warmup,

@@ -1,14 +1,20 @@
-"""Runs the pipeline for several search methods and seeds from one baseline; prints a table.
+"""Runs the pipeline for several channel-selection methods and seeds from one baseline.
 
-    python tools/compare_methods.py --methods=pn,dg --seeds=0,1 --workdir=runs/compare -- \
-        --flagfile=configs/quickstart.flags --search_epochs=10 --finetune_epochs=0
+    python tools/compare_methods.py --methods=pn,pn_noproj,lr,dg,uniform,random,l1 --seeds=0,1 \
+        --workdir=runs/compare -- --flagfile=configs/compare_resnet56.flags
 
 Methods: pn (GRU predictor, projection on), pn_noproj (projection off), lr (linear
-predictor), dg (no predictor: classification + FLOPs loss). Every run uses the same
-baseline, FLOPs target (extraction lands on it, measured) and fine-tuning budget; the
-flags after ``--`` are passed to every run. The table reports the mean and std over
-seeds of held-out accuracy after extraction and test accuracy after fine-tuning (with
-``--finetune_epochs=0``: the extracted model as is).
+predictor), dg (no predictor: classification + FLOPs loss) search gates; uniform (same
+fraction of every group), random (random channels) and l1 (global filter-L1 ranking) need
+no search. Every run uses the same baseline, FLOPs target (extraction lands on it,
+measured) and fine-tuning budget; the flags after ``--`` go to every run. Finished runs
+are not redone (the pipeline skips finished stages), so the command resumes.
+
+Prints a Markdown table (mean ± std over seeds): test accuracy of the extracted model
+before and after fine-tuning, FLOPs removed, parameters, and the TFLite float32 batch-1
+latency of each method's seed-0 fine-tuned model against the unpruned baseline, timed
+side by side in this process (``--latency_runs=0`` skips it). Per-run rows go to
+``<workdir>/results.jsonl``.
 """
 
 import json
@@ -16,21 +22,32 @@ import os
 import subprocess
 import sys
 
-import numpy as np
-from absl import app, flags
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import numpy as np  # noqa: E402
+from absl import app, flags  # noqa: E402
 
 METHODS = {
-    "pn": ["--predictor=gru", "--projection=always"],
-    "pn_noproj": ["--predictor=gru", "--projection=off"],
-    "lr": ["--predictor=linear", "--projection=always"],
-    "dg": ["--predictor=none"],
+    "pn": ["--predictor=gru", "--projection=always", "--selection=gates"],
+    "pn_noproj": ["--predictor=gru", "--projection=off", "--selection=gates"],
+    "lr": ["--predictor=linear", "--projection=always", "--selection=gates"],
+    "dg": ["--predictor=none", "--selection=gates"],
+    "uniform": ["--selection=uniform"],
+    "random": ["--selection=random"],
+    "l1": ["--selection=l1"],
 }
 
 flags.DEFINE_list("methods", ["pn", "dg"], f"Methods from {', '.join(METHODS)}.")
 flags.DEFINE_list("seeds", ["0", "1"], "Seeds.")
 flags.DEFINE_string("workdir", None, "Folder for all runs.")
+flags.DEFINE_integer("latency_runs", 200, "Timed batch-1 TFLite runs per model (0: no latency).")
 flags.DEFINE_bool("json", False, "Print JSON rows instead of a Markdown table.")
 flags.mark_flag_as_required("workdir")
+
+
+def _read(workdir, stage):
+    with open(os.path.join(workdir, stage, f"{stage}.json")) as f:
+        return json.load(f)
 
 
 def run_one(method, seed, workdir, extra):
@@ -38,12 +55,68 @@ def run_one(method, seed, workdir, extra):
                f"--workdir={workdir}", "--stages=baseline,search,extract,finetune"]
     print("+", " ".join(command), flush=True)
     subprocess.run(command, check=True)
-    read = lambda stage: json.load(open(os.path.join(workdir, stage, f"{stage}.json")))  # noqa: E731
-    extract, finetune = read("extract"), read("finetune")
-    return {"method": method, "seed": seed, "flops_reduction": extract["flops_reduction"],
-            "params": extract["params"],
-            "holdout_after_extraction": extract["holdout_accuracy_before_finetune"],
-            "test_after_finetune": finetune["test_accuracy"], "widths": extract["widths"]}
+    extract, finetune = _read(workdir, "extract"), _read(workdir, "finetune")
+    return {"method": method, "seed": int(seed), "workdir": workdir,
+            "flops_reduction": extract["flops_reduction"], "flops": extract["flops"],
+            "params": extract["params"], "widths": extract["widths"],
+            "test_before_finetune": extract.get("test_accuracy_before_finetune"),
+            "holdout_before_finetune": extract["holdout_accuracy_before_finetune"],
+            "test_after_finetune": finetune["test_accuracy"],
+            "holdout_after_finetune": finetune.get("holdout_accuracy"),
+            "finetuned_model": finetune["model"]}
+
+
+def tflite_latency(rows, workdir, runs):
+    """Converts the baseline and each method's first-seed model to TFLite f32; times them."""
+    import keras
+
+    import pn_tf.layers  # noqa: F401  (custom layers)
+    from pn_tf import export
+    from pn_tf.baseline import load_checked
+    from pn_tf.models import build_model
+
+    config = json.load(open(os.path.join(rows[0]["workdir"], "config.json")))
+    out = os.path.join(workdir, "tflite")
+    paths = {"baseline": os.path.join(out, "baseline.tflite")}
+    if not os.path.exists(paths["baseline"]):
+        from pn_tf import data as data_lib
+
+        mean, variance = data_lib.normalization_stats(config["dataset"])
+        base = build_model(config["arch"], input_size=config["input_size"], num_classes=config["num_classes"],
+                           mean=list(mean), std=[v ** 0.5 for v in variance])
+        load_checked(base, _read(rows[0]["workdir"], "baseline")["weights"])
+        export.export_tflite(base, paths["baseline"])
+    for row in rows:
+        if row["method"] in paths:
+            continue
+        path = os.path.join(out, f"{row['method']}_seed{row['seed']}.tflite")
+        if not os.path.exists(path):
+            export.export_tflite(keras.saving.load_model(row["finetuned_model"], compile=False), path)
+        paths[row["method"]] = path
+    print(f"timing {len(paths)} TFLite models, {runs} batch-1 runs each, interleaved", flush=True)
+    measured = export.measure_latency(list(paths.values()), num_threads=1, runs=runs)
+    return {name: measured[path]["median_ms"] for name, path in paths.items()}
+
+
+def _stat(values, scale=100.0):
+    values = [v for v in values if v is not None]
+    if not values:
+        return "n/a"
+    return f"{np.mean(values) * scale:.2f} ± {np.std(values) * scale:.2f}"
+
+
+def print_table(rows, methods, latency):
+    print("| method | seeds | FLOPs removed | params | test acc. before FT (%) | test acc. after FT (%) "
+          "| TFLite f32 latency (ms) |")
+    print("|---|---|---|---|---|---|---|")
+    if latency:
+        print(f"| unpruned baseline | | 0% | | | | {latency['baseline']:.3f} |")
+    for m in methods:
+        mine = [r for r in rows if r["method"] == m]
+        ms = f"{latency[m]:.3f} ({latency[m] / latency['baseline']:.2f}x)" if latency else "n/a"
+        print(f"| {m} | {len(mine)} | {np.mean([r['flops_reduction'] for r in mine]):.1%} | "
+              f"{int(np.mean([r['params'] for r in mine])):,} | {_stat([r['test_before_finetune'] for r in mine])} | "
+              f"{_stat([r['test_after_finetune'] for r in mine])} | {ms} |")
 
 
 def main(argv):
@@ -53,19 +126,20 @@ def main(argv):
     if unknown:
         print(f"error: unknown methods {unknown}; choose from {', '.join(METHODS)}", file=sys.stderr)
         return 2
-    rows = [run_one(m, s, os.path.join(f.workdir, f"{m}_seed{s}"), extra)
-            for m in f.methods for s in f.seeds]
+    os.makedirs(f.workdir, exist_ok=True)
+    rows = []
+    for m in f.methods:
+        for s in f.seeds:
+            rows.append(run_one(m, s, os.path.join(f.workdir, f"{m}_seed{s}"), extra))
+            with open(os.path.join(f.workdir, "results.jsonl"), "w") as out:
+                out.writelines(json.dumps(r) + "\n" for r in rows)
+    latency = tflite_latency(rows, f.workdir, f.latency_runs) if f.latency_runs > 0 else None
     if f.json:
         for row in rows:
             print(json.dumps(row))
+        print(json.dumps({"tflite_f32_latency_ms": latency}))
         return 0
-    print("| method | seeds | FLOPs removed | held-out acc. after extraction | test acc. after fine-tuning |")
-    print("|---|---|---|---|---|")
-    for m in f.methods:
-        mine = [r for r in rows if r["method"] == m]
-        stat = lambda k: f"{np.mean([r[k] for r in mine]):.4f} ± {np.std([r[k] for r in mine]):.4f}"  # noqa: E731
-        print(f"| {m} | {len(mine)} | {np.mean([r['flops_reduction'] for r in mine]):.1%} | "
-              f"{stat('holdout_after_extraction')} | {stat('test_after_finetune')} |")
+    print_table(rows, f.methods, latency)
     return 0
 
 

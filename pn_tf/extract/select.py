@@ -83,6 +83,48 @@ def filter_l1_scores(model, graph):
     return scores
 
 
+def uniform_scores(model, graph):
+    """Scores under which one global threshold keeps the same fraction of every group.
+
+    Uniform width scaling: within each group the channels are ranked by filter L1 norm and
+    channel ``r`` (0 = largest norm) of a group of ``n`` scores ``1 - r / n``, so a
+    threshold ``t`` keeps about ``(1 - t) n`` channels of every group.
+    """
+    scores = []
+    for z in filter_l1_scores(model, graph):
+        ranks = np.empty(len(z))
+        ranks[np.argsort(-z, kind="stable")] = np.arange(len(z))
+        scores.append(1.0 - ranks / len(z))
+    return scores
+
+
+def random_scores(graph, seed=0):
+    """Independent uniform scores: random channels (and near-uniform widths) per group."""
+    rng = np.random.default_rng(seed)
+    return [rng.uniform(size=group.size) for group in graph.groups]
+
+
+SELECTIONS = ("gates", "l1", "uniform", "random")
+
+
+def channel_scores(method, model, graph, seed=0):
+    """Per-group channel scores for a selection method from :data:`SELECTIONS`.
+
+    ``gates`` reads the (searched) gate logits; ``l1`` ranks filters by L1 norm globally
+    (z-scored per group); ``uniform`` keeps the same fraction of every group (its best
+    filters by L1 norm); ``random`` draws channels at random with ``seed``.
+    """
+    if method == "gates":
+        return gate_scores(model)
+    if method == "l1":
+        return filter_l1_scores(model, graph)
+    if method == "uniform":
+        return uniform_scores(model, graph)
+    if method == "random":
+        return random_scores(graph, seed)
+    raise ValueError(f"unknown selection {method!r}; choose from {', '.join(SELECTIONS)}")
+
+
 def _round_count(count, size, round_to):
     if round_to <= 1:
         return max(1, count)
