@@ -306,6 +306,26 @@ def tflite_macs(path):
     return total // batch
 
 
+def delegation(path, num_threads=1):
+    """How the default (XNNPACK) delegate took the graph: ``{"partitions", "not_delegated"}``.
+
+    ``partitions`` counts the delegate's subgraphs (1-2 is a graph run wholly by XNNPACK;
+    every op it rejects splits it further and runs in TFLite's builtin kernels);
+    ``not_delegated`` counts, per op type, the ops left outside whose outputs feed a
+    partition. Read off the interpreter's node list after delegation.
+    """
+    ops = load_interpreter(path, num_threads)._get_ops_details()
+    delegates = [op for op in ops if op["op_name"] == "DELEGATE"]
+    feeds = {int(t) for op in delegates for t in op["inputs"]}
+    made_inside = {int(t) for op in delegates for t in op["outputs"]}
+    outside = {}
+    for op in ops:
+        outputs = {int(t) for t in op["outputs"]}
+        if op["op_name"] != "DELEGATE" and outputs & feeds and not outputs & made_inside:
+            outside[op["op_name"]] = outside.get(op["op_name"], 0) + 1
+    return {"partitions": len(delegates), "not_delegated": outside}
+
+
 # --- batch-1 latency ----------------------------------------------------------------------------
 
 def batch1_interpreter(path, num_threads=1, seed=0):

@@ -111,6 +111,34 @@ def test_mobilenetv2_cifar_float32(tmp_path):
     assert export.verify_export(model, path, images) <= 1e-4 * max(1.0, np.abs(reference).max())
 
 
+def _with_batch_statistics(model, images):
+    """Moving BN statistics = those of ``images`` (sane activations for int8 calibration)."""
+    import keras
+
+    bns = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    for bn in bns:
+        bn.momentum = 0.0
+    model(images, training=True)
+    return model
+
+
+def test_shufflenet_int8_stays_inside_xnnpack(tmp_path):
+    """h-swish is written so that XNNPACK takes the whole int8 graph (see shufflenetv2plus._act)."""
+    images = random_images((64, 64, 3), seed=3, batch=8)
+    model = _with_batch_statistics(
+        build_model("shufflenetv2plus_small", input_size=64, num_classes=10, dropout=0.0), images)
+    fused = build_model("shufflenetv2plus_small", input_size=64, num_classes=10, dropout=0.0,
+                        hard_swish="fused")
+    for layer in model.layers:
+        if layer.weights:
+            fused.get_layer(layer.name).set_weights(layer.get_weights())
+    np.testing.assert_allclose(np.asarray(fused(images)), np.asarray(model(images)), atol=1e-5)
+    path = export.export_tflite(model, tmp_path / "shufflenet_int8.tflite", "int8", [images])
+    report = export.delegation(path)
+    assert report["partitions"] <= 2, report
+    assert "HARD_SWISH" not in report["not_delegated"], report
+
+
 def test_bad_arguments(model, tmp_path):
     with pytest.raises(ValueError, match="'int4'"):
         export.export_tflite(model, tmp_path / "m.tflite", quantization="int4")
@@ -221,8 +249,9 @@ def test_bench_tool(artifacts):
     report = json.loads(done.stdout)
     first, second = report["models"]
     for key in ("latency_ms", "latency_p90_ms", "flops", "size_bytes", "latency_ratio",
-                "flops_ratio", "efficiency", "meets_goal"):
+                "flops_ratio", "efficiency", "meets_goal", "xnnpack"):
         assert key in first and key in second
+    assert first["xnnpack"]["partitions"] >= 1
     assert first["latency_ratio"] == 1.0 and second["flops_ratio"] == 1.0
     assert second["size_bytes"] < first["size_bytes"]
     assert report["flops_source"] == "tflite_graph"

@@ -6,7 +6,9 @@ All models are loaded in one process and timed interleaved: each round runs a bl
 ``--block`` invocations of every model, in a rotating order, so that a change of machine load
 hits them all alike. Reports per model: median and p90 latency (ms), MACs counted from the
 ``.tflite`` graph itself (CONV_2D, DEPTHWISE_CONV_2D, FULLY_CONNECTED via the interpreter's
-op list, see :func:`pn_tf.export.tflite_macs`; ``--flops`` overrides them), file size, and
+op list, see :func:`pn_tf.export.tflite_macs`; ``--flops`` overrides them), file size, how
+XNNPACK took the graph (``xnnpack``: partitions and the op types left outside, see
+:func:`pn_tf.export.delegation`; more than 2 partitions means ops fall back), and
 against the first model: ``latency_ratio``, ``flops_ratio`` and
 ``efficiency = latency_reduction / flops_reduction`` (the goal for a pruned model is >= 0.9).
 """
@@ -20,7 +22,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
-from pn_tf.export import batch1_interpreter, tflite_macs, time_interleaved  # noqa: E402
+from pn_tf.export import batch1_interpreter, delegation, tflite_macs, time_interleaved  # noqa: E402
 
 flags.DEFINE_list("models", None, "Comma-separated .tflite files; the first is the baseline.")
 flags.DEFINE_integer("num_threads", 1, "Interpreter threads.")
@@ -49,7 +51,7 @@ def summarize(paths, times, flops):
         ms = np.asarray(samples) * 1e3
         entries.append({"model": path, "latency_ms": float(np.median(ms)),
                         "latency_p90_ms": float(np.percentile(ms, 90)), "flops": int(macs),
-                        "size_bytes": os.path.getsize(path)})
+                        "size_bytes": os.path.getsize(path), "xnnpack": delegation(path)})
     base = entries[0]
     for entry in entries:
         entry["latency_ratio"] = entry["latency_ms"] / base["latency_ms"]
