@@ -98,3 +98,23 @@ def test_bad_inputs():
         select_channels(flops, gate_scores(model)[:3], target_reduction=0.5)
     with pytest.raises(ExtractionError, match="entries"):
         extract_model(model, [np.ones(16, bool)])
+
+
+def test_uniform_random_and_l1_scores():
+    from pn_tf.extract import SELECTIONS, channel_scores
+
+    model = build_model("resnet56")
+    graph = ChannelGraph(model)
+    flops = FlopsModel(graph)
+    uniform = select_channels(flops, channel_scores("uniform", model, graph), 0.5)
+    fractions = [w / int(s) for w, s in zip(uniform.widths, flops.widths)]
+    assert abs(uniform.reduction - 0.5) < 0.01
+    assert max(fractions) - min(fractions) <= 0.15, fractions  # same share of every group (+ fill)
+    first = channel_scores("random", model, graph, seed=1)
+    assert all(np.array_equal(a, b) for a, b in zip(first, channel_scores("random", model, graph, seed=1)))
+    assert not np.array_equal(first[0], channel_scores("random", model, graph, seed=2)[0])
+    l1 = channel_scores("l1", model, graph)
+    assert [len(s) for s in l1] == [int(w) for w in flops.widths]
+    assert set(SELECTIONS) == {"gates", "l1", "uniform", "random"}
+    with pytest.raises(ValueError, match="unknown selection"):
+        channel_scores("magic", model, graph)

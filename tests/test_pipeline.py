@@ -53,6 +53,18 @@ def test_quickstart_end_to_end_tiny(tmp_path, data_dir):
     assert again.stdout.count("already finished") == 6
 
 
+def test_selection_without_search(tmp_path, data_dir):
+    out = _run(tmp_path / "run", data_dir, "--baseline_weights=shipped", "--selection=l1",
+               "--stages=baseline,search,extract")
+    assert out.returncode == 0, out.stderr[-4000:]
+    assert "skipped, --selection=l1" in out.stdout
+    search = json.loads((tmp_path / "run" / "search" / "search.json").read_text())
+    assert search["skipped"] and not (tmp_path / "run" / "search" / "searched.weights.h5").exists()
+    extract = json.loads((tmp_path / "run" / "extract" / "extract.json").read_text())
+    assert extract["selection"] == "l1" and abs(extract["flops_reduction"] - 0.5) < 0.01
+    assert 0.0 <= extract["test_accuracy_before_finetune"] <= 1.0
+
+
 def test_resume_after_sigkill(tmp_path, data_dir):
     workdir = tmp_path / "run"
     args = ("--search_epochs=3", "--stages=baseline,search")
