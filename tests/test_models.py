@@ -73,3 +73,15 @@ def test_width_override_validation():
         from pn_tf.models import resnet
 
         resnet(depth=42)
+
+
+def test_resnet_cifar_stage_widths():
+    from pn_tf.graph import FlopsModel
+    from pn_tf.models import resnet_cifar
+
+    narrow = resnet_cifar(56, stage_widths=(8, 16, 32))
+    assert narrow.get_layer("stage3_block9_2_conv").kernel.shape[-1] == 32
+    ratio = FlopsModel(narrow).total / FlopsModel(resnet_cifar(56)).total
+    assert abs(ratio - 0.25) < 0.01
+    with pytest.raises(ValueError, match="stage_widths"):
+        resnet_cifar(56, stage_widths=(16, 32))

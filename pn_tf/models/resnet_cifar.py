@@ -26,7 +26,7 @@ def _blocks_per_stage(depth):
 
 
 def resnet_cifar(depth=56, input_shape=(32, 32, 3), num_classes=10, widths=None,
-                 mean=CIFAR_MEAN, std=CIFAR_STD, name=None):
+                 mean=CIFAR_MEAN, std=CIFAR_STD, name=None, stage_widths=STAGE_WIDTHS):
     """A CIFAR ResNet of depth 6n+2 with a gate inside every basic block.
 
     Args:
@@ -37,6 +37,9 @@ def resnet_cifar(depth=56, input_shape=(32, 32, 3), num_classes=10, widths=None,
             (default: the stage width); builds a physically narrower network.
         mean, std: per-channel pixel statistics used by the input normalisation.
         name: str. Model name (default ``resnet{depth}``).
+        stage_widths: three ints, the residual stream width of each stage (default
+            16/32/64). Not a pruning target (the zoo gates inner widths only); for
+            experiments with narrower streams (tools/bench_resnet_widths.py).
 
     Example:
 
@@ -45,12 +48,14 @@ def resnet_cifar(depth=56, input_shape=(32, 32, 3), num_classes=10, widths=None,
     (None, 10)
     """
     name = name or f"resnet{depth}"
+    if len(stage_widths) != 3 or any(int(w) < 1 for w in stage_widths):
+        raise ValueError(f"stage_widths needs three positive ints, got {stage_widths!r}")
     blocks = _blocks_per_stage(depth)
-    inner = resolve_widths(resnet_cifar_group_widths(depth), widths, name)
+    inner = resolve_widths([int(w) for w in stage_widths for _ in range(blocks)], widths, name)
     inputs, x = image_input(input_shape, mean, std, name)
-    x = conv_bn(x, STAGE_WIDTHS[0], 3, name="stem")
+    x = conv_bn(x, int(stage_widths[0]), 3, name="stem")
     index = 0
-    for stage, width in enumerate(STAGE_WIDTHS):
+    for stage, width in enumerate(int(w) for w in stage_widths):
         for block in range(blocks):
             strides = 2 if stage > 0 and block == 0 else 1
             x = _basic_block_a(x, width, inner[index], strides, f"stage{stage + 1}_block{block + 1}")
