@@ -1,0 +1,95 @@
+"""The one-call API: :func:`prune` runs the PN search on the gated copy and extracts."""
+
+import os
+
+import keras
+import numpy as np
+
+from pn_tf.auto._util import _layer_of, log
+from pn_tf.auto.data import image_folder_dataset
+from pn_tf.auto.extract import extract_at
+from pn_tf.auto.insert import insert_gates
+from pn_tf.graph import count_params
+from pn_tf.layers import gate_layers, set_gate_mode
+
+
+def _softmax_output(model):
+    layer = _layer_of(keras.tree.flatten(model.outputs)[0])
+    activation = getattr(layer, "activation", None)
+    return getattr(activation, "__name__", "") == "softmax"
+
+
+def prune(model, dataset, target_flops_reduction=0.5, search_epochs=5, batch_size=64,
+          predictor="gru", data_dir=None, image_size=None, round_to=1, policy="all",
+          exclude=(), take=None, seed=0, gate_lr=5e-2, pn_noise=15.0, verbose=0,
+          return_summary=False, **overrides):
+    """Prunes a functional Keras model physically with the PN search.
+
+    Args:
+        model: a built functional keras.Model that takes float pixels 0..255 and
+            outputs class logits (a softmax output is accepted but degrades the
+            search, which assumes logits).
+        dataset: a TFDS name (``"cifar10"``: the search runs on its ``holdout``
+            split), a folder of class sub-folders of images, or a ``tf.data``
+            dataset of ``(images, integer labels)`` batches.
+        target_flops_reduction: float in (0, 1). Fraction of MACs to remove.
+        search_epochs, batch_size, predictor, gate_lr, pn_noise: the search.
+        data_dir: TFDS data directory (default ``$TFDS_DATA_DIR``).
+        image_size: side of the images fed to the search (default: the model's).
+        round_to: round each group's kept width to a multiple of this.
+        policy, exclude, **overrides: which spaces to prune (see :func:`analyse`).
+        take: use only the first ``take`` examples (smoke runs).
+        return_summary: also return a dict describing the result.
+
+    Returns:
+        The narrow keras.Model, or ``(model, summary)``.
+    """
+    import tensorflow as tf
+
+    from pn_tf import data as data_lib
+    from pn_tf.search import PNSearch
+
+    if not 0.0 < target_flops_reduction < 1.0:
+        raise ValueError(f"target_flops_reduction must be in (0, 1), got {target_flops_reduction}")
+    if _softmax_output(model):
+        log.warning("%s ends in a softmax; the PN search expects logits", model.name)
+    gated = insert_gates(model, policy=policy, exclude=exclude, **overrides)
+    if not gate_layers(gated):
+        raise ValueError(f"{model.name} has no prunable channel groups")
+    size = image_size or gated.inputs[0].shape[1]
+    if isinstance(dataset, tf.data.Dataset):
+        train = dataset
+    elif isinstance(dataset, (str, os.PathLike)) and os.path.isdir(dataset):
+        train = image_folder_dataset(dataset, (size, size), batch_size, seed=seed, take=take)
+    else:
+        train = data_lib.make_dataset(str(dataset), "holdout", batch_size, training=True,
+                                      image_size=size, data_dir=data_dir, seed=seed, take=take)
+    trainable = {layer.name: layer.trainable for layer in gated.layers}
+    search = PNSearch(gated, predictor=predictor, target_reduction=target_flops_reduction,
+                      pn_noise=pn_noise, seed=seed)
+    search.compile(gate_optimizer=keras.optimizers.AdamW(gate_lr, weight_decay=1e-2))
+    history = search.fit(train, epochs=search_epochs, verbose=verbose)
+    set_gate_mode(gated, "identity")
+    for layer in gated.layers:  # the search froze the network; the pruned model is trainable
+        layer.trainable = trainable[layer.name]
+    narrow, selection, graph = extract_at(gated, target_flops_reduction, round_to=round_to)
+    summary = {
+        "groups": len(graph.groups),
+        "widths": [int(g.size) for g in graph.groups],
+        "kept_widths": selection.widths,
+        "flops": selection.total_flops,
+        "pruned_flops": selection.flops,
+        "flops_reduction": selection.reduction,
+        "params": count_params(model),
+        "pruned_params": count_params(narrow),
+        "search_history": {k: [float(v) for v in vs] for k, vs in history.history.items()},
+        "warnings": list(getattr(gated, "pn_auto_warnings", [])) + list(selection.notes),
+    }
+    return (narrow, summary) if return_summary else narrow
+
+
+def random_gate_logits(gated, seed=0):
+    """Sets every gate's logits to N(0, 1) samples (for tests and the CLI)."""
+    rng = np.random.RandomState(seed)
+    for gate in gate_layers(gated):
+        gate.logits.assign(rng.randn(gate.channels).astype("float32"))
