@@ -132,7 +132,7 @@ def test_shufflenet_int8_stays_inside_xnnpack(tmp_path):
     for layer in model.layers:
         if layer.weights:
             fused.get_layer(layer.name).set_weights(layer.get_weights())
-    np.testing.assert_allclose(np.asarray(fused(images)), np.asarray(model(images)), atol=1e-5)
+    np.testing.assert_allclose(np.asarray(fused(images)), np.asarray(model(images)), atol=1e-4)
     path = export.export_tflite(model, tmp_path / "shufflenet_int8.tflite", "int8", [images])
     report = export.delegation(path)
     assert report["partitions"] <= 2, report
