@@ -112,6 +112,12 @@ def normalization_stats(name: str) -> tuple[tuple[float, ...], tuple[float, ...]
     return spec.mean, tuple(s * s for s in spec.std)
 
 
+def normalization_kwargs(name: str) -> dict:
+    """``{"mean": [...], "std": [...]}`` of a dataset, for the model builders' input normalization."""
+    mean, variance = normalization_stats(name)
+    return {"mean": list(mean), "std": [v ** 0.5 for v in variance]}
+
+
 def resolve_data_dir(data_dir=None) -> str:
     """Explicit argument > ``$TFDS_DATA_DIR`` > the TFDS default data dir."""
     if data_dir:

@@ -217,11 +217,9 @@ class Pipeline:
         from pn_tf.models import build_model
 
         c = self.config
-        mean, variance = data_lib.normalization_stats(c.dataset)
-        std = [v ** 0.5 for v in variance]
         with self.strategy.scope():
             return build_model(c.arch, input_size=c.input_size, num_classes=c.num_classes,
-                               mean=list(mean), std=std, **kwargs)
+                               **data_lib.normalization_kwargs(c.dataset), **kwargs)
 
     def stage_dir(self, stage):
         path = os.path.join(self.workdir, stage)
@@ -248,15 +246,14 @@ class Pipeline:
             write_json(self.summary_path(stage), summary)
 
     def train_config(self, prefix):
-        from pn_tf.training import TrainConfig
+        from pn_tf.training import TrainConfig, cosine_warmup_epochs
 
         c = self.config
         epochs = max(1, getattr(c, f"{prefix}_epochs"))
         cosine = getattr(c, f"{prefix}_schedule") == "cosine"
-        # Cosine: one warm-up epoch, or the first half of a one-epoch run.
         return TrainConfig(epochs=epochs, learning_rate=getattr(c, f"{prefix}_lr"),
                            weight_decay=c.weight_decay, schedule=getattr(c, f"{prefix}_schedule"),
-                           warmup_epochs=min(1.0, epochs / 2) if cosine else 0)
+                           warmup_epochs=cosine_warmup_epochs(epochs) if cosine else 0)
 
     # -- running -------------------------------------------------------------------
 

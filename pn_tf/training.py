@@ -66,6 +66,11 @@ def keras_weight_decay(weight_decay, momentum):
     return weight_decay / (1.0 - momentum) if momentum < 1 else weight_decay
 
 
+def cosine_warmup_epochs(epochs):
+    """Warm-up of a cosine schedule: one epoch, or the first half of a one-epoch run."""
+    return min(1.0, epochs / 2)
+
+
 def learning_rate_schedule(config, steps_per_epoch):
     total = config.epochs * steps_per_epoch
     if config.schedule == "constant":

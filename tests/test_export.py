@@ -277,8 +277,7 @@ def test_int8_accuracy_within_one_point(data_dir, tmp_path):
     from pn_tf import data as data_lib
     from pn_tf.baseline import load_checked, shipped_weights
 
-    mean, variance = data_lib.normalization_stats("cifar10")
-    model = load_checked(build_model("resnet56", mean=list(mean), std=[v ** 0.5 for v in variance]),
+    model = load_checked(build_model("resnet56", **data_lib.normalization_kwargs("cifar10")),
                          shipped_weights("resnet56", "cifar10"))
     path = export.export_tflite(model, tmp_path / "int8.tflite", "int8",
                                 export.representative_dataset("cifar10", num_images=256, data_dir=data_dir))

@@ -41,9 +41,9 @@ SHAPES = {
 
 
 def build(stage_widths, fraction):
-    from pn_tf.models.resnet_cifar import resnet_cifar
+    from pn_tf.models.resnet_cifar import resnet_cifar, resnet_cifar_group_widths
 
-    inner = [max(1, int(round(w * fraction))) for w in stage_widths for _ in range(9)]
+    inner = [max(1, int(round(w * fraction))) for w in resnet_cifar_group_widths(56, stage_widths)]
     return resnet_cifar(56, widths=inner, stage_widths=stage_widths)
 
 

@@ -27,6 +27,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
+from pn_tf.io import atomic_path  # noqa: E402
+
 METHODS = {
     "pn": ["--predictor=gru", "--projection=always", "--selection=gates"],
     "pn_noproj": ["--predictor=gru", "--projection=off", "--selection=gates"],
@@ -75,15 +77,15 @@ def tflite_latency(rows, workdir, runs):
     from pn_tf.baseline import load_checked
     from pn_tf.models import build_model
 
-    config = json.load(open(os.path.join(rows[0]["workdir"], "config.json")))
+    with open(os.path.join(rows[0]["workdir"], "config.json")) as f:
+        config = json.load(f)
     out = os.path.join(workdir, "tflite")
     paths = {"baseline": os.path.join(out, "baseline.tflite")}
     if not os.path.exists(paths["baseline"]):
         from pn_tf import data as data_lib
 
-        mean, variance = data_lib.normalization_stats(config["dataset"])
         base = build_model(config["arch"], input_size=config["input_size"], num_classes=config["num_classes"],
-                           mean=list(mean), std=[v ** 0.5 for v in variance])
+                           **data_lib.normalization_kwargs(config["dataset"]))
         load_checked(base, _read(rows[0]["workdir"], "baseline")["weights"])
         export.export_tflite(base, paths["baseline"])
     for row in rows:
@@ -131,7 +133,7 @@ def main(argv):
     for m in f.methods:
         for s in f.seeds:
             rows.append(run_one(m, s, os.path.join(f.workdir, f"{m}_seed{s}"), extra))
-            with open(os.path.join(f.workdir, "results.jsonl"), "w") as out:
+            with atomic_path(os.path.join(f.workdir, "results.jsonl")) as tmp, open(tmp, "w") as out:
                 out.writelines(json.dumps(r) + "\n" for r in rows)
     latency = tflite_latency(rows, f.workdir, f.latency_runs) if f.latency_runs > 0 else None
     if f.json:

@@ -158,9 +158,7 @@ def build_keras3_baseline(weights):
         raise ToolError(f"--mode=dump needs Keras 3 (the main venv .venv), got {keras.__version__}")
     if not os.path.isfile(weights):
         raise ToolError(f"--weights={weights}: no such file")
-    mean, variance = data_lib.normalization_stats(DATASET)
-    model = build_model(ARCH, input_size=32, num_classes=10, mean=list(mean),
-                        std=[v ** 0.5 for v in variance])
+    model = build_model(ARCH, input_size=32, num_classes=10, **data_lib.normalization_kwargs(DATASET))
     return load_checked(model, weights)
 
 
@@ -380,9 +378,11 @@ def all_weights_count(model):
 # --- training -----------------------------------------------------------------------------------
 
 def learning_rate(keras, epochs, steps_per_epoch, peak):
-    """pn-tf's cosine recipe: warm-up over min(1, epochs/2) epochs, then cosine to 0."""
+    """pn-tf's cosine recipe (a tf_keras schedule): warm-up, then cosine to 0."""
+    from pn_tf.training import cosine_warmup_epochs
+
     total = epochs * steps_per_epoch
-    warmup = int(round(min(1.0, epochs / 2) * steps_per_epoch))
+    warmup = int(round(cosine_warmup_epochs(epochs) * steps_per_epoch))
     return keras.optimizers.schedules.CosineDecay(
         0.0 if warmup else peak, max(1, total - warmup), alpha=0.0,
         warmup_target=peak if warmup else None, warmup_steps=warmup)
@@ -426,7 +426,9 @@ def pruning_end_step(total_steps):
 
 
 def decoupled_weight_decay():
-    return FLAGS.weight_decay / (1.0 - FLAGS.momentum) if FLAGS.momentum < 1 else FLAGS.weight_decay
+    from pn_tf.training import keras_weight_decay
+
+    return keras_weight_decay(FLAGS.weight_decay, FLAGS.momentum)
 
 
 # --- evaluation and export ----------------------------------------------------------------------

@@ -14,9 +14,10 @@ from pn_tf.models.common import CIFAR_MEAN, CIFAR_STD, conv_bn, image_input, mak
 STAGE_WIDTHS = (16, 32, 64)
 
 
-def resnet_cifar_group_widths(depth):
+def resnet_cifar_group_widths(depth, stage_widths=STAGE_WIDTHS):
+    """The default inner width of every block: its stage's stream width."""
     blocks = _blocks_per_stage(depth)
-    return [w for w in STAGE_WIDTHS for _ in range(blocks)]
+    return [int(w) for w in stage_widths for _ in range(blocks)]
 
 
 def _blocks_per_stage(depth):
@@ -50,12 +51,13 @@ def resnet_cifar(depth=56, input_shape=(32, 32, 3), num_classes=10, widths=None,
     name = name or f"resnet{depth}"
     if len(stage_widths) != 3 or any(int(w) < 1 for w in stage_widths):
         raise ValueError(f"stage_widths needs three positive ints, got {stage_widths!r}")
+    stage_widths = [int(w) for w in stage_widths]
     blocks = _blocks_per_stage(depth)
-    inner = resolve_widths([int(w) for w in stage_widths for _ in range(blocks)], widths, name)
+    inner = resolve_widths(resnet_cifar_group_widths(depth, stage_widths), widths, name)
     inputs, x = image_input(input_shape, mean, std, name)
-    x = conv_bn(x, int(stage_widths[0]), 3, name="stem")
+    x = conv_bn(x, stage_widths[0], 3, name="stem")
     index = 0
-    for stage, width in enumerate(int(w) for w in stage_widths):
+    for stage, width in enumerate(stage_widths):
         for block in range(blocks):
             strides = 2 if stage > 0 and block == 0 else 1
             x = _basic_block_a(x, width, inner[index], strides, f"stage{stage + 1}_block{block + 1}")
