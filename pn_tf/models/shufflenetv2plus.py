@@ -258,8 +258,8 @@ def shufflenetv2plus(input_shape=(224, 224, 3), num_classes=1000, size="Large", 
             (default: ImageNet's, in pixel units).
         dropout: float in [0, 1). Dropout rate before the classifier (Megvii: 0.2).
         name: str. Model name (default ``shufflenetv2plus_<size>``).
-        hard_swish: ``"decomposed"`` (default: int8 TFLite stays inside XNNPACK, about
-            1.8x faster int8, ~6% slower float32 measured) or ``"fused"`` (one Keras
+        hard_swish: ``"decomposed"`` (default: int8 TFLite stays inside XNNPACK; float32
+            runs three ops instead of one, see docs/latency.md) or ``"fused"`` (one Keras
             ``hard_silu`` layer). See :func:`_act`; both compute the same function.
 
     Returns:
