@@ -45,3 +45,19 @@ def test_bench_pruned_latency_resnet56(tmp_path):
     assert abs(pruned["flops_reduction"] - 0.5) < 0.02
     assert pruned["params"] < full["params"] and pruned["size_bytes"] < full["size_bytes"]
     assert pruned["efficiency"] is not None
+
+
+def test_affine_fit_recovers_fixed_share():
+    sys.path.insert(0, str(REPO_ROOT / "tools"))
+    from bench_pruned_latency import affine_fit, variant_name
+
+    # latency = 0.2 ms + 4 ms/GMAC exactly: at 0.25 GMACs the full model takes 1.2 ms.
+    fit = affine_fit([250e6, 125e6, 62.5e6], [1.2, 0.7, 0.45])
+    assert abs(fit["fixed_ms"] - 0.2) < 1e-9 and abs(fit["ms_per_gmac"] - 4.0) < 1e-9
+    assert abs(fit["fixed_share"] - 0.2 / 1.2) < 1e-9 and abs(fit["r2"] - 1.0) < 1e-12
+    assert abs(fit["implied_efficiency"] - (1 - 0.2 / 1.2)) < 1e-9
+    # ... which is the efficiency of every pruned point: (1 - 0.7/1.2) / 0.5.
+    assert abs((1 - 0.7 / 1.2) / 0.5 - fit["implied_efficiency"]) < 1e-9
+    assert affine_fit([250e6, 125e6], [1.2, 0.7]) is None
+    assert variant_name(0.5, 8, [0.5]) == "pruned_r8"
+    assert variant_name(0.25, 1, [0.25, 0.5]) == "pruned_t25_r1"

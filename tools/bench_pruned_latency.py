@@ -20,7 +20,9 @@ For each architecture:
    "smallest-L1-filters" selection; on the initial weights it gives close to uniform keep
    ratios per group, which is also what a width-uniform pruning would do;
 4. choose channels with ``select_channels(FlopsModel(model), scores, target_flops_reduction,
-   round_to)`` (one selection per ``--round_to`` value) and build the narrow model with
+   round_to)`` (one selection per ``--target_flops_reduction`` and ``--round_to`` value;
+   with several targets the models are named ``pruned_t<percent>_r<round_to>``) and build the
+   narrow model with
    ``extract_model``. The unpruned reference is ``extract_model`` with every channel kept:
    the same network, gates stripped;
 5. export every model to TFLite (float32; int8 full-integer with float I/O, calibrated on
@@ -37,6 +39,15 @@ Reported per row: MACs counted from the ``.tflite`` graph (:func:`pn_tf.export.t
 model and the ``.tflite`` file size. ``--json`` prints one JSON object to stdout; otherwise a
 table. The number of timed runs per group is ``--runs``, capped so that one group takes about
 ``--group_seconds`` (never fewer than ``--min_runs``), so slow models get fewer runs.
+
+A sweep (``--target_flops_reduction=0.25,0.5,0.75``) also fits, per (architecture,
+quantization), ``latency = fixed_ms + ms_per_gmac * GMACs`` by least squares over the full and
+pruned models (``fits`` in the JSON): ``fixed_share = fixed_ms / latency_full`` is the part of
+the latency that does not shrink with the channels, and ``1 - fixed_share`` is the efficiency
+any pruning of this kind would have if latency were exactly affine in MACs.
+
+    python tools/bench_pruned_latency.py --target_flops_reduction=0.25,0.5,0.75 \
+        --quantizations=float32,int8 --json
 """
 
 import datetime
@@ -62,7 +73,9 @@ GOAL_EFFICIENCY = 0.9
 flags.DEFINE_list("archs", DEFAULT_ARCHS, "Zoo architectures to measure.")
 flags.DEFINE_integer("input_size", None,
                      "Square input side for every arch (default: per arch, CIFAR 32, else 224).")
-flags.DEFINE_float("target_flops_reduction", 0.5, "Fraction of the MACs to remove.")
+flags.DEFINE_list("target_flops_reduction", ["0.5"],
+                  "Fraction(s) of the MACs to remove. Several values give a sweep: one pruned "
+                  "model per value (and --round_to), and an affine fit of latency on MACs.")
 flags.DEFINE_list("round_to", ["1"],
                   "Round each group's kept count to a multiple of this; several values give "
                   "several pruned models, timed together with the same unpruned one.")
@@ -153,7 +166,34 @@ def _time_group(paths, num_threads, runs, min_runs, group_seconds, warmup, block
     return time_interleaved(interpreters, runs, warmup=0, block=block), runs
 
 
-def measure_arch(arch, directory, *, input_size, target, round_tos, quantizations, num_threads,
+def variant_name(target, round_to, targets):
+    """``pruned_r8``, or ``pruned_t50_r8`` when several targets are swept."""
+    return f"pruned_r{round_to}" if len(targets) == 1 else f"pruned_t{target * 100:g}_r{round_to}"
+
+
+def affine_fit(flops, latency_ms):
+    """Least-squares ``latency = fixed_ms + ms_per_gmac * GMACs`` over one group's models.
+
+    If latency were exactly affine in MACs, pruning any fraction of the MACs would have the
+    efficiency ``1 - fixed_ms / latency_full``: the fixed part (ops whose time does not shrink
+    with the channels: the stem, the classifier, additions, pooling, per-op overhead) is what
+    keeps a pruned model's latency reduction below its FLOPs reduction. None with fewer than
+    three distinct MAC counts.
+    """
+    flops = np.asarray(flops, dtype=np.float64) / 1e9
+    latency_ms = np.asarray(latency_ms, dtype=np.float64)
+    if len(np.unique(flops)) < 3:
+        return None
+    slope, fixed = np.polyfit(flops, latency_ms, 1)
+    predicted = fixed + slope * flops
+    total = ((latency_ms - latency_ms.mean()) ** 2).sum()
+    r2 = 1.0 - ((latency_ms - predicted) ** 2).sum() / total if total > 0 else 1.0
+    full = latency_ms[int(np.argmax(flops))]
+    return {"fixed_ms": float(fixed), "ms_per_gmac": float(slope), "r2": float(r2),
+            "fixed_share": float(fixed / full), "implied_efficiency": float(1.0 - fixed / full)}
+
+
+def measure_arch(arch, directory, *, input_size, targets, round_tos, quantizations, num_threads,
                  runs, min_runs, group_seconds, warmup, block, bn_images, calibration_images,
                  use_shipped, data_dir, seed):
     from pn_tf.baseline import load_checked, shipped_weights
@@ -181,23 +221,25 @@ def measure_arch(arch, directory, *, input_size, target, round_tos, quantization
         batches = _batches(dataset, calibration_images, size, 16, data_dir)
         representative = [np.asarray(images) for images, _ in batches]
 
-    variants = {"full": ([np.ones(g.size, bool) for g in graph.groups], None)}
-    for r in round_tos:
-        variants[f"pruned_r{r}"] = (select_channels(flops, scores, target, round_to=r).keep, r)
+    variants = {"full": ([np.ones(g.size, bool) for g in graph.groups], None, None)}
+    for target in targets:
+        for r in round_tos:
+            variants[variant_name(target, r, targets)] = (
+                select_channels(flops, scores, target, round_to=r).keep, r, target)
     models = {}
-    for name, (keep, round_to) in variants.items():
+    for name, (keep, round_to, target) in variants.items():
         narrow = extract_model(model, keep, graph, name=f"{arch}_{name}")
         paths = _export(narrow, directory, f"{arch}_{size}_{name}", quantizations, representative)
         models[name] = {"paths": paths, "params": count_params(narrow),
                         "keras_flops": int(round(flops.count([k.sum() for k in keep]))),
-                        "round_to": round_to,
+                        "round_to": round_to, "target": target,
                         "kept_channels": int(sum(k.sum() for k in keep)),
                         "total_channels": int(sum(len(k) for k in keep))}
         del narrow
     logging.info("%s: built and exported %d models in %.0f s", arch, len(models),
                  time.time() - started)
 
-    rows = []
+    rows, fits = [], []
     names = list(models)
     for q in quantizations:
         paths = [models[n]["paths"][q] for n in names]
@@ -212,7 +254,8 @@ def measure_arch(arch, directory, *, input_size, target, round_tos, quantization
             efficiency = latency_reduction / flops_reduction if flops_reduction > 0 else None
             rows.append({
                 "arch": arch, "input_size": size, "quantization": q, "model": name,
-                "round_to": models[name]["round_to"], "flops": int(mac),
+                "round_to": models[name]["round_to"], "target": models[name]["target"],
+                "flops": int(mac),
                 "keras_flops": models[name]["keras_flops"],
                 "flops_reduction": flops_reduction,
                 "latency_ms": float(np.median(ms)), "latency_p90_ms": float(np.percentile(ms, 90)),
@@ -222,8 +265,13 @@ def measure_arch(arch, directory, *, input_size, target, round_tos, quantization
                 "kept_channels": models[name]["kept_channels"],
                 "total_channels": models[name]["total_channels"], "runs": used_runs,
                 "tflite": path})
+        group = [r for r in rows if r["quantization"] == q]
+        fit = affine_fit([r["flops"] for r in group], [r["latency_ms"] for r in group])
+        if fit:
+            fits.append(dict(quantization=q, **fit))
     return {"arch": arch, "input_size": size, "dataset": dataset, "weights": weights,
-            "bn_statistics": bn, "seconds": round(time.time() - started, 1), "rows": rows}
+            "bn_statistics": bn, "seconds": round(time.time() - started, 1), "rows": rows,
+            "fits": fits}
 
 
 def format_table(results):
@@ -243,6 +291,11 @@ def format_table(results):
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     out = ["  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in lines]
     out.insert(1, "  ".join("-" * w for w in widths))
+    for result in results:
+        for fit in result["fits"]:
+            out.append(f"{result['arch']} {fit['quantization']}: latency ~ {fit['fixed_ms']:.3f} ms + "
+                       f"{fit['ms_per_gmac']:.2f} ms/GMAC (R^2 {fit['r2']:.3f}); fixed share "
+                       f"{fit['fixed_share']:.1%} -> implied efficiency {fit['implied_efficiency']:.2f}")
     return "\n".join(out)
 
 
@@ -263,7 +316,11 @@ def main(argv):
             print(f"error: unknown quantization {q!r}; known: {QUANTIZATIONS}", file=sys.stderr)
             return 2
     round_tos = sorted({int(r) for r in FLAGS.round_to})
-    if not 0.0 < FLAGS.target_flops_reduction < 1.0 or min(round_tos) < 1:
+    try:
+        targets = sorted({float(t) for t in FLAGS.target_flops_reduction})
+    except ValueError:
+        targets = [-1.0]
+    if not all(0.0 < t < 1.0 for t in targets) or min(round_tos) < 1:
         print("error: --target_flops_reduction must be in (0, 1) and --round_to >= 1",
               file=sys.stderr)
         return 2
@@ -278,7 +335,7 @@ def main(argv):
     try:
         for arch in FLAGS.archs:
             results.append(measure_arch(
-                arch, directory, input_size=FLAGS.input_size, target=FLAGS.target_flops_reduction,
+                arch, directory, input_size=FLAGS.input_size, targets=targets,
                 round_tos=round_tos, quantizations=FLAGS.quantizations,
                 num_threads=FLAGS.num_threads, runs=FLAGS.runs, min_runs=FLAGS.min_runs,
                 group_seconds=FLAGS.group_seconds, warmup=FLAGS.warmup, block=FLAGS.block,
@@ -303,7 +360,8 @@ def main(argv):
                     "loadavg_after": os.getloadavg()},
         "tensorflow": tf.__version__, "ai_edge_litert": litert,
         "num_threads": FLAGS.num_threads, "batch_size": 1,
-        "target_flops_reduction": FLAGS.target_flops_reduction, "round_to": round_tos,
+        "target_flops_reduction": targets[0] if len(targets) == 1 else targets,
+        "round_to": round_tos,
         "goal_efficiency": GOAL_EFFICIENCY, "flops_source": "tflite_graph",
         "tflite_dir": directory if keep_files else None,
         "seconds": round(time.time() - started, 1), "results": results,
