@@ -222,10 +222,16 @@ def measure_arch(arch, directory, *, input_size, targets, round_tos, quantizatio
         representative = [np.asarray(images) for images, _ in batches]
 
     variants = {"full": ([np.ones(g.size, bool) for g in graph.groups], None, None)}
+    skipped = []
     for target in targets:
         for r in round_tos:
-            variants[variant_name(target, r, targets)] = (
-                select_channels(flops, scores, target, round_to=r).keep, r, target)
+            try:
+                keep = select_channels(flops, scores, target, round_to=r).keep
+            except ValueError as err:  # e.g. more than the prunable share of the MACs
+                logging.warning("%s: skipping target %g, round_to %d: %s", arch, target, r, err)
+                skipped.append({"target": target, "round_to": r, "reason": str(err)})
+                continue
+            variants[variant_name(target, r, targets)] = (keep, r, target)
     models = {}
     for name, (keep, round_to, target) in variants.items():
         narrow = extract_model(model, keep, graph, name=f"{arch}_{name}")
@@ -271,7 +277,7 @@ def measure_arch(arch, directory, *, input_size, targets, round_tos, quantizatio
             fits.append(dict(quantization=q, **fit))
     return {"arch": arch, "input_size": size, "dataset": dataset, "weights": weights,
             "bn_statistics": bn, "seconds": round(time.time() - started, 1), "rows": rows,
-            "fits": fits}
+            "fits": fits, "skipped": skipped}
 
 
 def format_table(results):
@@ -292,6 +298,8 @@ def format_table(results):
     out = ["  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in lines]
     out.insert(1, "  ".join("-" * w for w in widths))
     for result in results:
+        for skip in result["skipped"]:
+            out.append(f"{result['arch']}: target {skip['target']:g} skipped ({skip['reason']})")
         for fit in result["fits"]:
             out.append(f"{result['arch']} {fit['quantization']}: latency ~ {fit['fixed_ms']:.3f} ms + "
                        f"{fit['ms_per_gmac']:.2f} ms/GMAC (R^2 {fit['r2']:.3f}); fixed share "
