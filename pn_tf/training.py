@@ -221,3 +221,25 @@ def train_and_evaluate(model, dataset, workdir, config, stage, batch_size=128, d
     with atomic_path(os.path.join(workdir, f"{stage}.weights.h5")) as tmp:
         model.save_weights(tmp)
     return summary
+
+
+def set_bn_statistics(model, batches):
+    """Sets every BN's moving mean/variance to the average of its batch statistics on ``batches``.
+
+    A quick calibration for untrained models (latency benchmarks, int8 conversion tests): the
+    weights stay as they are; only the BN running statistics change, so activations have a
+    realistic scale. ``batches`` yields image arrays or ``(images, labels)`` pairs.
+    """
+    bns = [layer for layer in model._flatten_layers()
+           if isinstance(layer, keras.layers.BatchNormalization)]
+    saved = [bn.momentum for bn in bns]
+    try:
+        for step, batch in enumerate(batches):
+            images = batch[0] if isinstance(batch, (tuple, list)) else batch
+            for bn in bns:  # running average: batch k gets weight 1 / (k + 1)
+                bn.momentum = step / (step + 1.0)
+            model(images, training=True)
+    finally:
+        for bn, momentum in zip(bns, saved):
+            bn.momentum = momentum
+    return model

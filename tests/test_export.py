@@ -11,6 +11,7 @@ import pytest
 from pn_tf import export
 from pn_tf.graph import FlopsModel
 from pn_tf.models import build_model
+from pn_tf.training import set_bn_statistics
 from tests.conftest import REPO_ROOT, tfds_data_dir
 from tests.helpers import random_images
 
@@ -111,22 +112,11 @@ def test_mobilenetv2_cifar_float32(tmp_path):
     assert export.verify_export(model, path, images) <= 1e-4 * max(1.0, np.abs(reference).max())
 
 
-def _with_batch_statistics(model, images):
-    """Moving BN statistics = those of ``images`` (sane activations for int8 calibration)."""
-    import keras
-
-    bns = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
-    for bn in bns:
-        bn.momentum = 0.0
-    model(images, training=True)
-    return model
-
-
 def test_shufflenet_int8_stays_inside_xnnpack(tmp_path):
     """h-swish is written so that XNNPACK takes the whole int8 graph (see shufflenetv2plus._act)."""
     images = random_images((64, 64, 3), seed=3, batch=8)
-    model = _with_batch_statistics(
-        build_model("shufflenetv2plus_small", input_size=64, num_classes=10, dropout=0.0), images)
+    model = set_bn_statistics(
+        build_model("shufflenetv2plus_small", input_size=64, num_classes=10, dropout=0.0), [images])
     fused = build_model("shufflenetv2plus_small", input_size=64, num_classes=10, dropout=0.0,
                         hard_swish="fused")
     for layer in model.layers:

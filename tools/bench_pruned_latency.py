@@ -118,23 +118,18 @@ def set_bn_statistics(model, dataset, count, size, data_dir, seed=0):
     """
     import keras
 
-    bns = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    from pn_tf.training import set_bn_statistics as from_batches
+
     if count <= 0:
+        bns = [layer for layer in model.layers
+               if isinstance(layer, keras.layers.BatchNormalization)]
         rng = np.random.default_rng(seed)
         for bn in bns:
             gamma, beta, mean, var = bn.get_weights()
             bn.set_weights([gamma, beta, rng.normal(0, 0.3, mean.shape).astype(mean.dtype),
                             rng.uniform(0.5, 1.5, var.shape).astype(var.dtype)])
         return "random"
-    saved = [bn.momentum for bn in bns]
-    try:
-        for step, (images, _) in enumerate(_batches(dataset, count, size, 32, data_dir)):
-            for bn in bns:  # running average: batch k gets weight 1 / (k + 1)
-                bn.momentum = step / (step + 1.0)
-            model(images, training=True)
-    finally:
-        for bn, momentum in zip(bns, saved):
-            bn.momentum = momentum
+    from_batches(model, _batches(dataset, count, size, 32, data_dir))
     return f"{count} {dataset} training images, training-mode batch statistics"
 
 
