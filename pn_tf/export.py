@@ -279,6 +279,13 @@ def tflite_predict(path, images, num_threads=None, batch_size=64):
     return run_interpreter(load_interpreter(path, num_threads), images, batch_size)
 
 
+def _interpreter(path_or_interpreter, num_threads=None):
+    """``path_or_interpreter`` itself if it is already a loaded interpreter, else loads it."""
+    if hasattr(path_or_interpreter, "_get_ops_details"):
+        return path_or_interpreter
+    return load_interpreter(path_or_interpreter, num_threads)
+
+
 def tflite_macs(path):
     """Multiply-accumulates of one image, counted from the ``.tflite`` graph itself.
 
@@ -287,8 +294,10 @@ def tflite_macs(path):
     FULLY_CONNECTED (``rows * units * in``) over the interpreter's op list
     (``Interpreter._get_ops_details``, the only op-level listing ai-edge-litert 2.3 exposes
     in Python) with tensor shapes at batch 1 -- the convention of :mod:`pn_tf.graph.flops`.
+    ``path`` may also be an interpreter already loaded (it is resized to batch 1 if its batch
+    is dynamic).
     """
-    interpreter = load_interpreter(path)
+    interpreter = _interpreter(path)
     if _fixed_batch(interpreter) is None:
         _set_batch(interpreter, 1)
     batch = int(interpreter.get_input_details()[0]["shape"][0])
@@ -312,9 +321,10 @@ def delegation(path, num_threads=1):
     ``partitions`` counts the delegate's subgraphs (1-2 is a graph run wholly by XNNPACK;
     every op it rejects splits it further and runs in TFLite's builtin kernels);
     ``not_delegated`` counts, per op type, the ops left outside whose outputs feed a
-    partition. Read off the interpreter's node list after delegation.
+    partition. Read off the interpreter's node list after delegation. ``path`` may also be
+    an interpreter already loaded with the default delegate.
     """
-    ops = load_interpreter(path, num_threads)._get_ops_details()
+    ops = _interpreter(path, num_threads)._get_ops_details()
     delegates = [op for op in ops if op["op_name"] == "DELEGATE"]
     feeds = {int(t) for op in delegates for t in op["inputs"]}
     made_inside = {int(t) for op in delegates for t in op["outputs"]}
