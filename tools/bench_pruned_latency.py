@@ -71,6 +71,9 @@ CIFAR_ARCHS = ("resnet56", "mobilenetv2_cifar")
 GOAL_EFFICIENCY = 0.9
 
 flags.DEFINE_list("archs", DEFAULT_ARCHS, "Zoo architectures to measure.")
+flags.DEFINE_integer("num_classes", None,
+                     "Classifier width for every arch (default: per arch, CIFAR 10, ImageNet "
+                     "1000; 10 is the imagenette models pn-tf trains).")
 flags.DEFINE_integer("input_size", None,
                      "Square input side for every arch (default: per arch, CIFAR 32, else 224).")
 flags.DEFINE_list("target_flops_reduction", ["0.5"],
@@ -188,7 +191,7 @@ def affine_fit(flops, latency_ms):
             "fixed_share": float(fixed / full), "implied_efficiency": float(1.0 - fixed / full)}
 
 
-def measure_arch(arch, directory, *, input_size, targets, round_tos, quantizations, num_threads,
+def measure_arch(arch, directory, *, input_size, num_classes=None, targets, round_tos, quantizations, num_threads,
                  runs, min_runs, group_seconds, warmup, block, bn_images, calibration_images,
                  use_shipped, data_dir, seed):
     from pn_tf.baseline import load_checked, shipped_weights
@@ -200,9 +203,11 @@ def measure_arch(arch, directory, *, input_size, targets, round_tos, quantizatio
     started = time.time()
     size = int(input_size or ARCHITECTURES[arch][1])
     dataset = dataset_for(arch)
-    model = build_model(arch, input_size=size)
+    classes = int(num_classes or ARCHITECTURES[arch][2])
+    model = build_model(arch, input_size=size, num_classes=classes)
     weights = "initial (random)"
-    shipped = shipped_weights(arch, dataset) if use_shipped and size == ARCHITECTURES[arch][1] else None
+    default_shape = (size, classes) == tuple(ARCHITECTURES[arch][1:3])
+    shipped = shipped_weights(arch, dataset) if use_shipped and default_shape else None
     if shipped:
         load_checked(model, shipped)
         weights, bn = f"shipped {os.path.basename(shipped)}", "from the checkpoint"
@@ -270,7 +275,7 @@ def measure_arch(arch, directory, *, input_size, targets, round_tos, quantizatio
         fit = affine_fit([r["flops"] for r in group], [r["latency_ms"] for r in group])
         if fit:
             fits.append(dict(quantization=q, **fit))
-    return {"arch": arch, "input_size": size, "dataset": dataset, "weights": weights,
+    return {"arch": arch, "input_size": size, "num_classes": classes, "dataset": dataset, "weights": weights,
             "bn_statistics": bn, "seconds": round(time.time() - started, 1), "rows": rows,
             "fits": fits, "skipped": skipped}
 
@@ -338,7 +343,8 @@ def main(argv):
     try:
         for arch in FLAGS.archs:
             results.append(measure_arch(
-                arch, directory, input_size=FLAGS.input_size, targets=targets,
+                arch, directory, input_size=FLAGS.input_size, num_classes=FLAGS.num_classes,
+                targets=targets,
                 round_tos=round_tos, quantizations=FLAGS.quantizations,
                 num_threads=FLAGS.num_threads, runs=FLAGS.runs, min_runs=FLAGS.min_runs,
                 group_seconds=FLAGS.group_seconds, warmup=FLAGS.warmup, block=FLAGS.block,
