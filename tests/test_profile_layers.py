@@ -1,0 +1,48 @@
+"""tools/profile_layers.py: the network split into units that reproduce it exactly."""
+
+import sys
+
+import keras
+import numpy as np
+
+from pn_tf.extract import extract_model
+from pn_tf.graph import ChannelGraph
+from pn_tf.models import build_model
+from tests.conftest import REPO_ROOT
+from tests.helpers import random_images
+
+sys.path.insert(0, str(REPO_ROOT / "tools"))
+from profile_layers import convert, gated_layers, split_units, unit_model  # noqa: E402
+
+
+def test_units_cover_the_network_and_reproduce_its_tensors(tmp_path):
+    gated = build_model("shufflenetv2plus_small", input_size=64, num_classes=10, dropout=0.0)
+    graph = ChannelGraph(gated)
+    plain = extract_model(gated, [np.ones(g.size, bool) for g in graph.groups], graph)
+    units = split_units(plain)
+    nodes = [id(node) for unit in units for node in unit]
+    calls = {id(node) for depth_nodes in plain._nodes_by_depth.values() for node in depth_nodes
+             if not node.is_input}
+    assert len(nodes) == len(set(nodes)) and set(nodes) == calls  # every layer call, once
+    # Conv + BN + activation (+ the stripped gate) is one unit, as the converter fuses them.
+    first = next(u for u in units if isinstance(u[0].operation, keras.layers.Conv2D))
+    assert [type(n.operation) for n in first][1] is keras.layers.BatchNormalization
+
+    tensors = [t for unit in units for node in unit
+               for t in list(node.input_tensors) + list(node.output_tensors)]
+    unique = list({id(t): t for t in tensors}.values())
+    probe = keras.Model(plain.inputs, unique)
+    values = dict(zip((id(t) for t in unique), probe([random_images((64, 64, 3), seed=1, batch=1)])))
+    for unit in units:
+        model = unit_model(unit)
+        inputs = list({id(t): values[id(t)] for t in unit[0].input_tensors}.values())
+        outs = keras.tree.flatten(model(inputs if len(inputs) > 1 else inputs[0]))
+        assert len(outs) == len(unit[-1].output_tensors)
+        for out, tensor in zip(outs, unit[-1].output_tensors):
+            np.testing.assert_allclose(np.asarray(out), np.asarray(values[id(tensor)]),
+                                       rtol=1e-5, atol=1e-5)
+    names = gated_layers(gated, graph)
+    assert any(name.endswith("gate") or "conv" in name for name in names)
+    concat = next(u for u in units if isinstance(u[0].operation, keras.layers.Concatenate))
+    path = convert(unit_model(concat), str(tmp_path / "concat.tflite"))
+    assert (tmp_path / "concat.tflite").stat().st_size > 0 and path.endswith(".tflite")
