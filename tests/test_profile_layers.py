@@ -5,6 +5,7 @@ import sys
 import keras
 import numpy as np
 
+from pn_tf.export import delegation
 from pn_tf.extract import extract_model
 from pn_tf.graph import ChannelGraph
 from pn_tf.models import build_model
@@ -46,3 +47,6 @@ def test_units_cover_the_network_and_reproduce_its_tensors(tmp_path):
     concat = next(u for u in units if isinstance(u[0].operation, keras.layers.Concatenate))
     path = convert(unit_model(concat), str(tmp_path / "concat.tflite"))
     assert (tmp_path / "concat.tflite").stat().st_size > 0 and path.endswith(".tflite")
+    # Weights are frozen into constants, so XNNPACK takes the conv as in an exported model.
+    report = delegation(convert(unit_model(first), str(tmp_path / "conv.tflite")))
+    assert report["partitions"] == 1 and not report["not_delegated"], report

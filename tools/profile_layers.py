@@ -114,10 +114,14 @@ def convert(model, path):
 
     from pn_tf.io import atomic_path
 
+    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+
     specs = [tf.TensorSpec(t.shape, tf.float32) for t in model.inputs]
     function = tf.function(lambda *xs: model(list(xs) if len(xs) > 1 else xs[0], training=False))
-    converter = tf.lite.TFLiteConverter.from_concrete_functions(
-        [function.get_concrete_function(*specs)], model)
+    # Weights as constants, as in a SavedModel conversion: XNNPACK only takes convolutions
+    # with static filters (with variables every CONV_2D would run in TFLite's own kernels).
+    frozen = convert_variables_to_constants_v2(function.get_concrete_function(*specs))
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([frozen])
     content = converter.convert()
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
