@@ -50,3 +50,11 @@ def test_units_cover_the_network_and_reproduce_its_tensors(tmp_path):
     # Weights are frozen into constants, so XNNPACK takes the conv as in an exported model.
     report = delegation(convert(unit_model(first), str(tmp_path / "conv.tflite")))
     assert report["partitions"] == 1 and not report["not_delegated"], report
+
+
+def test_a_zero_pad_is_timed_with_the_conv_it_feeds():
+    model = build_model("mobilenetv2", input_size=64, num_classes=10)
+    units = split_units(model)
+    padded = [u for u in units if isinstance(u[0].operation, keras.layers.ZeroPadding2D)]
+    assert padded and all(isinstance(u[1].operation, (keras.layers.Conv2D, keras.layers.DepthwiseConv2D))
+                          for u in padded)

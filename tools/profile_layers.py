@@ -7,7 +7,11 @@ converted and timed on its own, at its real input shape, batch 1, ``--num_thread
 
 * a unit is one layer call, plus the BatchNormalization / activation / ReLU / (stripped gate)
   Identity calls that follow a conv, depthwise conv, dense layer or addition and read only its
-  output -- what the TFLite converter fuses into one op;
+  output -- what the TFLite converter fuses into one op -- and a ZeroPadding2D is timed with
+  the convolution it feeds (XNNPACK folds a zero PAD into the convolution);
+* the units are timed in isolation, so ops that are cheap inside the whole graph but read or
+  write a large tensor on their own (input normalization, concatenations) can be over- or
+  understated; ``units_sum_ratio`` shows how far the sum is from the whole model;
 * every unit becomes a small Keras model (its own input tensors, the same layer objects and
   weights), is converted to float32 TFLite (from a concrete function at batch 1) and timed
   interleaved with all the others (:func:`pn_tf.export.time_interleaved`);
@@ -73,18 +77,24 @@ def split_units(model):
     consumers = collections.Counter(id(t) for node in nodes for t in node.input_tensors)
     for tensor in keras.tree.flatten(model.outputs):
         consumers[id(tensor)] += 1
+    convs = (keras.layers.Conv2D, keras.layers.DepthwiseConv2D, keras.layers.SeparableConv2D)
     units, open_ends = [], {}  # id(last output of a fusable unit) -> unit
     for node in nodes:
         inputs = node.input_tensors
-        if (isinstance(node.operation, followers) and len(inputs) == 1
-                and id(inputs[0]) in open_ends and consumers[id(inputs[0])] == 1):
+        unit = open_ends.get(id(inputs[0])) if len(inputs) == 1 else None
+        after_pad = (unit is not None and len(unit) == 1
+                     and isinstance(unit[0].operation, keras.layers.ZeroPadding2D))
+        if (unit is not None and consumers[id(inputs[0])] == 1
+                and (isinstance(node.operation, convs) if after_pad
+                     else isinstance(node.operation, followers))):
             unit = open_ends.pop(id(inputs[0]))
             unit.append(node)
             open_ends[id(node.output_tensors[0])] = unit
             continue
         unit = [node]
         units.append(unit)
-        if isinstance(node.operation, heads) and len(node.output_tensors) == 1:
+        if (isinstance(node.operation, heads + (keras.layers.ZeroPadding2D,))
+                and len(node.output_tensors) == 1):
             open_ends[id(node.output_tensors[0])] = unit
     return units
 
@@ -160,6 +170,8 @@ def gated_layers(gated_model, graph):
 
 def _unit_rows(plain, gated_names, directory, tag):
     """Converts every unit of ``plain``; returns (rows, paths)."""
+    import keras
+
     from pn_tf.graph import ChannelGraph, FlopsModel
 
     macs = collections.Counter()
@@ -170,7 +182,9 @@ def _unit_rows(plain, gated_names, directory, tag):
     for index, unit in enumerate(units):
         names = [node.operation.name for node in unit]
         paths.append(convert(unit_model(unit), os.path.join(directory, f"{tag}_u{index}.tflite")))
-        rows.append({"layers": names, "type": type(unit[0].operation).__name__,
+        padded = len(unit) > 1 and isinstance(unit[0].operation, keras.layers.ZeroPadding2D)
+        head = unit[1] if padded else unit[0]
+        rows.append({"layers": names, "type": type(head.operation).__name__,
                      "output_shape": list(unit[-1].output_tensors[0].shape[1:]),
                      "macs": int(sum(macs[n] for n in names)),
                      "gated": any(n in gated_names for n in names)})
