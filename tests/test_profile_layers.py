@@ -4,6 +4,7 @@ import sys
 
 import keras
 import numpy as np
+import pytest
 
 from pn_tf.export import delegation
 from pn_tf.extract import extract_model
@@ -58,3 +59,17 @@ def test_a_zero_pad_is_timed_with_the_conv_it_feeds():
     padded = [u for u in units if isinstance(u[0].operation, keras.layers.ZeroPadding2D)]
     assert padded and all(isinstance(u[1].operation, (keras.layers.Conv2D, keras.layers.DepthwiseConv2D))
                           for u in padded)
+
+
+@pytest.mark.slow
+def test_profile_end_to_end_resnet56():
+    from profile_layers import format_report, profile
+
+    report = profile("resnet56", runs=3, warmup=1)
+    assert abs(report["flops_reduction"] - 0.5) < 0.02
+    assert report["whole_model_ms"] > 0 and report["whole_pruned_ms"] > 0
+    gated = report["by_class"]["gated"]
+    assert abs(gated["pruned_macs"] / gated["macs"] - 0.5) < 0.02  # all pruned MACs are gated
+    assert report["by_class"]["fixed"]["pruned_macs"] == report["by_class"]["fixed"]["macs"]
+    assert sum(r["macs"] for r in report["units"]) == 125_485_696
+    assert "fixed (touching no PN group)" in format_report(report, 3)
