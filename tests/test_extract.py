@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 
-from pn_tf.extract import ExtractionError, extract_model, gate_scores, select_channels, set_gate_masks
+from pn_tf.extract import (ExtractionError, extract_model, gate_scores, select_channels, set_gate_masks,
+                            tile_multiples)
 from pn_tf.graph import ChannelGraph, FlopsModel
 from pn_tf.layers import gate_layers, set_gate_mode
 from pn_tf.models import build_model
@@ -60,6 +61,23 @@ def test_budget_landing_and_rounding(target):
     assert abs(rounded.reduction - target) < 0.01
     narrow = extract_model(model, rounded.keep)
     assert FlopsModel(narrow).total == pytest.approx(rounded.flops)
+
+
+def test_tile_and_per_group_rounding():
+    assert tile_multiples([16, 32, 64, 96, 1280, 3, 1]) == [8, 16, 32, 32, 32, 1, 1]
+    model = build_model("resnet56")
+    _random_logits(model, seed=4)
+    flops = FlopsModel(model)
+    tiled = select_channels(flops, gate_scores(model), target_reduction=0.4, round_to="tile")
+    multiples = tile_multiples([int(w) for w in flops.widths])
+    assert all(w % m == 0 for w, m in zip(tiled.widths, multiples)), tiled.widths
+    assert abs(tiled.reduction - 0.4) < 0.01
+    explicit = select_channels(flops, gate_scores(model), target_reduction=0.4, round_to=multiples)
+    assert explicit.widths == tiled.widths
+    with pytest.raises(ValueError, match="groups"):
+        select_channels(flops, gate_scores(model), target_reduction=0.5, round_to=[8, 8])
+    with pytest.raises(ValueError, match="'tile'"):
+        select_channels(flops, gate_scores(model), target_reduction=0.5, round_to="tiles")
 
 
 def test_deterministic_selection_keeps_top_logits():

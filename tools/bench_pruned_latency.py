@@ -80,8 +80,9 @@ flags.DEFINE_list("target_flops_reduction", ["0.5"],
                   "Fraction(s) of the MACs to remove. Several values give a sweep: one pruned "
                   "model per value (and --round_to), and an affine fit of latency on MACs.")
 flags.DEFINE_list("round_to", ["1"],
-                  "Round each group's kept count to a multiple of this; several values give "
-                  "several pruned models, timed together with the same unpruned one.")
+                  "Round each group's kept count to a multiple of this ('tile': per group the "
+                  "largest power of two <= min(32, size / 2)); several values give several "
+                  "pruned models, timed together with the same unpruned one.")
 flags.DEFINE_list("quantizations", ["float32", "int8"], "TFLite variants: float32, float16, int8.")
 flags.DEFINE_integer("num_threads", 1, "LiteRT interpreter threads.")
 flags.DEFINE_integer("runs", 200, "Timed invocations per model (at most; see --group_seconds).")
@@ -228,7 +229,7 @@ def measure_arch(arch, directory, *, input_size, num_classes=None, targets, roun
             try:
                 keep = select_channels(flops, scores, target, round_to=r).keep
             except ValueError as err:  # e.g. more than the prunable share of the MACs
-                logging.warning("%s: skipping target %g, round_to %d: %s", arch, target, r, err)
+                logging.warning("%s: skipping target %g, round_to %s: %s", arch, target, r, err)
                 skipped.append({"target": target, "round_to": r, "reason": str(err)})
                 continue
             variants[variant_name(target, r, targets)] = (keep, r, target)
@@ -323,13 +324,18 @@ def main(argv):
         if q not in QUANTIZATIONS:
             print(f"error: unknown quantization {q!r}; known: {QUANTIZATIONS}", file=sys.stderr)
             return 2
-    round_tos = sorted({int(r) for r in FLAGS.round_to})
+    try:  # integers first, then "tile" (per-group multiples, pn_tf.extract.tile_multiples)
+        round_tos = sorted({int(r) for r in FLAGS.round_to if r != "tile"})
+        round_tos += ["tile"] if "tile" in FLAGS.round_to else []
+    except ValueError:
+        round_tos = [0]
     try:
         targets = sorted({float(t) for t in FLAGS.target_flops_reduction})
     except ValueError:
         targets = [-1.0]
-    if not all(0.0 < t < 1.0 for t in targets) or min(round_tos) < 1:
-        print("error: --target_flops_reduction must be in (0, 1) and --round_to >= 1",
+    if not all(0.0 < t < 1.0 for t in targets) or not all(r == "tile" or r >= 1 for r in round_tos):
+        print("error: --target_flops_reduction must be in (0, 1) and --round_to integers >= 1 "
+              "or 'tile'",
               file=sys.stderr)
         return 2
     data_dir = FLAGS.data_dir or os.environ.get("TFDS_DATA_DIR")
