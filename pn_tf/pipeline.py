@@ -57,7 +57,7 @@ class RunConfig:
     search_eval_split: str = "holdout"
     search_eval_take: int = None
     selection: str = "gates"
-    round_to: int = 1
+    round_to: object = 1  # an int >= 1, or "tile"
     finetune_epochs: int = 200
     finetune_lr: float = 0.1
     finetune_schedule: str = "step"
@@ -67,10 +67,20 @@ class RunConfig:
     tflite_runs: int = 100
 
 
+def _round_to(value):
+    """``--round_to``: "tile" or a positive integer (given as int or string)."""
+    if value == "tile":
+        return value
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise PipelineError(f"--round_to must be a positive integer or 'tile', got {value!r}") from None
+
+
 def _positive(config, *names, allow_zero=()):
     for name in names:
         value = getattr(config, name)
-        if value is None:
+        if value is None or isinstance(value, str):
             continue
         if value < 0 or (value == 0 and name not in allow_zero):
             raise PipelineError(f"--{name} must be {'>= 0' if name in allow_zero else '> 0'}, got {value}")
@@ -139,6 +149,7 @@ class Pipeline:
             raise PipelineError(str(err)) from err
         c.num_classes = c.num_classes or spec.num_classes
         c.input_size = c.input_size or spec.image_size
+        c.round_to = _round_to(c.round_to)
         _positive(c, "baseline_epochs", "search_epochs", "batch_size", "search_batch_size",
                   "baseline_lr", "finetune_lr", "gate_lr", "round_to", "calibration_images",
                   "tflite_threads", "tflite_runs", "pn_batch_size", "train_take", "eval_take", "search_take",
@@ -169,6 +180,14 @@ class Pipeline:
             raise PipelineError(f"--target_flops_reduction={c.target_flops_reduction}: {err}") from err
         if not p > 0:
             raise PipelineError(f"--p must be > 0, got {c.p}")
+        from pn_tf.extract.select import min_widths
+
+        floor = flops.count(min_widths(flops.widths, c.round_to)) / flops.total
+        if floor > 1.0 - c.target_flops_reduction:
+            raise PipelineError(
+                f"--round_to={c.round_to} cannot remove {c.target_flops_reduction:.0%} of the FLOPs: "
+                f"the narrowest widths it allows still cost {floor:.1%} of the network; lower "
+                "--target_flops_reduction or --round_to")
         self.flops_total = flops.total
 
     def _check_baseline(self):

@@ -70,7 +70,10 @@ def define_flags(flag_values=flags.FLAGS):
     flags.DEFINE_enum("selection", "gates", ["gates", "l1", "uniform", "random"],
                       "How extraction ranks channels: the searched gates, or (no search) filter "
                       "L1 norms, uniform width scaling, random channels.", **fv)
-    flags.DEFINE_integer("round_to", 1, "Round kept widths to a multiple of this (e.g. 8).", **fv)
+    flags.DEFINE_string("round_to", "1",
+                        "Round kept widths to a multiple of this (e.g. 8; 32 for float32 latency "
+                        "on AVX-512 CPUs), or 'tile': per group the largest power of two <= "
+                        "min(32, group size / 2). See docs/latency.md.", **fv)
     flags.DEFINE_integer("finetune_epochs", 200, "Fine-tuning epochs.", **fv)
     flags.DEFINE_float("finetune_lr", 0.1, "Fine-tuning peak learning rate.", **fv)
     flags.DEFINE_enum("finetune_schedule", "step", ["step", "cosine", "constant"], "Fine-tuning schedule.", **fv)

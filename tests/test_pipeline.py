@@ -110,6 +110,9 @@ def _validate(config):
     (dict(target_flops_reduction=0.999), "cannot remove"),
     (dict(search_epochs=0), "--search_epochs must be > 0"),
     (dict(tflite=["int4"]), "unknown --tflite"),
+    (dict(round_to="tiles"), "--round_to must be a positive integer or 'tile'"),
+    (dict(round_to="0"), "--round_to must be > 0"),
+    (dict(round_to="tile"), "--round_to=tile cannot remove 50% of the FLOPs"),
     (dict(baseline_weights="/nonexistent/w.weights.h5"), "no such file"),
     (dict(dataset="cifar100"), "cifar100"),
 ])

@@ -39,7 +39,8 @@ def _parser():
     p.add_argument("--classes", type=int, default=10, help="classifier size (applications)")
     p.add_argument("--target_flops_reduction", type=float, default=0.5)
     p.add_argument("--policy", default="all", choices=("all", "internal"))
-    p.add_argument("--round_to", type=int, default=1)
+    p.add_argument("--round_to", type=lambda v: v if v == "tile" else int(v), default=1,
+                   help="kept-width multiple: an integer, or 'tile' (per group, see docs/latency.md)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     data = p.add_mutually_exclusive_group()

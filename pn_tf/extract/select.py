@@ -171,6 +171,12 @@ def _multiples(round_to, sizes):
     return multiples
 
 
+def min_widths(sizes, round_to=1):
+    """The narrowest width each group can be given under ``round_to`` (see select_channels)."""
+    return [_round_count(0, int(size), multiple)
+            for size, multiple in zip(sizes, _multiples(round_to, [int(n) for n in sizes]))]
+
+
 def _at_threshold(scores, threshold, multiples):
     keep, notes = [], []
     for index, (s, multiple) in enumerate(zip(scores, multiples)):
