@@ -70,38 +70,41 @@ DEFAULT_ARCHS = ["resnet56", "mobilenetv2_cifar", "shufflenetv2plus_small",
 CIFAR_ARCHS = ("resnet56", "mobilenetv2_cifar")
 GOAL_EFFICIENCY = 0.9
 
-flags.DEFINE_list("archs", DEFAULT_ARCHS, "Zoo architectures to measure.")
-flags.DEFINE_integer("num_classes", None,
-                     "Classifier width for every arch (default: per arch, CIFAR 10, ImageNet "
-                     "1000; 10 is the imagenette models pn-tf trains).")
-flags.DEFINE_integer("input_size", None,
-                     "Square input side for every arch (default: per arch, CIFAR 32, else 224).")
-flags.DEFINE_list("target_flops_reduction", ["0.5"],
-                  "Fraction(s) of the MACs to remove. Several values give a sweep: one pruned "
-                  "model per value (and --round_to), and an affine fit of latency on MACs.")
-flags.DEFINE_list("round_to", ["1"],
-                  "Round each group's kept count to a multiple of this ('tile': per group the "
-                  "largest power of two <= min(32, size / 2)); several values give several "
-                  "pruned models, timed together with the same unpruned one.")
-flags.DEFINE_list("quantizations", ["float32", "int8"], "TFLite variants: float32, float16, int8.")
-flags.DEFINE_integer("num_threads", 1, "LiteRT interpreter threads.")
-flags.DEFINE_integer("runs", 200, "Timed invocations per model (at most; see --group_seconds).")
-flags.DEFINE_integer("min_runs", 30, "Timed invocations per model at least (if --runs allows).")
-flags.DEFINE_float("group_seconds", 60.0,
-                   "Approximate timing budget per (arch, quantization) group; caps --runs.")
-flags.DEFINE_integer("warmup", 10, "Untimed invocations per model before timing.")
-flags.DEFINE_integer("block", 10, "Consecutive invocations of one model per round.")
-flags.DEFINE_integer("bn_images", 128,
-                     "Real images used to set BN moving statistics (0: random statistics).")
-flags.DEFINE_integer("calibration_images", 64, "Images for int8 calibration.")
-flags.DEFINE_bool("use_shipped", True, "Load a shipped baseline from pn_tf/pretrained if any.")
-flags.DEFINE_bool("json", False, "Print one JSON object instead of the table.")
-flags.DEFINE_string("out_dir", None, "Where to keep the .tflite files (default: a temp dir, "
-                    "removed at the end).")
-flags.DEFINE_string("data_dir", None, "TFDS data dir (default: $TFDS_DATA_DIR).")
-flags.DEFINE_integer("seed", 0, "Seed for random BN statistics and the timing input.")
-
 FLAGS = flags.FLAGS
+
+
+def define_flags():
+    """The command line (defined only when run as a script, so tests can import this file)."""
+    flags.DEFINE_list("archs", DEFAULT_ARCHS, "Zoo architectures to measure.")
+    flags.DEFINE_integer("num_classes", None,
+                         "Classifier width for every arch (default: per arch, CIFAR 10, ImageNet "
+                         "1000; 10 is the imagenette models pn-tf trains).")
+    flags.DEFINE_integer("input_size", None,
+                         "Square input side for every arch (default: per arch, CIFAR 32, else 224).")
+    flags.DEFINE_list("target_flops_reduction", ["0.5"],
+                      "Fraction(s) of the MACs to remove. Several values give a sweep: one pruned "
+                      "model per value (and --round_to), and an affine fit of latency on MACs.")
+    flags.DEFINE_list("round_to", ["1"],
+                      "Round each group's kept count to a multiple of this ('tile': per group the "
+                      "largest power of two <= min(32, size / 2)); several values give several "
+                      "pruned models, timed together with the same unpruned one.")
+    flags.DEFINE_list("quantizations", ["float32", "int8"], "TFLite variants: float32, float16, int8.")
+    flags.DEFINE_integer("num_threads", 1, "LiteRT interpreter threads.")
+    flags.DEFINE_integer("runs", 200, "Timed invocations per model (at most; see --group_seconds).")
+    flags.DEFINE_integer("min_runs", 30, "Timed invocations per model at least (if --runs allows).")
+    flags.DEFINE_float("group_seconds", 60.0,
+                       "Approximate timing budget per (arch, quantization) group; caps --runs.")
+    flags.DEFINE_integer("warmup", 10, "Untimed invocations per model before timing.")
+    flags.DEFINE_integer("block", 10, "Consecutive invocations of one model per round.")
+    flags.DEFINE_integer("bn_images", 128,
+                         "Real images used to set BN moving statistics (0: random statistics).")
+    flags.DEFINE_integer("calibration_images", 64, "Images for int8 calibration.")
+    flags.DEFINE_bool("use_shipped", True, "Load a shipped baseline from pn_tf/pretrained if any.")
+    flags.DEFINE_bool("json", False, "Print one JSON object instead of the table.")
+    flags.DEFINE_string("out_dir", None, "Where to keep the .tflite files (default: a temp dir, "
+                        "removed at the end).")
+    flags.DEFINE_string("data_dir", None, "TFDS data dir (default: $TFDS_DATA_DIR).")
+    flags.DEFINE_integer("seed", 0, "Seed for random BN statistics and the timing input.")
 
 
 def dataset_for(arch):
@@ -393,4 +396,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

@@ -40,20 +40,23 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 
-flags.DEFINE_string("arch", "mobilenetv2", "Zoo architecture.")
-flags.DEFINE_integer("input_size", None, "Square input side (default: the architecture's).")
-flags.DEFINE_integer("num_classes", None, "Classifier width (default: the architecture's).")
-flags.DEFINE_float("target_flops_reduction", 0.5,
-                   "The pruned model: this fraction of the MACs removed (filter-L1 channel choice, "
-                   "as tools/bench_pruned_latency.py).")
-flags.DEFINE_integer("num_threads", 1, "LiteRT interpreter threads.")
-flags.DEFINE_integer("runs", 200, "Timed invocations per unit.")
-flags.DEFINE_integer("warmup", 10, "Untimed invocations per unit first.")
-flags.DEFINE_integer("top", 15, "Slowest units listed in the table output.")
-flags.DEFINE_bool("json", False, "Print one JSON object instead of tables.")
-flags.DEFINE_integer("seed", 0, "Seed of the random inputs.")
-
 FLAGS = flags.FLAGS
+
+
+def define_flags():
+    """The command line (defined only when run as a script, so tests can import this file)."""
+    flags.DEFINE_string("arch", "mobilenetv2", "Zoo architecture.")
+    flags.DEFINE_integer("input_size", None, "Square input side (default: the architecture's).")
+    flags.DEFINE_integer("num_classes", None, "Classifier width (default: the architecture's).")
+    flags.DEFINE_float("target_flops_reduction", 0.5,
+                       "The pruned model: this fraction of the MACs removed (filter-L1 channel choice, "
+                       "as tools/bench_pruned_latency.py).")
+    flags.DEFINE_integer("num_threads", 1, "LiteRT interpreter threads.")
+    flags.DEFINE_integer("runs", 200, "Timed invocations per unit.")
+    flags.DEFINE_integer("warmup", 10, "Untimed invocations per unit first.")
+    flags.DEFINE_integer("top", 15, "Slowest units listed in the table output.")
+    flags.DEFINE_bool("json", False, "Print one JSON object instead of tables.")
+    flags.DEFINE_integer("seed", 0, "Seed of the random inputs.")
 
 
 def _unit_kinds():
@@ -320,4 +323,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

@@ -23,13 +23,16 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import app, flags  # noqa: E402
 
-flags.DEFINE_string("workdir", None, "Pipeline workdir whose baseline stage trained the model.")
-flags.DEFINE_string("pretrained_dir", None, "Where to ship (default: pn_tf/pretrained).")
-flags.DEFINE_string("note", "", "Free text stored in the .json (e.g. what the run fell short of).")
-flags.DEFINE_bool("force", False, "Replace an already shipped baseline.")
-flags.mark_flag_as_required("workdir")
-
 FLAGS = flags.FLAGS
+
+
+def define_flags():
+    """The command line (defined only when run as a script, so tests can import this file)."""
+    flags.DEFINE_string("workdir", None, "Pipeline workdir whose baseline stage trained the model.")
+    flags.DEFINE_string("pretrained_dir", None, "Where to ship (default: pn_tf/pretrained).")
+    flags.DEFINE_string("note", "", "Free text stored in the .json (e.g. what the run fell short of).")
+    flags.DEFINE_bool("force", False, "Replace an already shipped baseline.")
+    flags.mark_flag_as_required("workdir")
 
 # config.json keys that decide the baseline, in the order the command lists them.
 COMMAND_FLAGS = ("arch", "dataset", "input_size", "num_classes", "batch_size", "baseline_epochs",
@@ -119,4 +122,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)
