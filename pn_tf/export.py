@@ -56,6 +56,13 @@ def _write_bytes(path, content):
         os.fsync(f.fileno())
 
 
+def save_bytes(path, content):
+    """Writes ``content`` (e.g. a TFLite flatbuffer) to ``path`` atomically. Returns the path."""
+    with atomic_path(path) as tmp:
+        _write_bytes(tmp, content)
+    return os.fspath(path)
+
+
 # --- Keras and SavedModel -----------------------------------------------------------------------
 
 def export_keras(model, path):
@@ -181,9 +188,7 @@ def export_tflite(model, path, quantization="float32", representative_data=None,
             _write_saved_model(model, saved_model)
             content = convert_saved_model(saved_model, quantization, representative_data,
                                           int8_io, max_calibration_batches)
-    with atomic_path(path) as tmp:
-        _write_bytes(tmp, content)
-    return os.fspath(path)
+    return save_bytes(path, content)
 
 
 def representative_dataset(dataset="cifar10", num_images=512, batch_size=32, image_size=None,

@@ -72,15 +72,18 @@ def _round_to(value):
     if value == "tile":
         return value
     try:
-        return int(value)
+        multiple = int(value)
     except (TypeError, ValueError):
         raise PipelineError(f"--round_to must be a positive integer or 'tile', got {value!r}") from None
+    if multiple < 1:
+        raise PipelineError(f"--round_to must be > 0, got {multiple}")
+    return multiple
 
 
 def _positive(config, *names, allow_zero=()):
     for name in names:
         value = getattr(config, name)
-        if value is None or isinstance(value, str):
+        if value is None:
             continue
         if value < 0 or (value == 0 and name not in allow_zero):
             raise PipelineError(f"--{name} must be {'>= 0' if name in allow_zero else '> 0'}, got {value}")
@@ -151,7 +154,7 @@ class Pipeline:
         c.input_size = c.input_size or spec.image_size
         c.round_to = _round_to(c.round_to)
         _positive(c, "baseline_epochs", "search_epochs", "batch_size", "search_batch_size",
-                  "baseline_lr", "finetune_lr", "gate_lr", "round_to", "calibration_images",
+                  "baseline_lr", "finetune_lr", "gate_lr", "calibration_images",
                   "tflite_threads", "tflite_runs", "pn_batch_size", "train_take", "eval_take", "search_take",
                   "finetune_epochs", "weight_decay", "pn_noise", "search_eval_take", allow_zero=("finetune_epochs", "weight_decay", "pn_noise"))
         if not 0.0 < c.target_flops_reduction < 1.0:

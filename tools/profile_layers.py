@@ -124,10 +124,9 @@ def unit_model(unit):
 def convert(model, path):
     """float32 ``.tflite`` of any fixed-shape Keras model (several inputs, any rank)."""
     import tensorflow as tf
-
-    from pn_tf.io import atomic_path
-
     from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+
+    from pn_tf.export import save_bytes
 
     specs = [tf.TensorSpec(t.shape, tf.float32) for t in model.inputs]
     function = tf.function(lambda *xs: model(list(xs) if len(xs) > 1 else xs[0], training=False))
@@ -135,11 +134,7 @@ def convert(model, path):
     # with static filters (with variables every CONV_2D would run in TFLite's own kernels).
     frozen = convert_variables_to_constants_v2(function.get_concrete_function(*specs))
     converter = tf.lite.TFLiteConverter.from_concrete_functions([frozen])
-    content = converter.convert()
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as f:
-            f.write(content)
-    return path
+    return save_bytes(path, converter.convert())
 
 
 def _interpreter(path, num_threads, rng):

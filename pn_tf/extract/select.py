@@ -220,7 +220,7 @@ def select_channels(flops, scores, target_reduction=None, round_to=1):
         if not 0.0 < target_reduction < 1.0:
             raise ValueError(f"target_reduction must be in (0, 1), got {target_reduction}")
         budget = (1.0 - target_reduction) * flops.total
-        floor = cost(_at_threshold(scores, np.inf, round_to)[0])
+        floor = flops.count(min_widths(sizes, round_to))
         if floor > budget:
             raise ValueError(
                 f"cannot remove {target_reduction:.1%} of FLOPs: keeping the minimum of every "
