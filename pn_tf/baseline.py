@@ -22,20 +22,32 @@ def shipped_weights(arch, dataset):
     return path if os.path.exists(path) else None
 
 
-def resolve_weights(spec, arch, dataset):
-    """``spec``: "" (train), "shipped", or a path to a ``.weights.h5`` file."""
+def resolve_weights(spec, arch, dataset, flag="baseline_weights"):
+    """``spec``: "" (none), "shipped", or a path to a ``.weights.h5`` file given as ``--flag``."""
     if not spec:
         return None
     if spec == "shipped":
         path = shipped_weights(arch, dataset)
         if path is None:
             raise CheckpointError(
-                f"no shipped baseline for {arch} on {dataset} (looked in {PRETRAINED_DIR}); "
-                "train one with --baseline_weights= (empty) or pass a .weights.h5 path")
+                f"--{flag}=shipped: no shipped baseline for {arch} on {dataset} (looked in "
+                f"{PRETRAINED_DIR}); train one with --baseline_weights= (empty) or pass a .weights.h5 path")
         return path
     if not os.path.isfile(spec):
-        raise CheckpointError(f"--baseline_weights={spec}: no such file")
+        raise CheckpointError(f"--{flag}={spec}: no such file")
     return spec
+
+
+def weights_record(path):
+    """The ``.json`` record shipped beside a ``.weights.h5`` file (recipe, accuracy), or None."""
+    import json
+
+    record = os.path.splitext(os.path.splitext(path)[0])[0] + ".json"
+    try:
+        with open(record) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
 
 
 def load_checked(model, path):
@@ -49,16 +61,25 @@ def load_checked(model, path):
     return model
 
 
-def baseline_stage(model, dataset, workdir, config, weights=None, batch_size=128, data_dir=None,
-                   seed=0, take=None, eval_take=None, verbose=2):
-    """Loads ``weights`` (then only evaluates) or trains; returns the stage summary."""
+def baseline_stage(model, dataset, workdir, config, weights=None, init=None, batch_size=128,
+                   data_dir=None, seed=0, take=None, eval_take=None, verbose=2):
+    """Loads ``weights`` (then only evaluates) or trains; returns the stage summary.
+
+    ``init``: weights to start training from instead of a random initialization (continuing a
+    trained baseline with a new schedule, e.g. a warm restart). Its shipped record, if any, is
+    kept in the summary under ``init`` so the whole recipe stays on record.
+    """
     if weights:
         load_checked(model, weights)
         summary = evaluate_splits(model, dataset, data_dir, eval_take)
         summary.update(source=os.path.abspath(weights), trained=False)
         return summary
+    if init:
+        load_checked(model, init)
     summary = train_and_evaluate(model, dataset, workdir, config, "baseline", batch_size=batch_size,
                                  data_dir=data_dir, seed=seed, take=take, eval_take=eval_take,
                                  verbose=verbose)
     summary.update(trained=True)
+    if init:
+        summary["init"] = {"weights": os.path.abspath(init), "record": weights_record(init)}
     return summary

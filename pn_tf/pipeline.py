@@ -39,6 +39,7 @@ class RunConfig:
     eval_take: int = None
     verbose: int = 2
     baseline_weights: str = ""
+    baseline_init: str = ""
     baseline_epochs: int = 200
     baseline_lr: float = 0.1
     baseline_schedule: str = "step"
@@ -198,9 +199,16 @@ class Pipeline:
 
         c = self.config
         try:
+            if c.baseline_weights and c.baseline_init:
+                raise CheckpointError(
+                    "--baseline_weights loads a finished baseline and --baseline_init starts training "
+                    "from one; pass only one of them")
             self.baseline_source = resolve_weights(c.baseline_weights, c.arch, c.dataset)
-            if self.baseline_source:
-                load_checked(self.build_model(), self.baseline_source)
+            self.baseline_init_source = resolve_weights(c.baseline_init, c.arch, c.dataset,
+                                                        flag="baseline_init")
+            for path in (self.baseline_source, self.baseline_init_source):
+                if path:
+                    load_checked(self.build_model(), path)
         except CheckpointError as err:
             raise PipelineError(str(err)) from err
 

@@ -25,7 +25,8 @@ def baseline(pipe):
     model = pipe.build_model()
     workdir = pipe.stage_dir("baseline")
     summary = baseline_stage(model, c.dataset, workdir, pipe.train_config("baseline"),
-                             weights=pipe.baseline_source, batch_size=c.batch_size,
+                             weights=pipe.baseline_source,
+                             init=pipe.baseline_init_source, batch_size=c.batch_size,
                              data_dir=c.data_dir, seed=c.seed, take=c.train_take,
                              eval_take=c.eval_take, verbose=c.verbose)
     summary["weights"] = pipe.baseline_source or os.path.join(workdir, "baseline.weights.h5")

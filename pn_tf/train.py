@@ -43,6 +43,9 @@ def define_flags(flag_values=flags.FLAGS):
     # Baseline.
     flags.DEFINE_string("baseline_weights", "", "'' trains a baseline, 'shipped' loads the one in "
                         "pn_tf/pretrained, else a path to a .weights.h5 file of this architecture.", **fv)
+    flags.DEFINE_string("baseline_init", "", "Train the baseline starting from these weights ('shipped' "
+                        "or a .weights.h5 path) instead of a random initialization, e.g. a warm "
+                        "restart of a shipped baseline with a new schedule.", **fv)
     flags.DEFINE_integer("baseline_epochs", 200, "Baseline training epochs.", **fv)
     flags.DEFINE_float("baseline_lr", 0.1, "Baseline peak learning rate (SGD, momentum 0.9).", **fv)
     flags.DEFINE_enum("baseline_schedule", "step", ["step", "cosine", "constant"], "Baseline LR schedule.", **fv)

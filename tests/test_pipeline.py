@@ -114,6 +114,8 @@ def _validate(config):
     (dict(round_to="0"), "--round_to must be > 0"),
     (dict(round_to="tile"), "--round_to=tile cannot remove 50% of the FLOPs"),
     (dict(baseline_weights="/nonexistent/w.weights.h5"), "no such file"),
+    (dict(baseline_init="/nonexistent/w.weights.h5"), "--baseline_init=/nonexistent/w.weights.h5: no such file"),
+    (dict(baseline_init="shipped", baseline_weights="shipped"), "pass only one of them"),
     (dict(dataset="cifar100"), "cifar100"),
 ])
 def test_bad_inputs_stop_before_work(tmp_path, data_dir, overrides, message):
@@ -138,6 +140,8 @@ def test_corrupt_and_mismatched_checkpoints(tmp_path, data_dir):
     build_model("mobilenetv2_cifar").save_weights(other)
     with pytest.raises(PipelineError, match="cannot load"):
         _validate(_config(tmp_path, data_dir, baseline_weights=str(other)))
+    with pytest.raises(PipelineError, match="cannot load"):
+        _validate(_config(tmp_path, data_dir, baseline_init=str(other)))
 
 
 def test_workdir_of_another_run_is_refused(tmp_path, data_dir):

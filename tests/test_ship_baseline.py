@@ -50,6 +50,19 @@ def test_ship_copies_weights_and_records_the_recipe(tmp_path):
     ship(str(workdir), str(out), force=True)
 
 
+def test_ship_keeps_the_record_of_the_weights_training_started_from(tmp_path):
+    earlier = {"test_accuracy": 0.88, "command": "python -m pn_tf.train --baseline_epochs=30"}
+    summary = {"trained": True, "test_accuracy": 0.91, "holdout_accuracy": 0.915,
+               "init": {"weights": "/somewhere/resnet56_cifar10.weights.h5", "record": earlier}}
+    workdir, _ = _run_dir(tmp_path, summary)
+    config = dict(CONFIG, baseline_init="shipped")
+    write_json(str(workdir / "config.json"), config)
+    record = ship(str(workdir), str(tmp_path / "out"))
+    assert record["continued_from"] == earlier
+    assert "--baseline_init=shipped" in record["command"]
+    assert "--baseline_init" not in reproduce_command(dict(CONFIG, baseline_init=""), "w")
+
+
 def test_ship_refuses_runs_that_did_not_train(tmp_path):
     workdir, _ = _run_dir(tmp_path, {"trained": False, "test_accuracy": 0.9,
                                      "holdout_accuracy": 0.9})

@@ -7,7 +7,8 @@ Reads a pipeline workdir whose ``baseline`` stage trained a model (``config.json
 the architecture and that the recorded accuracies are finite, and writes
 ``<pretrained_dir>/<arch>_<dataset>.weights.h5`` with a ``.json`` beside it: test and held-out
 accuracy, the recipe, the command that reproduces the run (rebuilt from ``config.json``) and
-``--note``. Both files are written atomically. ``--pretrained_dir`` defaults to
+``--note``; for a run started from other weights (``--baseline_init``), the record of those
+weights as ``continued_from``. Both files are written atomically. ``--pretrained_dir`` defaults to
 ``pn_tf/pretrained``, where ``--baseline_weights=shipped`` looks. An existing shipped baseline
 is replaced only with ``--force``.
 """
@@ -35,8 +36,8 @@ def define_flags():
     flags.mark_flag_as_required("workdir")
 
 # config.json keys that decide the baseline, in the order the command lists them.
-COMMAND_FLAGS = ("arch", "dataset", "input_size", "num_classes", "batch_size", "baseline_epochs",
-                 "baseline_lr", "baseline_schedule", "weight_decay", "seed")
+COMMAND_FLAGS = ("arch", "dataset", "input_size", "num_classes", "baseline_init", "batch_size",
+                 "baseline_epochs", "baseline_lr", "baseline_schedule", "weight_decay", "seed")
 
 
 class ShipError(ValueError):
@@ -56,7 +57,7 @@ def _load_json(path, what):
 def reproduce_command(config, workdir):
     """The ``python -m pn_tf.train`` command that trains this baseline again."""
     parts = ["python -m pn_tf.train", "--stages=baseline"]
-    parts += [f"--{key}={config[key]}" for key in COMMAND_FLAGS if config.get(key) is not None]
+    parts += [f"--{key}={config[key]}" for key in COMMAND_FLAGS if config.get(key) not in (None, "")]
     parts.append(f"--workdir={workdir}")
     return " ".join(parts)
 
@@ -100,6 +101,11 @@ def ship(workdir, pretrained_dir, note="", force=False):
         "command": reproduce_command(config, workdir),
         "note": note,
     }
+    init = summary.get("init")
+    if init:
+        # Training started from other weights: keep how those were made, since a shipped file
+        # named by --baseline_init=shipped may be the very one this replaces.
+        record["continued_from"] = init.get("record") or {"weights": init.get("weights")}
     os.makedirs(pretrained_dir, exist_ok=True)
     with atomic_path(target) as tmp:
         shutil.copyfile(weights, tmp)
