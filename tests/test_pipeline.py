@@ -65,6 +65,17 @@ def test_selection_without_search(tmp_path, data_dir):
     assert 0.0 <= extract["test_accuracy_before_finetune"] <= 1.0
 
 
+def test_baseline_training_can_start_from_shipped_weights(tmp_path, data_dir):
+    out = _run(tmp_path / "run", data_dir, "--baseline_init=shipped", "--baseline_lr=1e-6",
+               "--train_take=128", "--stages=baseline")
+    assert out.returncode == 0, out.stderr[-4000:]
+    summary = json.loads((tmp_path / "run" / "baseline" / "baseline.json").read_text())
+    assert summary["trained"] and summary["init"]["record"]["arch"] == "resnet56"
+    # One step at a vanishing learning rate from the shipped weights keeps their accuracy
+    # (a random initialization would be near 10%).
+    assert summary["test_accuracy"] > 0.7
+
+
 def test_resume_after_sigkill(tmp_path, data_dir):
     workdir = tmp_path / "run"
     args = ("--search_epochs=3", "--stages=baseline,search")
