@@ -10,6 +10,10 @@ no search. Every run uses the same baseline, FLOPs target (extraction lands on i
 measured) and fine-tuning budget; the flags after ``--`` go to every run. Finished runs
 are not redone (the pipeline skips finished stages), so the command resumes.
 
+``--reuse_from=DIR --reuse_stages=baseline,search`` starts each new run from copies of those
+finished stages of the same method and seed in another comparison's workdir, so a variant
+that changes only later stages (``--round_to``, ``--finetune_epochs``) does not search again.
+
 Prints a Markdown table (mean ± std over seeds): test accuracy of the extracted model
 before and after fine-tuning, FLOPs removed, parameters, and the TFLite float32 batch-1
 latency of each method's seed-0 fine-tuned model against the unpruned baseline, timed
@@ -39,17 +43,57 @@ METHODS = {
     "l1": ["--selection=l1"],
 }
 
-flags.DEFINE_list("methods", ["pn", "dg"], f"Methods from {', '.join(METHODS)}.")
-flags.DEFINE_list("seeds", ["0", "1"], "Seeds.")
-flags.DEFINE_string("workdir", None, "Folder for all runs.")
-flags.DEFINE_integer("latency_runs", 200, "Timed batch-1 TFLite runs per model (0: no latency).")
-flags.DEFINE_bool("json", False, "Print JSON rows instead of a Markdown table.")
-flags.mark_flag_as_required("workdir")
+def define_flags():
+    """The command line (defined only when run as a script, so tests can import this file)."""
+    flags.DEFINE_list("methods", ["pn", "dg"], f"Methods from {', '.join(METHODS)}.")
+    flags.DEFINE_list("seeds", ["0", "1"], "Seeds.")
+    flags.DEFINE_string("workdir", None, "Folder for all runs.")
+    flags.DEFINE_integer("latency_runs", 200, "Timed batch-1 TFLite runs per model (0: no latency).")
+    flags.DEFINE_bool("json", False, "Print JSON rows instead of a Markdown table.")
+    flags.DEFINE_string("reuse_from", None, "Another comparison's workdir whose finished stages new "
+                        "runs start from (same method and seed).")
+    flags.DEFINE_list("reuse_stages", ["baseline", "search"], "Stages copied with --reuse_from.")
+    flags.mark_flag_as_required("workdir")
 
 
 def _read(workdir, stage):
     with open(os.path.join(workdir, stage, f"{stage}.json")) as f:
         return json.load(f)
+
+
+class ReuseError(ValueError):
+    """--reuse_from names runs or stages that are not there."""
+
+
+def reuse_stages(source, target, stages):
+    """Copies ``source``'s ``config.json`` and finished ``stages`` into a new run dir ``target``.
+
+    Paths inside the copied stage summaries are rewritten to point into ``target``, so the
+    new run does not depend on ``source`` staying where it is.
+    """
+    import shutil
+
+    if os.path.exists(target):
+        return False
+    missing = [p for p in ["config.json"] + [os.path.join(st, f"{st}.json") for st in stages]
+               if not os.path.isfile(os.path.join(source, p))]
+    if missing:
+        raise ReuseError(f"--reuse_from: {source} has no {', '.join(missing)}; finish those runs "
+                         "first or drop --reuse_from")
+    tmp = target + ".partial"
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    shutil.copyfile(os.path.join(source, "config.json"), os.path.join(tmp, "config.json"))
+    for stage in stages:
+        shutil.copytree(os.path.join(source, stage), os.path.join(tmp, stage))
+        path = os.path.join(tmp, stage, f"{stage}.json")
+        with open(path) as f:
+            text = f.read()
+        with open(path, "w") as f:
+            f.write(text.replace(os.path.abspath(source), os.path.abspath(target))
+                    .replace(json.dumps(source)[1:-1], json.dumps(target)[1:-1]))
+    os.rename(tmp, target)
+    return True
 
 
 def run_one(method, seed, workdir, extra):
@@ -132,7 +176,16 @@ def main(argv):
     rows = []
     for m in f.methods:
         for s in f.seeds:
-            rows.append(run_one(m, s, os.path.join(f.workdir, f"{m}_seed{s}"), extra))
+            run_dir = os.path.join(f.workdir, f"{m}_seed{s}")
+            if f.reuse_from:
+                try:
+                    if reuse_stages(os.path.join(f.reuse_from, f"{m}_seed{s}"), run_dir, f.reuse_stages):
+                        print(f"{run_dir}: starts from {', '.join(f.reuse_stages)} of "
+                              f"{os.path.join(f.reuse_from, f'{m}_seed{s}')}", flush=True)
+                except ReuseError as err:
+                    print(f"error: {err}", file=sys.stderr)
+                    return 2
+            rows.append(run_one(m, s, run_dir, extra))
             with atomic_path(os.path.join(f.workdir, "results.jsonl")) as tmp, open(tmp, "w") as out:
                 out.writelines(json.dumps(r) + "\n" for r in rows)
     latency = tflite_latency(rows, f.workdir, f.latency_runs) if f.latency_runs > 0 else None
@@ -146,4 +199,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(lambda argv: sys.exit(main(argv)))
