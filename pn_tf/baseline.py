@@ -38,13 +38,17 @@ def resolve_weights(spec, arch, dataset, flag="baseline_weights"):
     return spec
 
 
+def record_path(weights_path):
+    """Where the ``.json`` record of ``<name>.weights.h5`` lives: ``<name>.json`` beside it."""
+    return os.path.splitext(os.path.splitext(weights_path)[0])[0] + ".json"
+
+
 def weights_record(path):
     """The ``.json`` record shipped beside a ``.weights.h5`` file (recipe, accuracy), or None."""
     import json
 
-    record = os.path.splitext(os.path.splitext(path)[0])[0] + ".json"
     try:
-        with open(record) as f:
+        with open(record_path(path)) as f:
             return json.load(f)
     except (OSError, ValueError):
         return None

@@ -68,8 +68,9 @@ class ReuseError(ValueError):
 def reuse_stages(source, target, stages):
     """Copies ``source``'s ``config.json`` and finished ``stages`` into a new run dir ``target``.
 
-    Paths inside the copied stage summaries are rewritten to point into ``target``, so the
-    new run does not depend on ``source`` staying where it is.
+    Paths inside the copied stage summaries (absolute: the pipeline resolves its workdir) are
+    rewritten to point into ``target``, so the new run does not depend on ``source`` staying
+    where it is.
     """
     import shutil
 
@@ -90,8 +91,7 @@ def reuse_stages(source, target, stages):
         with open(path) as f:
             text = f.read()
         with open(path, "w") as f:
-            f.write(text.replace(os.path.abspath(source), os.path.abspath(target))
-                    .replace(json.dumps(source)[1:-1], json.dumps(target)[1:-1]))
+            f.write(text.replace(os.path.abspath(source), os.path.abspath(target)))
     os.rename(tmp, target)
     return True
 

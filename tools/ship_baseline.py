@@ -64,7 +64,7 @@ def reproduce_command(config, workdir):
 
 def ship(workdir, pretrained_dir, note="", force=False):
     """Checks the run and writes the weights and their record; returns the record."""
-    from pn_tf.baseline import load_checked
+    from pn_tf.baseline import load_checked, record_path
     from pn_tf.data import normalization_kwargs
     from pn_tf.io import atomic_path, write_json
     from pn_tf.models import build_model
@@ -109,7 +109,7 @@ def ship(workdir, pretrained_dir, note="", force=False):
     os.makedirs(pretrained_dir, exist_ok=True)
     with atomic_path(target) as tmp:
         shutil.copyfile(weights, tmp)
-    write_json(os.path.join(pretrained_dir, f"{name}.json"), record)
+    write_json(record_path(target), record)
     return record
 
 
