@@ -1,31 +1,34 @@
-"""TF-MOT magnitude pruning of the shipped ResNet-56 on CIFAR-10: a row of the comparison table.
+"""TF-MOT magnitude pruning of a shipped CIFAR-10 baseline: a row of the comparison table.
 
 TF-MOT (tensorflow-model-optimization) only works with tf_keras (Keras 2), which cannot share
 a virtualenv with pn-tf's Keras 3 (see requirements-tfmot.txt), so the comparison runs in
-two venvs and the weights cross over as a plain ``.npz``:
+two venvs and the model crosses over as plain data:
 
-1. ``--mode=dump`` (main venv ``.venv``): builds the Keras 3 baseline
-   (``pn_tf.models.build_model("resnet56")`` with the CIFAR-10 normalisation), loads the shipped
-   weights ``pn_tf/pretrained/resnet56_cifar10.weights.h5`` and writes
+1. ``--mode=dump`` (main venv ``.venv``): builds the Keras 3 baseline of ``--arch`` (ResNet-56
+   or CIFAR MobileNetV2, with the CIFAR-10 normalisation), loads ``--weights`` (default: the
+   one shipped in ``pn_tf/pretrained``) and writes
 
+   * ``<workdir>/baseline_graph.json``: the functional graph as data, read from the model's
+     Keras config: every layer in order with its class, the config keys that define its
+     function (no initialisers) and the names of the layers it consumes; identity gates stay
+     as pass-throughs, any other gate mode or an unsupported layer class stops the dump;
    * ``<workdir>/baseline_weights.npz``: every layer's weights, keyed ``"<layer name>/<index>"``
-     (index in the layer's weight order), plus the Normalization layer's constant mean/variance;
-   * ``<workdir>/baseline_check.npz``: the first 32 test images, the Keras 3 logits on them and
-     the model's (layer name, layer class) list, for the twin check.
+     (index in the layer's weight order);
+   * ``<workdir>/baseline_check.npz``: the first 32 test images and the Keras 3 logits on them.
 
-2. ``--mode=prune`` (TF-MOT venv ``.venv-tfmot``): builds a tf_keras twin of ResNet-56 (same
-   layer names and ops: Normalization in the model, conv/BN/ReLU, option-A shortcut by a 1x1
-   stride-2 max pool and channel zero-padding; the baseline's gates are identity and are left
-   out), loads the ``.npz`` and checks that the twin's logits equal the Keras 3 ones
+2. ``--mode=prune`` (TF-MOT venv ``.venv-tfmot``): rebuilds the graph in tf_keras (same layer
+   names and connections; ``relu6`` activations become ``ReLU(max_value=6)``, pn-tf's channel
+   zero-padding a small tf_keras layer, the gates are left out), loads the ``.npz`` (every
+   array must find its place) and checks that the twin's logits equal the Keras 3 ones
    (``--twin_tolerance``, default 1e-4 max abs difference; the run stops otherwise). It exports
    the unpruned twin to ``<workdir>/baseline_f32.tflite`` (and ``baseline_int8.tflite`` with
    ``--int8``), then for every seed of ``--seeds``:
 
-   * one-shot: ``prune_low_magnitude`` with ``ConstantSparsity(--sparsity)`` on every Conv2D and
-     Dense layer, one mask update applied without training, ``strip_pruning``, test and
-     held-out accuracy ("before fine-tuning"; deterministic, so computed once per run and
-     copied into every seed's JSON);
-   * fine-tuning: ``prune_low_magnitude`` on every Conv2D and Dense layer with
+   * one-shot: ``prune_low_magnitude`` with ``ConstantSparsity(--sparsity)`` on every Conv2D
+     and Dense layer (TF-MOT leaves depthwise kernels dense), one mask update applied without
+     training, ``strip_pruning``, test and held-out accuracy ("before fine-tuning";
+     deterministic, so computed once per run and copied into every seed's JSON);
+   * fine-tuning: ``prune_low_magnitude`` on the same layers with
      ``PolynomialDecay`` sparsity 0 -> ``--sparsity`` (end step at ``--end_step_fraction`` of
      training rounded to a multiple of ``--pruning_frequency``, the steps between mask
      updates) and ``UpdatePruningStep``, trained ``--epochs`` on ``train_main`` at batch 128
@@ -49,6 +52,7 @@ Commands (from the repository root; CIFAR-10 must be prepared in the TFDS data d
     export TFDS_DATA_DIR=/path/to/tensorflow_datasets TF_CPP_MIN_LOG_LEVEL=2
     python3 -m venv .venv-tfmot && .venv-tfmot/bin/pip install -r requirements-tfmot.txt
     .venv/bin/python tools/tfmot_compare.py --mode=dump --workdir=runs/compare_tfmot
+    # (--arch=mobilenetv2_cifar for the MobileNetV2 baseline)
     .venv-tfmot/bin/python tools/tfmot_compare.py --mode=prune --workdir=runs/compare_tfmot \\
         --seeds=0,1 --epochs=1 --sparsity=0.5 --int8
     .venv/bin/python tools/bench_tflite.py --num_threads=1 --runs=300 \\
@@ -73,35 +77,39 @@ from absl import app, flags  # noqa: E402
 from pn_tf.io import atomic_path, write_json  # noqa: E402
 
 DATASET = "cifar10"
-ARCH = "resnet56"
-STAGE_WIDTHS = (16, 32, 64)
-BLOCKS_PER_STAGE = 9
+ARCHS = ("resnet56", "mobilenetv2_cifar")
 CHECK_IMAGES = 32
-DEFAULT_WEIGHTS = os.path.join(REPO, "pn_tf", "pretrained", "resnet56_cifar10.weights.h5")
+GRAPH_FILE = "baseline_graph.json"
 
-flags.DEFINE_enum("mode", None, ["dump", "prune"],
-                  "dump: Keras 3 weights -> npz (main venv); prune: TF-MOT run (.venv-tfmot).")
-flags.DEFINE_string("workdir", "runs/compare_tfmot", "Folder for the npz, JSON and .tflite files.")
-flags.DEFINE_string("weights", DEFAULT_WEIGHTS, "Keras 3 .weights.h5 of the baseline (dump).")
-flags.DEFINE_string("data_dir", None, "TFDS data dir (default: $TFDS_DATA_DIR).")
-flags.DEFINE_list("seeds", ["0", "1"], "Fine-tuning seeds.")
-flags.DEFINE_float("sparsity", 0.5, "Target weight sparsity of every Conv2D and Dense kernel.")
-flags.DEFINE_integer("epochs", 1, "Fine-tuning epochs.")
-flags.DEFINE_integer("batch_size", 128, "Fine-tuning batch size.")
-flags.DEFINE_float("lr", 0.02, "Peak learning rate.")
-flags.DEFINE_float("momentum", 0.9, "SGD momentum.")
-flags.DEFINE_float("weight_decay", 1e-4,
-                   "PyTorch-style L2 coefficient; SGD gets the decoupled wd / (1 - momentum).")
-flags.DEFINE_float("end_step_fraction", 2 / 3, "PolynomialDecay end step, as a share of training.")
-flags.DEFINE_integer("pruning_frequency", 10, "Steps between mask updates while fine-tuning.")
-flags.DEFINE_bool("int8", False, "Also export full-integer int8 TFLite files.")
-flags.DEFINE_integer("calibration_images", 256, "Training images calibrating int8.")
-flags.DEFINE_float("twin_tolerance", 1e-4, "Max abs logit difference allowed between the models.")
-flags.DEFINE_float("sparsity_tolerance", 0.01, "Allowed |achieved - target| sparsity per layer.")
-flags.DEFINE_integer("tflite_threads", 2, "Interpreter threads for the TFLite accuracy runs.")
-flags.DEFINE_integer("take", None, "Use only this many training images (smoke runs).")
-flags.DEFINE_integer("eval_take", None, "Use only this many held-out/test images (smoke runs).")
-flags.mark_flag_as_required("mode")
+
+def define_flags():
+    """The command line (defined only when run as a script, so tests can import this file)."""
+    flags.DEFINE_enum("mode", None, ["dump", "prune"],
+                      "dump: Keras 3 weights -> npz (main venv); prune: TF-MOT run (.venv-tfmot).")
+    flags.DEFINE_string("workdir", "runs/compare_tfmot", "Folder for the npz, JSON and .tflite files.")
+    flags.DEFINE_enum("arch", "resnet56", ARCHS, "CIFAR-10 architecture of the baseline (dump).")
+    flags.DEFINE_string("weights", "shipped",
+                        "Keras 3 .weights.h5 of the baseline, or 'shipped' for pn_tf/pretrained (dump).")
+    flags.DEFINE_string("data_dir", None, "TFDS data dir (default: $TFDS_DATA_DIR).")
+    flags.DEFINE_list("seeds", ["0", "1"], "Fine-tuning seeds.")
+    flags.DEFINE_float("sparsity", 0.5, "Target weight sparsity of every Conv2D and Dense kernel.")
+    flags.DEFINE_integer("epochs", 1, "Fine-tuning epochs.")
+    flags.DEFINE_integer("batch_size", 128, "Fine-tuning batch size.")
+    flags.DEFINE_float("lr", 0.02, "Peak learning rate.")
+    flags.DEFINE_float("momentum", 0.9, "SGD momentum.")
+    flags.DEFINE_float("weight_decay", 1e-4,
+                       "PyTorch-style L2 coefficient; SGD gets the decoupled wd / (1 - momentum).")
+    flags.DEFINE_float("end_step_fraction", 2 / 3, "PolynomialDecay end step, as a share of training.")
+    flags.DEFINE_integer("pruning_frequency", 10, "Steps between mask updates while fine-tuning.")
+    flags.DEFINE_bool("int8", False, "Also export full-integer int8 TFLite files.")
+    flags.DEFINE_integer("calibration_images", 256, "Training images calibrating int8.")
+    flags.DEFINE_float("twin_tolerance", 1e-4, "Max abs logit difference allowed between the models.")
+    flags.DEFINE_float("sparsity_tolerance", 0.01, "Allowed |achieved - target| sparsity per layer.")
+    flags.DEFINE_integer("tflite_threads", 2, "Interpreter threads for the TFLite accuracy runs.")
+    flags.DEFINE_integer("take", None, "Use only this many training images (smoke runs).")
+    flags.DEFINE_integer("eval_take", None, "Use only this many held-out/test images (smoke runs).")
+    flags.mark_flag_as_required("mode")
+
 
 FLAGS = flags.FLAGS
 
@@ -116,6 +124,19 @@ def weights_npz(workdir):
 
 def check_npz(workdir):
     return os.path.join(workdir, "baseline_check.npz")
+
+
+def graph_json(workdir):
+    return os.path.join(workdir, GRAPH_FILE)
+
+
+def load_graph(workdir):
+    path = graph_json(workdir)
+    if not os.path.isfile(path):
+        raise ToolError(f"{path} not found: run --mode=dump first, in the main venv "
+                        f"(.venv/bin/python tools/tfmot_compare.py --mode=dump --workdir={workdir})")
+    with open(path) as f:
+        return json.load(f)
 
 
 def save_npz(path, arrays):
@@ -145,50 +166,45 @@ def test_images(data_dir, count):
 
 # --- dump (Keras 3, main venv) ------------------------------------------------------------------
 
-def build_keras3_baseline(weights):
+def build_keras3_baseline(arch, weights):
+    """``(model, weights path)``: the Keras 3 baseline with its trained weights loaded."""
     try:
         import keras
 
         from pn_tf import data as data_lib
-        from pn_tf.baseline import load_checked
+        from pn_tf.baseline import CheckpointError, load_checked, resolve_weights
         from pn_tf.models import build_model
     except ImportError as err:
         raise ToolError(f"--mode=dump needs the main venv with Keras 3 and pn_tf (.venv): {err}")
     if not keras.__version__.startswith("3."):
         raise ToolError(f"--mode=dump needs Keras 3 (the main venv .venv), got {keras.__version__}")
-    if not os.path.isfile(weights):
-        raise ToolError(f"--weights={weights}: no such file")
-    model = build_model(ARCH, input_size=32, num_classes=10, **data_lib.normalization_kwargs(DATASET))
-    return load_checked(model, weights)
+    try:
+        path = resolve_weights(weights or "shipped", arch, DATASET, flag="weights")
+    except CheckpointError as err:
+        raise ToolError(str(err)) from None
+    model = build_model(arch, input_size=32, num_classes=10, **data_lib.normalization_kwargs(DATASET))
+    return load_checked(model, path), path
 
 
 def layer_arrays(model):
-    """``{"<layer>/<i>": weight i}`` for every layer, plus the Normalization constants."""
-    arrays = {}
-    for layer in model.layers:
-        for index, value in enumerate(layer.get_weights()):
-            arrays[f"{layer.name}/{index}"] = np.asarray(value)
-        if type(layer).__name__ == "Normalization":
-            arrays[f"{layer.name}/mean"] = np.asarray(layer.mean, np.float32)
-            arrays[f"{layer.name}/variance"] = np.asarray(layer.variance, np.float32)
-        if type(layer).__name__ == "ChannelGate" and layer.mode != "identity":
-            raise ToolError(f"{layer.name} is in mode {layer.mode!r}; the twin assumes "
-                            "identity gates")
-    return arrays
+    """``{"<layer>/<i>": weight i}`` for every layer but the (identity) gates."""
+    return {f"{layer.name}/{index}": np.asarray(value)
+            for layer in model.layers if type(layer).__name__ != "ChannelGate"
+            for index, value in enumerate(layer.get_weights())}
 
 
-def dump(workdir, weights, data_dir):
-    model = build_keras3_baseline(weights)
+def dump(workdir, arch, weights, data_dir):
+    model, path = build_keras3_baseline(arch, weights)
+    spec = graph_spec(model)
+    spec.update(arch=arch, source=os.path.abspath(path))
     images = test_images(data_dir, CHECK_IMAGES)
     logits = np.asarray(model(images, training=False))
     save_npz(weights_npz(workdir), layer_arrays(model))
-    save_npz(check_npz(workdir), {
-        "images": images, "logits": logits,
-        "layer_names": np.array([layer.name for layer in model.layers]),
-        "layer_classes": np.array([type(layer).__name__ for layer in model.layers]),
-    })
+    save_npz(check_npz(workdir), {"images": images, "logits": logits})
+    write_json(graph_json(workdir), spec)
     print(json.dumps({"weights_npz": weights_npz(workdir), "check_npz": check_npz(workdir),
-                      "source": os.path.abspath(weights), "layers": len(model.layers)}))
+                      "graph_json": graph_json(workdir), "arch": arch, "source": spec["source"],
+                      "layers": len(model.layers)}))
 
 
 # --- the tf_keras twin (.venv-tfmot) ------------------------------------------------------------
@@ -232,60 +248,136 @@ def channel_zero_pad_class(keras):
     return _ZERO_PAD_CLASS["cls"]
 
 
-def twin_conv_bn(keras, x, filters, strides, name, relu=True):
-    """3x3 conv (no bias, torch-style symmetric padding when strided) -> BN -> ReLU."""
-    padding = "same"
-    if strides > 1:
-        x = keras.layers.ZeroPadding2D(1, name=f"{name}_pad")(x)
-        padding = "valid"
-    x = keras.layers.Conv2D(filters, 3, strides=strides, padding=padding, use_bias=False,
-                            name=f"{name}_conv")(x)
-    x = keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5, name=f"{name}_bn")(x)
-    return keras.layers.Activation("relu", name=f"{name}_relu")(x) if relu else x
+# Config keys carried from a Keras 3 layer to its tf_keras twin, per class (initialisers and
+# regularisers are dropped: the twin is loaded with the trained weights).
+TWIN_KEYS = {
+    "Normalization": ("axis", "mean", "variance"),
+    "Conv2D": ("filters", "kernel_size", "strides", "padding", "dilation_rate", "groups",
+               "activation", "use_bias"),
+    "DepthwiseConv2D": ("kernel_size", "strides", "padding", "depth_multiplier",
+                        "dilation_rate", "activation", "use_bias"),
+    "BatchNormalization": ("axis", "momentum", "epsilon", "center", "scale"),
+    "Activation": ("activation",),
+    "ReLU": ("max_value", "negative_slope", "threshold"),
+    "Add": (),
+    "ZeroPadding2D": ("padding",),
+    "MaxPooling2D": ("pool_size", "strides", "padding"),
+    "AveragePooling2D": ("pool_size", "strides", "padding"),
+    "GlobalAveragePooling2D": ("keepdims",),
+    "Dense": ("units", "activation", "use_bias"),
+    "ChannelZeroPad": ("before", "after"),
+}
+# Activations tf_keras has no name for, as the equivalent tf_keras layer.
+TWIN_ACTIVATION_LAYERS = {"relu6": ("ReLU", {"max_value": 6.0})}
 
 
-def twin_block(keras, x, width, strides, name):
-    shortcut = x
-    y = twin_conv_bn(keras, x, width, strides, f"{name}_1")
-    y = twin_conv_bn(keras, y, width, 1, f"{name}_2", relu=False)
-    in_width = x.shape[-1]
-    if strides > 1 or in_width != width:
-        if strides > 1:
-            shortcut = keras.layers.MaxPooling2D(1, strides, name=f"{name}_subsample")(shortcut)
-        extra = width - in_width
-        shortcut = channel_zero_pad_class(keras)(extra // 2, extra - extra // 2,
-                                                 name=f"{name}_pad_channels")(shortcut)
-    y = keras.layers.Add(name=f"{name}_add")([y, shortcut])
-    return keras.layers.Activation("relu", name=f"{name}_out")(y)
+def _history_refs(node):
+    """``[layer name, node index]`` of every tensor a Keras 3 ``inbound_nodes`` entry consumes."""
+    if isinstance(node, dict):
+        if node.get("class_name") == "__keras_tensor__":
+            name, node_index, _ = node["config"]["keras_history"]
+            return [[name, node_index]]
+        return [ref for value in node.values() for ref in _history_refs(value)]
+    if isinstance(node, (list, tuple)):
+        return [ref for value in node for ref in _history_refs(value)]
+    return []
 
 
-def build_twin(keras, mean, variance):
-    """ResNet-56 in tf_keras with the layer names of ``pn_tf.models.resnet_cifar``, no gates."""
-    inputs = keras.Input((32, 32, 3), name=f"{ARCH}_input")
-    x = keras.layers.Normalization(mean=list(mean), variance=list(variance),
-                                   name="normalize")(inputs)
-    x = twin_conv_bn(keras, x, STAGE_WIDTHS[0], 1, "stem")
-    for stage, width in enumerate(STAGE_WIDTHS):
-        for block in range(BLOCKS_PER_STAGE):
-            strides = 2 if stage > 0 and block == 0 else 1
-            x = twin_block(keras, x, width, strides, f"stage{stage + 1}_block{block + 1}")
-    x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
-    outputs = keras.layers.Dense(10, name="classifier")(x)
-    return keras.Model(inputs, outputs, name=ARCH)
+def graph_spec(model):
+    """A Keras 3 functional model as plain data: its layers (class, the config that defines
+    the function) and its calls in execution order (layer, node index, input tensors).
+
+    A layer called more than once (pn-tf shares one gate between the convolutions it masks)
+    has one call per node. Identity ChannelGates (a baseline's gates) stay as pass-throughs so
+    that names line up; any other gate mode is refused, as the twin would compute another
+    function.
+    """
+    config = model.get_config()
+    layers, calls = [], []
+    for entry in config["layers"]:
+        cls, cfg, name = entry["class_name"], entry["config"], entry["name"]
+        if cls == "InputLayer":
+            spec = {"shape": list(cfg["batch_shape"][1:])}
+        elif cls == "ChannelGate":
+            if cfg.get("mode", "identity") != "identity":
+                raise ToolError(f"{name} is in mode {cfg.get('mode')!r}; the twin assumes "
+                                "identity gates")
+            spec = {}
+        elif cls in TWIN_KEYS:
+            spec = {key: cfg[key] for key in TWIN_KEYS[cls] if key in cfg}
+        else:
+            raise ToolError(f"layer {name} of class {cls} has no tf_keras twin; "
+                            f"supported: {sorted(TWIN_KEYS) + ['ChannelGate', 'InputLayer']}")
+        layers.append({"name": name, "class": cls, "config": spec})
+        calls += [{"layer": name, "node": index, "inputs": _history_refs(node)}
+                  for index, node in enumerate(entry["inbound_nodes"])]
+    heads = config["output_layers"]  # ["name", 0, 0] or a list of them
+    heads = [heads] if isinstance(heads[0], str) else heads
+    inputs = [layer["name"] for layer in layers if layer["class"] == "InputLayer"]
+    return {"name": model.name, "layers": layers, "calls": execution_order(calls, inputs),
+            "inputs": inputs, "outputs": [[name, node] for name, node, _ in heads]}
 
 
-def load_twin(keras, arrays):
-    """A fresh twin holding the dumped weights; every non-gate array must be used exactly."""
-    model = build_twin(keras, arrays["normalize/mean"].reshape(-1),
-                       arrays["normalize/variance"].reshape(-1))
-    used = {"normalize/mean", "normalize/variance"}
+def execution_order(calls, inputs):
+    """``calls`` reordered so that each comes after the calls producing its inputs (the Keras
+    config lists layers in creation order, which need not be an execution order); stable."""
+    done, ordered, pending = {(name, 0) for name in inputs}, [], list(calls)
+    while pending:
+        ready = [c for c in pending if all(tuple(ref) in done for ref in c["inputs"])]
+        if not ready:
+            raise ToolError(f"the graph has a cycle or a dangling input at "
+                            f"{[c['layer'] for c in pending][:4]}")
+        ordered += ready
+        done.update((c["layer"], c["node"]) for c in ready)
+        pending = [c for c in pending if (c["layer"], c["node"]) not in done]
+    return ordered
+
+
+def twin_layer(keras, layer):
+    """The tf_keras layer of one ``graph_spec`` entry, named as in Keras 3."""
+    cls, cfg, name = layer["class"], dict(layer["config"]), layer["name"]
+    if cls == "Activation" and cfg["activation"] in TWIN_ACTIVATION_LAYERS:
+        cls, cfg = TWIN_ACTIVATION_LAYERS[cfg["activation"]]
+    if cls == "ChannelZeroPad":
+        return channel_zero_pad_class(keras)(name=name, **cfg)
+    return getattr(keras.layers, cls)(name=name, **cfg)
+
+
+def build_twin(keras, spec):
+    """The tf_keras model of a ``graph_spec``: the same layers, names and connections, gates
+    (identity) left out."""
+    tensors = {(name, 0): keras.Input(tuple(layer["config"]["shape"]), name=name)
+               for layer in spec["layers"] for name in [layer["name"]]
+               if layer["class"] == "InputLayer"}
+    layers = {layer["name"]: layer for layer in spec["layers"]}
+    built = {}
+    for call in spec["calls"]:
+        layer = layers[call["layer"]]
+        args = [tensors[tuple(ref)] for ref in call["inputs"]]
+        if layer["class"] == "ChannelGate":
+            out = args[0]
+        else:
+            if layer["name"] not in built:
+                built[layer["name"]] = twin_layer(keras, layer)
+            out = built[layer["name"]](args if len(args) > 1 else args[0])
+        tensors[(call["layer"], call["node"])] = out
+    inputs = [tensors[(name, 0)] for name in spec["inputs"]]
+    outputs = [tensors[tuple(ref)] for ref in spec["outputs"]]
+    return keras.Model(inputs if len(inputs) > 1 else inputs[0],
+                       outputs if len(outputs) > 1 else outputs[0], name=spec["name"])
+
+
+def load_twin(keras, arrays, spec):
+    """A fresh twin of ``spec`` holding the dumped weights; every array must be used exactly."""
+    model = build_twin(keras, spec)
+    used = set()
     for layer in model.layers:
         count = len(layer.weights)
         keys = [f"{layer.name}/{i}" for i in range(count)]
         missing = [k for k in keys if k not in arrays]
         if missing or f"{layer.name}/{count}" in arrays:
             raise ToolError(f"{layer.name}: the npz does not hold exactly {count} weights "
-                            f"(missing {missing}); was it dumped from {ARCH}?")
+                            f"(missing {missing}); were the npz and {GRAPH_FILE} dumped together?")
         values = [arrays[k] for k in keys]
         for key, var, value in zip(keys, layer.weights, values):
             if tuple(var.shape) != value.shape:
@@ -293,21 +385,14 @@ def load_twin(keras, arrays):
         if values:
             layer.set_weights(values)
         used.update(keys)
-    unused = sorted(k for k in arrays if k not in used and not k.split("/")[0].endswith("_gate"))
+    unused = sorted(k for k in arrays if k not in used)
     if unused:
         raise ToolError(f"dumped weights the twin has no place for: {unused[:8]}")
     return model
 
 
 def check_twin(model, check, tolerance):
-    """Max abs logit difference against Keras 3; raises if above ``tolerance`` or layers differ."""
-    dumped = {(n, c) for n, c in zip(check["layer_names"].tolist(), check["layer_classes"].tolist())
-              if c != "ChannelGate"}
-    twin = {(layer.name, type(layer).__name__) for layer in model.layers}
-    if dumped != twin:
-        raise ToolError(f"twin layers differ from the Keras 3 model: only in Keras 3 "
-                        f"{sorted(dumped - twin)[:6]}, only in the twin "
-                        f"{sorted(twin - dumped)[:6]}")
+    """Max abs logit difference against Keras 3 on the dumped images; raises above ``tolerance``."""
     logits = np.asarray(model(check["images"], training=False))
     diff = float(np.max(np.abs(logits - check["logits"])))
     if not diff <= tolerance:
@@ -319,11 +404,13 @@ def check_twin(model, check, tolerance):
 # --- pruning ------------------------------------------------------------------------------------
 
 def prunable(layer, keras):
+    """Conv2D and Dense: the layers whose kernels TF-MOT prunes (its registry lists
+    DepthwiseConv2D with no prunable weights, so depthwise kernels stay dense)."""
     return isinstance(layer, (keras.layers.Conv2D, keras.layers.Dense))
 
 
 def wrap_prunable(model, keras, tfmot, schedule):
-    """``model`` with ``prune_low_magnitude`` around every Conv2D and Dense layer."""
+    """``model`` with ``prune_low_magnitude`` around every prunable layer."""
     sparsity = tfmot.sparsity.keras
 
     def wrap(layer):
@@ -354,7 +441,7 @@ def one_shot_prune(model, keras, tfmot, target):
 
 
 def layer_sparsity(model, keras, target, tolerance):
-    """Per-layer kernel sparsity of the Conv2D/Dense layers; raises if one misses ``target``."""
+    """Per-layer kernel sparsity of the prunable layers; raises if one misses ``target``."""
     per_layer, zeros, total = {}, 0, 0
     for layer in model.layers:
         if prunable(layer, keras):
@@ -495,10 +582,13 @@ def export_all(tf, model, prefix, calibration, test_ds):
 
 # --- prune mode ---------------------------------------------------------------------------------
 
-def baseline_summary(tf, keras, arrays, check, datasets, calibration, workdir):
-    """Twin check, twin accuracy and the unpruned TFLite exports (cached in baseline.json)."""
+def baseline_summary(tf, keras, twin, check, datasets, calibration, workdir):
+    """Twin check, twin accuracy and the unpruned TFLite exports (cached in baseline.json).
+
+    ``twin()`` builds a fresh tf_keras twin holding the baseline weights.
+    """
     path = os.path.join(workdir, "baseline.json")
-    model = load_twin(keras, arrays)
+    model = twin()
     diff = check_twin(model, check, FLAGS.twin_tolerance)
     if os.path.exists(path):
         with open(path) as f:
@@ -514,14 +604,14 @@ def baseline_summary(tf, keras, arrays, check, datasets, calibration, workdir):
     return summary
 
 
-def before_finetune(keras, tfmot, arrays, datasets):
+def before_finetune(keras, tfmot, twin, datasets):
     """Accuracy and sparsity of one-shot magnitude pruning (no training)."""
-    one_shot = one_shot_prune(load_twin(keras, arrays), keras, tfmot, FLAGS.sparsity)
+    one_shot = one_shot_prune(twin(), keras, tfmot, FLAGS.sparsity)
     sparsity = layer_sparsity(one_shot, keras, FLAGS.sparsity, FLAGS.sparsity_tolerance)
     return {**evaluate(one_shot, keras, datasets), "sparsity": sparsity["overall"]}
 
 
-def run_seed(seed, tf, keras, tfmot, arrays, datasets, calibration, workdir, before):
+def run_seed(seed, tf, keras, tfmot, twin, datasets, calibration, workdir, before, arch):
     from pn_tf import data as data_lib
 
     start = time.time()
@@ -529,7 +619,7 @@ def run_seed(seed, tf, keras, tfmot, arrays, datasets, calibration, workdir, bef
                                   data_dir=FLAGS.data_dir, seed=seed, take=FLAGS.take)
     steps_per_epoch = int(train.cardinality())
     train_start = time.time()
-    pruned, history = fine_tune(load_twin(keras, arrays), keras, tfmot, train, steps_per_epoch,
+    pruned, history = fine_tune(twin(), keras, tfmot, train, steps_per_epoch,
                                 seed)
     train_seconds = time.time() - train_start
     sparsity = layer_sparsity(pruned, keras, FLAGS.sparsity, FLAGS.sparsity_tolerance)
@@ -537,7 +627,7 @@ def run_seed(seed, tf, keras, tfmot, arrays, datasets, calibration, workdir, bef
     tflite = export_all(tf, pruned, os.path.join(workdir, f"seed{seed}"), calibration,
                         datasets["test"])
     return {
-        "method": "tfmot_magnitude", "arch": ARCH, "dataset": DATASET, "seed": seed,
+        "method": "tfmot_magnitude", "arch": arch, "dataset": DATASET, "seed": seed,
         "target_sparsity": FLAGS.sparsity, "before_finetune": before, "after_finetune": after,
         "sparsity": sparsity, "tflite": tflite, "history": history,
         "recipe": {"epochs": FLAGS.epochs, "batch_size": FLAGS.batch_size,
@@ -559,10 +649,15 @@ def prune(workdir):
 
     arrays = load_npz(weights_npz(workdir))
     check = load_npz(check_npz(workdir))
+    spec = load_graph(workdir)
+
+    def twin():
+        return load_twin(keras, arrays, spec)
+
     datasets = eval_datasets(FLAGS.data_dir)
     calibration = representative_dataset(DATASET, num_images=FLAGS.calibration_images,
                                           batch_size=32, data_dir=FLAGS.data_dir)
-    base = baseline_summary(tf, keras, arrays, check, datasets, calibration, workdir)
+    base = baseline_summary(tf, keras, twin, check, datasets, calibration, workdir)
     print(json.dumps({"baseline": base}), flush=True)
     before = None
     for seed in [int(s) for s in FLAGS.seeds]:
@@ -572,9 +667,9 @@ def prune(workdir):
                 summary = json.load(f)
             print(f"[tfmot_compare] seed {seed}: already done ({path})", file=sys.stderr)
         else:
-            before = before or before_finetune(keras, tfmot, arrays, datasets)
-            summary = run_seed(seed, tf, keras, tfmot, arrays, datasets, calibration, workdir,
-                               before)
+            before = before or before_finetune(keras, tfmot, twin, datasets)
+            summary = run_seed(seed, tf, keras, tfmot, twin, datasets, calibration, workdir,
+                               before, spec["arch"])
             summary["baseline"] = {k: base[k] for k in ("test_accuracy", "holdout_accuracy",
                                                         "twin_max_abs_diff", "tflite")}
             write_json(path, summary)
@@ -591,7 +686,7 @@ def main(argv):
     workdir = os.path.abspath(FLAGS.workdir)
     try:
         if FLAGS.mode == "dump":
-            dump(workdir, FLAGS.weights, FLAGS.data_dir)
+            dump(workdir, FLAGS.arch, FLAGS.weights, FLAGS.data_dir)
         else:
             prune(workdir)
     except ToolError as err:
@@ -601,4 +696,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)
