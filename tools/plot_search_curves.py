@@ -68,7 +68,8 @@ def plot(curves, out):
                 continue
             x = data["epoch"][0] + 1
             mean, std = data[key].mean(0), data[key].std(0)
-            ax.plot(x, mean, marker="o", label=f"{LABELS.get(method, method)} ({len(seeds)} seeds)")
+            runs = f"{len(seeds)} seed" + ("s" if len(seeds) != 1 else "")
+            ax.plot(x, mean, marker="o", label=f"{LABELS.get(method, method)} ({runs})")
             ax.fill_between(x, mean - std, mean + std, alpha=0.25)
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("search epoch")
