@@ -10,6 +10,7 @@ import keras
 import numpy as np
 import pytest
 
+from pn_tf.data import normalization_kwargs
 from pn_tf.layers import ChannelGate
 from pn_tf.models import build_model
 from tests.conftest import REPO_ROOT
@@ -17,7 +18,7 @@ from tests.conftest import REPO_ROOT
 sys.path.insert(0, str(REPO_ROOT / "tools"))
 from tfmot_compare import ToolError, graph_spec, layer_arrays, load_twin  # noqa: E402
 
-CIFAR_NORM = {"mean": [125.3, 123.0, 113.9], "std": [63.0, 62.1, 66.7]}
+CIFAR_NORM = normalization_kwargs("cifar10")
 
 
 def _randomise_batchnorm(model, rng):

@@ -9,9 +9,10 @@ two venvs and the model crosses over as plain data:
    one shipped in ``pn_tf/pretrained``) and writes
 
    * ``<workdir>/baseline_graph.json``: the functional graph as data, read from the model's
-     Keras config: every layer in order with its class, the config keys that define its
-     function (no initialisers) and the names of the layers it consumes; identity gates stay
-     as pass-throughs, any other gate mode or an unsupported layer class stops the dump;
+     Keras config: every layer with its class and the config keys that define its function
+     (no initialisers), and every call of a layer in execution order with the (layer, node)
+     outputs it consumes (a gate shared by two convolutions has two calls); identity gates
+     stay as pass-throughs, any other gate mode or an unsupported layer class stops the dump;
    * ``<workdir>/baseline_weights.npz``: every layer's weights, keyed ``"<layer name>/<index>"``
      (index in the layer's weight order);
    * ``<workdir>/baseline_check.npz``: the first 32 test images and the Keras 3 logits on them.
@@ -346,10 +347,9 @@ def twin_layer(keras, layer):
 def build_twin(keras, spec):
     """The tf_keras model of a ``graph_spec``: the same layers, names and connections, gates
     (identity) left out."""
-    tensors = {(name, 0): keras.Input(tuple(layer["config"]["shape"]), name=name)
-               for layer in spec["layers"] for name in [layer["name"]]
-               if layer["class"] == "InputLayer"}
     layers = {layer["name"]: layer for layer in spec["layers"]}
+    tensors = {(name, 0): keras.Input(tuple(layers[name]["config"]["shape"]), name=name)
+               for name in spec["inputs"]}
     built = {}
     for call in spec["calls"]:
         layer = layers[call["layer"]]
