@@ -4,6 +4,7 @@ The TF-MOT side needs its own virtualenv; here the same rebuild runs with Keras 
 checks the spec (layers, shared-gate calls, execution order) and the weight hand-over.
 """
 
+import json
 import sys
 
 import keras
@@ -16,7 +17,8 @@ from pn_tf.models import build_model
 from tests.conftest import REPO_ROOT
 
 sys.path.insert(0, str(REPO_ROOT / "tools"))
-from tfmot_compare import ToolError, graph_spec, layer_arrays, load_twin  # noqa: E402
+from tfmot_compare import (  # noqa: E402
+    GRAPH_FILE, ToolError, graph_spec, layer_arrays, load_twin, refuse_other_baseline)
 
 CIFAR_NORM = normalization_kwargs("cifar10")
 
@@ -61,3 +63,12 @@ def test_graph_spec_refuses_what_the_twin_cannot_reproduce():
     gated = keras.Model(inputs, ChannelGate(mode="hard", name="g")(x))
     with pytest.raises(ToolError, match="g is in mode 'hard'"):
         graph_spec(gated)
+
+
+def test_dump_refuses_another_baseline_over_cached_results(tmp_path):
+    (tmp_path / GRAPH_FILE).write_text(json.dumps({"arch": "resnet56", "source": "/r.weights.h5"}))
+    refuse_other_baseline(str(tmp_path), "mobilenetv2_cifar", "/m.weights.h5")  # no results yet
+    (tmp_path / "seed0.json").write_text("{}")
+    refuse_other_baseline(str(tmp_path), "resnet56", "/r.weights.h5")  # the same baseline again
+    with pytest.raises(ToolError, match=r"holds results \(seed0.json\) of resnet56"):
+        refuse_other_baseline(str(tmp_path), "mobilenetv2_cifar", "/m.weights.h5")

@@ -17,6 +17,8 @@ two venvs and the model crosses over as plain data:
      (index in the layer's weight order);
    * ``<workdir>/baseline_check.npz``: the first 32 test images and the Keras 3 logits on them.
 
+   A workdir already holding prune results of another baseline is refused (new ``--workdir``).
+
 2. ``--mode=prune`` (TF-MOT venv ``.venv-tfmot``): rebuilds the graph in tf_keras (same layer
    names and connections; ``relu6`` activations become ``ReLU(max_value=6)``, pn-tf's channel
    zero-padding a small tf_keras layer, the gates are left out), loads the ``.npz`` (every
@@ -194,10 +196,25 @@ def layer_arrays(model):
             for index, value in enumerate(layer.get_weights())}
 
 
+def refuse_other_baseline(workdir, arch, source):
+    """Prune mode caches results per workdir (baseline.json, seed<s>.json): dumping another
+    baseline over them would pair old results with new weights, so that is refused."""
+    if not os.path.isfile(graph_json(workdir)):
+        return
+    old = load_graph(workdir)
+    results = [name for name in sorted(os.listdir(workdir))
+               if name == "baseline.json" or (name.startswith("seed") and name.endswith(".json"))]
+    if results and (old.get("arch"), old.get("source")) != (arch, source):
+        raise ToolError(f"{workdir} holds results ({', '.join(results)}) of {old.get('arch')} "
+                        f"from {old.get('source')}; dump {arch} from {source} into a new --workdir")
+
+
 def dump(workdir, arch, weights, data_dir):
     model, path = build_keras3_baseline(arch, weights)
+    source = os.path.abspath(path)
+    refuse_other_baseline(workdir, arch, source)
     spec = graph_spec(model)
-    spec.update(arch=arch, source=os.path.abspath(path))
+    spec.update(arch=arch, source=source)
     images = test_images(data_dir, CHECK_IMAGES)
     logits = np.asarray(model(images, training=False))
     save_npz(weights_npz(workdir), layer_arrays(model))
