@@ -68,6 +68,7 @@ Exit status: 0 on success, 1 on an error (printed as ``error: ...``).
 import gzip
 import json
 import os
+import re
 import sys
 import time
 
@@ -83,6 +84,8 @@ DATASET = "cifar10"
 ARCHS = ("resnet56", "mobilenetv2_cifar")
 CHECK_IMAGES = 32
 GRAPH_FILE = "baseline_graph.json"
+BASELINE_RESULTS = "baseline.json"
+SEED_RESULTS = re.compile(r"seed\d+\.json")  # the names seed_results_json gives
 
 
 def define_flags():
@@ -131,6 +134,20 @@ def check_npz(workdir):
 
 def graph_json(workdir):
     return os.path.join(workdir, GRAPH_FILE)
+
+
+def baseline_results_json(workdir):
+    return os.path.join(workdir, BASELINE_RESULTS)
+
+
+def seed_results_json(workdir, seed):
+    return os.path.join(workdir, f"seed{seed}.json")
+
+
+def cached_results(workdir):
+    """The prune-mode result files already in ``workdir`` (baseline and per-seed JSON)."""
+    return [name for name in sorted(os.listdir(workdir))
+            if name == BASELINE_RESULTS or SEED_RESULTS.fullmatch(name)]
 
 
 def load_graph(workdir):
@@ -202,8 +219,7 @@ def refuse_other_baseline(workdir, arch, source):
     if not os.path.isfile(graph_json(workdir)):
         return
     old = load_graph(workdir)
-    results = [name for name in sorted(os.listdir(workdir))
-               if name == "baseline.json" or (name.startswith("seed") and name.endswith(".json"))]
+    results = cached_results(workdir)
     if results and (old.get("arch"), old.get("source")) != (arch, source):
         raise ToolError(f"{workdir} holds results ({', '.join(results)}) of {old.get('arch')} "
                         f"from {old.get('source')}; dump {arch} from {source} into a new --workdir")
@@ -604,7 +620,7 @@ def baseline_summary(tf, keras, twin, check, datasets, calibration, workdir):
 
     ``twin()`` builds a fresh tf_keras twin holding the baseline weights.
     """
-    path = os.path.join(workdir, "baseline.json")
+    path = baseline_results_json(workdir)
     model = twin()
     diff = check_twin(model, check, FLAGS.twin_tolerance)
     if os.path.exists(path):
@@ -678,7 +694,7 @@ def prune(workdir):
     print(json.dumps({"baseline": base}), flush=True)
     before = None
     for seed in [int(s) for s in FLAGS.seeds]:
-        path = os.path.join(workdir, f"seed{seed}.json")
+        path = seed_results_json(workdir, seed)
         if os.path.exists(path):
             with open(path) as f:
                 summary = json.load(f)
