@@ -58,7 +58,9 @@ def define_flags(flag_values=flags.FLAGS):
                        "target for the search; extraction still lands on --target_flops_reduction.", **fv)
     flags.DEFINE_integer("search_epochs", 200, "Search epochs over the held-out split.", **fv)
     flags.DEFINE_integer("search_batch_size", 256, "Search batch size.", **fv)
-    flags.DEFINE_enum("predictor", "gru", ["gru", "bigru", "linear", "none"], "Performance predictor.", **fv)
+    flags.DEFINE_enum("predictor", "gru", ["gru", "bigru", "linear", "linear_scaled", "none"],
+                      "Performance predictor (linear: the supplement's LR; linear_scaled: LR with its "
+                      "input scaled by 1/sqrt(#gates), which does not saturate).",, **fv)
     flags.DEFINE_enum("projection", "always", ["always", "conflict", "off"], "Gradient projection.", **fv)
     flags.DEFINE_float("pn_noise", 15.0, "Std of the noise on the PN's input (15 ResNet, 3 MobileNetV2).", **fv)
     flags.DEFINE_float("gate_lr", 5e-2, "Gate AdamW learning rate.", **fv)

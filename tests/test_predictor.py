@@ -13,7 +13,7 @@ from pn_tf.search import (
     build_predictor,
 )
 
-KINDS = ("gru", "bigru", "linear")
+KINDS = ("gru", "bigru", "linear", "linear_scaled")
 
 
 def random_gates(widths, batch=5, seed=0):
@@ -24,7 +24,7 @@ def random_gates(widths, batch=5, seed=0):
 @pytest.mark.parametrize("kind", KINDS)
 def test_output_shape_and_range(kind):
     widths = [4, 8, 6]
-    model = build_predictor(kind, widths, **({"hidden": 8} if kind != "linear" else {}))
+    model = build_predictor(kind, widths, **({"hidden": 8} if not kind.startswith("linear") else {}))
     y = model(random_gates(widths), training=False)
     assert y.shape == (5, 1) and y.dtype == tf.float32
     assert np.all((y.numpy() > 0) & (y.numpy() < 1))
@@ -40,6 +40,8 @@ def test_factory():
     assert isinstance(build_predictor("gru", [4]), GRUPredictor)
     assert isinstance(build_predictor("bigru", [4]), BiGRUPredictor)
     assert isinstance(build_predictor("linear", [4]), LinearPredictor)
+    assert not build_predictor("linear", [4]).scale_inputs
+    assert build_predictor("linear_scaled", [4]).scale_inputs
 
 
 def test_gru_parameter_count_table2():
@@ -117,6 +119,39 @@ def test_trains_on_synthetic_target(kind):
     assert after < 0.05
 
 
+@pytest.mark.parametrize("scale_inputs", [False, True])
+def test_linear_predictor_saturation_at_mobilenetv2_size(scale_inputs):
+    """With MobileNetV2's ~7,100 gates the plain LR's sigmoid reaches exactly 1 and stays.
+
+    Same optimiser and loss as the search (AdamW 1e-3, L1, PN batches of 16); targets in
+    0.6-0.9 rise with the share of open gates, like the memory's batch accuracies. The
+    input scaled by 1/sqrt(#gates) keeps the output in range and fits the targets.
+    """
+    widths = [137] * 52
+    keras.utils.set_random_seed(0)
+    model = LinearPredictor(widths, scale_inputs=scale_inputs)
+    opt = keras.optimizers.AdamW(1e-3, weight_decay=1e-3)
+
+    @tf.function
+    def step(i):
+        keep = tf.random.stateless_uniform((16, 1), [i, 1], 0.45, 1.0)
+        x = tf.cast(tf.random.stateless_uniform((16, sum(widths)), [i, 2]) < keep, "float32")
+        y = 0.6 + 0.3 * keep
+        with tf.GradientTape() as tape:
+            pred = model(x, training=True)
+            loss = tf.reduce_mean(tf.abs(pred - y))
+        grads = tape.gradient(loss, model.trainable_variables)
+        opt.apply_gradients(zip(grads, model.trainable_variables))
+        return tf.reduce_mean(pred), loss
+
+    preds, losses = zip(*[step(tf.constant(i)) for i in range(200)])
+    late_pred, late_loss = np.mean(preds[-50:]), np.mean(losses[-50:])
+    if scale_inputs:
+        assert 0.7 < late_pred < 0.9 and late_loss < 0.03, (late_pred, late_loss)
+    else:
+        assert late_pred == 1.0 and late_loss > 0.1, (late_pred, late_loss)
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_keras_save_load_round_trip(kind, tmp_path):
     widths = [4, 8, 6]
@@ -128,4 +163,5 @@ def test_keras_save_load_round_trip(kind, tmp_path):
     model.save(path)
     loaded = keras.saving.load_model(path)
     assert type(loaded) is type(model) and loaded.widths == widths
+    assert getattr(loaded, "scale_inputs", None) == getattr(model, "scale_inputs", None)
     np.testing.assert_allclose(loaded(x).numpy(), model(x).numpy(), rtol=1e-6, atol=1e-7)

@@ -50,7 +50,7 @@ def _parser():
     p.add_argument("--output", help="where to save the pruned .keras model")
     p.add_argument("--search_epochs", type=int, default=5)
     p.add_argument("--batch_size", type=int, default=64)
-    p.add_argument("--predictor", default="gru", choices=("gru", "bigru", "linear", "none"))
+    p.add_argument("--predictor", default="gru", choices=("gru", "bigru", "linear", "linear_scaled", "none"))
     p.add_argument("--take", type=int, default=None, help="use only this many examples")
     return p
 

@@ -4,7 +4,8 @@
         --workdir=runs/compare -- --flagfile=configs/compare_resnet56.flags
 
 Methods: pn (GRU predictor, projection on), pn_noproj (projection off), lr (linear
-predictor), dg (no predictor: classification + FLOPs loss) search gates; uniform (same
+predictor), lr_scaled (linear predictor on inputs scaled by 1/sqrt(#gates)), dg (no
+predictor: classification + FLOPs loss) search gates; uniform (same
 fraction of every group), random (random channels) and l1 (global filter-L1 ranking) need
 no search. Every run uses the same baseline, FLOPs target (extraction lands on it,
 measured) and fine-tuning budget; the flags after ``--`` go to every run. Finished runs
@@ -37,6 +38,7 @@ METHODS = {
     "pn": ["--predictor=gru", "--projection=always", "--selection=gates"],
     "pn_noproj": ["--predictor=gru", "--projection=off", "--selection=gates"],
     "lr": ["--predictor=linear", "--projection=always", "--selection=gates"],
+    "lr_scaled": ["--predictor=linear_scaled", "--projection=always", "--selection=gates"],
     "dg": ["--predictor=none", "--selection=gates"],
     "uniform": ["--selection=uniform"],
     "random": ["--selection=random"],

@@ -31,10 +31,9 @@ from pn_tf.graph import FlopsModel
 from pn_tf.layers import gate_layers, set_gate_mode
 from pn_tf.layers.gates import gumbel_noise
 from pn_tf.search.memory import EpisodicMemory
-from pn_tf.search.predictor import build_predictor
+from pn_tf.search.predictor import PREDICTOR_KINDS, build_predictor
 
 PROJECTIONS = ("always", "conflict", "off")
-PREDICTORS = ("gru", "bigru", "linear", "none")
 
 
 def project(g_p, g_l, mode="always", eps=1e-12):
@@ -59,7 +58,8 @@ class PNSearch(keras.Model):
         network: a functional keras.Model with ChannelGate layers (from the zoo
             or the auto-pruning engine). Its weights are frozen here.
         predictor: str. ``"gru"`` (supplement Table 2), ``"bigru"`` (the official
-            code's), ``"linear"`` (the LR baseline) or ``"none"`` (DG baseline:
+            code's), ``"linear"`` (the LR baseline), ``"linear_scaled"`` (LR with inputs scaled by
+            ``1/sqrt(#gates)``, which does not saturate) or ``"none"`` (DG baseline:
             classification + FLOPs loss only).
         target_reduction: float in (0, 1). Fraction of FLOPs to remove; sets
             ``p = (1 - r) T_all / T_total``. Ignored if ``p`` is given.
@@ -78,8 +78,8 @@ class PNSearch(keras.Model):
                  pn_noise=15.0, reg_weight=2.0, reg_scale=2.0, pn_batch_size=64,
                  memory_capacity=500, seed=0, **kwargs):
         super().__init__(**kwargs)
-        if predictor not in PREDICTORS:
-            raise ValueError(f"predictor must be one of {PREDICTORS}, got {predictor!r}")
+        if predictor not in PREDICTOR_KINDS:
+            raise ValueError(f"predictor must be one of {PREDICTOR_KINDS}, got {predictor!r}")
         if projection not in PROJECTIONS:
             raise ValueError(f"projection must be one of {PROJECTIONS}, got {projection!r}")
         self.network = network
