@@ -60,7 +60,7 @@ def define_flags(flag_values=flags.FLAGS):
     flags.DEFINE_integer("search_batch_size", 256, "Search batch size.", **fv)
     flags.DEFINE_enum("predictor", "gru", ["gru", "bigru", "linear", "linear_scaled", "none"],
                       "Performance predictor (linear: the supplement's LR; linear_scaled: LR with its "
-                      "input scaled by 1/sqrt(#gates), which does not saturate).",, **fv)
+                      "input scaled by 1/sqrt(#gates), which does not saturate).", **fv)
     flags.DEFINE_enum("projection", "always", ["always", "conflict", "off"], "Gradient projection.", **fv)
     flags.DEFINE_float("pn_noise", 15.0, "Std of the noise on the PN's input (15 ResNet, 3 MobileNetV2).", **fv)
     flags.DEFINE_float("gate_lr", 5e-2, "Gate AdamW learning rate.", **fv)
