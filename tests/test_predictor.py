@@ -44,6 +44,27 @@ def test_factory():
     assert build_predictor("linear_scaled", [4]).scale_inputs
 
 
+def test_command_lines_offer_every_kind():
+    """pn_tf.train and tools/autoprune.py spell the kinds out (no keras import at start-up)."""
+    import importlib.util
+    import pathlib
+
+    from absl import flags
+
+    from pn_tf.search import PREDICTOR_KINDS
+    from pn_tf.train import define_flags
+
+    values = flags.FlagValues()
+    define_flags(values)
+    assert tuple(values["predictor"].parser.enum_values) == PREDICTOR_KINDS
+    path = pathlib.Path(__file__).resolve().parents[1] / "tools" / "autoprune.py"
+    spec = importlib.util.spec_from_file_location("autoprune_cli", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    (action,) = [a for a in module._parser()._actions if a.dest == "predictor"]
+    assert tuple(action.choices) == PREDICTOR_KINDS
+
+
 def test_gru_parameter_count_table2():
     widths = [16] * 9 + [32] * 9 + [64] * 9  # ResNet-56's 27 gates
     model = GRUPredictor(widths)

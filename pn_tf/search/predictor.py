@@ -31,9 +31,6 @@ float32 whatever the dtype policy.
 import keras
 from keras import ops
 
-PREDICTOR_KINDS = ("gru", "bigru", "linear", "linear_scaled", "none")
-
-
 def _split(x, widths):
     """List input passes through; a concatenated (batch, sum C_i) tensor is split."""
     if isinstance(x, (list, tuple)):
@@ -226,13 +223,21 @@ class LinearPredictor(_Predictor):
         return {**super().get_config(), "scale_inputs": self.scale_inputs}
 
 
+# kind -> (class, constructor arguments); "none" (DG) has no predictor.
+_BUILDERS = {
+    "gru": (GRUPredictor, {}),
+    "bigru": (BiGRUPredictor, {}),
+    "linear": (LinearPredictor, {}),
+    "linear_scaled": (LinearPredictor, {"scale_inputs": True}),
+}
+PREDICTOR_KINDS = (*_BUILDERS, "none")
+
+
 def build_predictor(kind, widths, **kwargs):
-    """``"gru"`` | ``"bigru"`` | ``"linear"`` | ``"linear_scaled"`` -> a predictor; ``"none"`` (DG) -> None."""
+    """A kind of ``PREDICTOR_KINDS`` -> a predictor; ``"none"`` (DG) -> None."""
     if kind == "none":
         return None
-    if kind == "linear_scaled":
-        return LinearPredictor(widths, scale_inputs=True, **kwargs)
-    classes = {"gru": GRUPredictor, "bigru": BiGRUPredictor, "linear": LinearPredictor}
-    if kind not in classes:
+    if kind not in _BUILDERS:
         raise ValueError(f"unknown predictor kind {kind!r}; valid kinds: {PREDICTOR_KINDS}")
-    return classes[kind](widths, **kwargs)
+    cls, fixed = _BUILDERS[kind]
+    return cls(widths, **fixed, **kwargs)
