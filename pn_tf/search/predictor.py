@@ -31,6 +31,7 @@ float32 whatever the dtype policy.
 import keras
 from keras import ops
 
+
 def _split(x, widths):
     """List input passes through; a concatenated (batch, sum C_i) tensor is split."""
     if isinstance(x, (list, tuple)):
