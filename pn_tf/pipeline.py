@@ -45,6 +45,7 @@ class RunConfig:
     baseline_schedule: str = "step"
     batch_size: int = 128
     weight_decay: float = 1e-4
+    precision: str = "float32"
     target_flops_reduction: float = 0.5
     p: float = None
     search_epochs: int = 200
@@ -283,7 +284,8 @@ class Pipeline:
         cosine = getattr(c, f"{prefix}_schedule") == "cosine"
         return TrainConfig(epochs=epochs, learning_rate=getattr(c, f"{prefix}_lr"),
                            weight_decay=c.weight_decay, schedule=getattr(c, f"{prefix}_schedule"),
-                           warmup_epochs=cosine_warmup_epochs(epochs) if cosine else 0)
+                           warmup_epochs=cosine_warmup_epochs(epochs) if cosine else 0,
+                           precision=c.precision)
 
     # -- running -------------------------------------------------------------------
 

@@ -28,7 +28,7 @@ def test_units_cover_the_network_and_reproduce_its_tensors(tmp_path):
     assert len(nodes) == len(set(nodes)) and set(nodes) == calls  # every layer call, once
     # Conv + BN + activation (+ the stripped gate) is one unit, as the converter fuses them.
     first = next(u for u in units if isinstance(u[0].operation, keras.layers.Conv2D))
-    assert [type(n.operation) for n in first][1] is keras.layers.BatchNormalization
+    assert isinstance([n.operation for n in first][1], keras.layers.BatchNormalization)
 
     tensors = [t for unit in units for node in unit
                for t in list(node.input_tensors) + list(node.output_tensors)]

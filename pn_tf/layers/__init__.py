@@ -1,5 +1,6 @@
-"""Custom Keras layers: the channel gate and the channel ops of the zoo."""
+"""Custom Keras layers: the channel gate, the channel ops of the zoo and a fused batch norm."""
 
+from pn_tf.layers import batchnorm
 from pn_tf.layers.channel_ops import ChannelShuffle, ChannelSplit, ChannelZeroPad
 from pn_tf.layers.gates import ChannelGate, gate_layers, set_gate_mode
 
@@ -8,6 +9,7 @@ __all__ = [
     "ChannelShuffle",
     "ChannelSplit",
     "ChannelZeroPad",
+    "batchnorm",
     "gate_layers",
     "set_gate_mode",
 ]

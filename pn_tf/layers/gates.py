@@ -11,6 +11,9 @@ fills before each forward pass (from a stateless, replica-independent seed), so 
 exact gate vector the network used can be recomputed outside the network with
 :meth:`ChannelGate.soft_values`. With ``noise`` at zero the gate is deterministic.
 
+Gate variables are never autocast: under a mixed dtype policy the gate vector is computed
+in float32 and only the product with the (bfloat16/float16) activations is not.
+
 A fifth state, ``mask``, multiplies by a fixed 0/1 vector (the ``mask`` variable);
 it is how a chosen sub-network (e.g. the one extraction will keep) is evaluated.
 """
@@ -73,6 +76,7 @@ class ChannelGate(keras.layers.Layer):
             shape=(self.channels,),
             initializer=keras.initializers.RandomNormal(0.0, 1.0),
             trainable=True,
+            autocast=False,
         )
         self.noise = self.add_weight(
             name="noise",
@@ -80,6 +84,7 @@ class ChannelGate(keras.layers.Layer):
             initializer="zeros",
             trainable=False,
             aggregation="only_first_replica",
+            autocast=False,
         )
         self.mask = self.add_weight(
             name="mask",
@@ -87,6 +92,7 @@ class ChannelGate(keras.layers.Layer):
             initializer="ones",
             trainable=False,
             aggregation="only_first_replica",
+            autocast=False,
         )
 
     def soft_values(self, noise=None):

@@ -2,7 +2,7 @@
 
 import keras
 
-from pn_tf.layers import ChannelGate
+from pn_tf.layers import ChannelGate, batchnorm
 
 IMAGENET_MEAN = (123.675, 116.28, 103.53)
 IMAGENET_STD = (58.395, 57.12, 57.375)
@@ -51,7 +51,7 @@ def dwconv_bn(x, kernel_size, strides=1, name="", activation="relu"):
 
 
 def bn_act(x, name, activation):
-    x = keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5, name=f"{name}_bn")(x)
+    x = batchnorm.BatchNormalization(momentum=0.9, epsilon=1e-5, name=f"{name}_bn")(x)
     if activation:
         x = keras.layers.Activation(activation, name=f"{name}_{activation}")(x)
     return x

@@ -51,7 +51,7 @@ Gate order: blocks in graph order; inside an Xception block ``mid1`` then ``mid2
 
 import keras
 
-from pn_tf.layers import ChannelGate, ChannelShuffle, ChannelSplit
+from pn_tf.layers import ChannelGate, ChannelShuffle, ChannelSplit, batchnorm
 from pn_tf.models.common import IMAGENET_MEAN, IMAGENET_STD, image_input, resolve_widths
 
 STAGE_REPEATS = (4, 4, 8, 4)
@@ -112,7 +112,7 @@ def _default_group_widths(size):
 
 
 def _bn(x, name):
-    return keras.layers.BatchNormalization(
+    return batchnorm.BatchNormalization(
         momentum=_BN_MOMENTUM, epsilon=_BN_EPSILON, name=name
     )(x)
 

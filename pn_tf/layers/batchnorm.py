@@ -1,0 +1,65 @@
+"""Batch normalization whose training step runs as TensorFlow's fused kernel.
+
+Keras 3 computes ``BatchNormalization`` in training from separate ops (moments, then
+``tf.nn.batch_normalization``), upcasting bfloat16/float16 inputs to float32 first. On
+the CPU those element-wise ops, their gradients and the casts cost more than the
+convolutions of a small network (ResNet-56: about half of a training step in
+``mixed_bfloat16``). :class:`BatchNormalization` here is the same layer (same weights,
+config and inference path) whose training-mode forward pass is one ``FusedBatchNormV3``
+op, taking bfloat16/float16 inputs directly, with its fused gradient.
+``tools/bench_train_speed.py`` measures the difference.
+
+The class keeps Keras's name on purpose: Keras weights files (``.weights.h5``) address a
+layer by its class name, so checkpoints move between the two classes in both directions
+(the shipped baselines were trained with Keras's layer). It is registered as
+``pn_tf>BatchNormalization`` for ``.keras`` files.
+
+Semantics are Keras's, exactly: normalization by the biased batch variance, moving
+statistics updated as ``moving = moving * momentum + batch * (1 - momentum)`` with the
+biased variance (the fused kernel reports the unbiased one; it is rescaled). Inference,
+masks, ``synchronized=True``, ``renorm`` and any axis other than the last of a 4-D input
+take Keras's own path, so exported SavedModel/TFLite graphs do not change.
+"""
+
+import keras
+
+
+@keras.saving.register_keras_serializable(package="pn_tf")
+class BatchNormalization(keras.layers.BatchNormalization):
+    """``keras.layers.BatchNormalization`` with a fused training step (TensorFlow backend).
+
+    Takes exactly ``BatchNormalization``'s arguments; ``isinstance(layer,
+    keras.layers.BatchNormalization)`` holds, so the channel-graph engine treats it alike.
+    """
+
+    def _fusable(self, inputs, mask):
+        return (
+            keras.backend.backend() == "tensorflow"
+            and mask is None
+            and not self.synchronized
+            and not self.renorm
+            and len(inputs.shape) == 4
+            and self.axis in (-1, 3)
+            and keras.backend.standardize_dtype(inputs.dtype) in ("float32", "bfloat16", "float16")
+        )
+
+    def call(self, inputs, training=None, mask=None):
+        if not (training and self.trainable and self._fusable(inputs, mask)):
+            return super().call(inputs, training=training, mask=mask)
+        import tensorflow as tf
+
+        channels = inputs.shape[-1]
+        ones, zeros = tf.ones([channels], tf.float32), tf.zeros([channels], tf.float32)
+        # Keras creates BN variables with autocast=False: they stay float32 under mixed policies.
+        scale = tf.cast(self.gamma, tf.float32) if self.scale else ones
+        offset = tf.cast(self.beta, tf.float32) if self.center else zeros
+        outputs, mean, variance, *_ = tf.raw_ops.FusedBatchNormV3(
+            x=inputs, scale=scale, offset=offset, mean=tf.constant([], tf.float32),
+            variance=tf.constant([], tf.float32), epsilon=self.epsilon, data_format="NHWC",
+            is_training=True)
+        count = tf.cast(tf.reduce_prod(tf.shape(inputs)[:-1]), tf.float32)
+        variance = variance * tf.maximum(count - 1.0, 0.0) / count  # unbiased -> biased
+        momentum = self.momentum
+        self.moving_mean.assign(self.moving_mean * momentum + mean * (1.0 - momentum))
+        self.moving_variance.assign(self.moving_variance * momentum + variance * (1.0 - momentum))
+        return tf.cast(outputs, self.compute_dtype)
