@@ -18,10 +18,15 @@ Semantics are Keras's, exactly: normalization by the biased batch variance, movi
 statistics updated as ``moving = moving * momentum + batch * (1 - momentum)`` with the
 biased variance (the fused kernel reports the unbiased one; it is rescaled). Inference,
 masks, ``synchronized=True``, ``renorm`` and any axis other than the last of a 4-D input
-take Keras's own path, so exported SavedModel/TFLite graphs do not change.
+take Keras's own path, so exported SavedModel/TFLite graphs do not change. The one
+difference: the fused kernel's epsilon is at least 1.001e-5 (cuDNN refuses smaller ones, as
+TensorFlow's own ``fused_batch_norm`` notes), so the zoo's 1e-5 becomes 1.001e-5 in training
+steps only, a relative change of 1e-8 for unit variance.
 """
 
 import keras
+
+_MIN_EPSILON = 1.001e-5  # cuDNN's CUDNN_BN_MIN_EPSILON is 1e-5; TensorFlow keeps a margin
 
 
 @keras.saving.register_keras_serializable(package="pn_tf")
@@ -55,8 +60,8 @@ class BatchNormalization(keras.layers.BatchNormalization):
         offset = tf.cast(self.beta, tf.float32) if self.center else zeros
         outputs, mean, variance, *_ = tf.raw_ops.FusedBatchNormV3(
             x=inputs, scale=scale, offset=offset, mean=tf.constant([], tf.float32),
-            variance=tf.constant([], tf.float32), epsilon=self.epsilon, data_format="NHWC",
-            is_training=True)
+            variance=tf.constant([], tf.float32), epsilon=max(self.epsilon, _MIN_EPSILON),
+            data_format="NHWC", is_training=True)
         count = tf.cast(tf.reduce_prod(tf.shape(inputs)[:-1]), tf.float32)
         variance = variance * tf.maximum(count - 1.0, 0.0) / count  # unbiased -> biased
         momentum = self.momentum
