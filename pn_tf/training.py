@@ -152,11 +152,12 @@ def with_precision(model, policy):
     classes are kept, so weights (and ``BackupAndRestore`` backups) move between the copy and
     the original one to one.
     """
-    outputs = {id(t._keras_history[0]) for t in model.outputs}
+    heads = model.get_config()["output_layers"]  # ["name", node, index] or a list of them
+    outputs = {heads[0]} if isinstance(heads[0], str) else {head[0] for head in heads}
 
     def clone(layer):
         config = layer.get_config()
-        config["dtype"] = "float32" if id(layer) in outputs else policy
+        config["dtype"] = "float32" if layer.name in outputs else policy
         return layer.__class__.from_config(config)
 
     with model.distribute_strategy.scope():
