@@ -37,7 +37,8 @@ def define_flags():
 
 # config.json keys that decide the baseline, in the order the command lists them.
 COMMAND_FLAGS = ("arch", "dataset", "input_size", "num_classes", "baseline_init", "batch_size",
-                 "baseline_epochs", "baseline_lr", "baseline_schedule", "weight_decay", "seed")
+                 "baseline_epochs", "baseline_lr", "baseline_schedule", "weight_decay", "precision",
+                 "seed")
 
 
 class ShipError(ValueError):
