@@ -10,8 +10,9 @@ PyTorch recipe's 1e-4 corresponds to ``weight_decay = 1e-4 / (1 - 0.9) = 1e-3`` 
 ``precision`` other than float32 trains a copy of the model whose layers compute in a Keras
 mixed policy (:func:`with_precision`): variables stay float32, the trained weights are copied
 back, and evaluation, search and export see the float32 model. ``mixed_bfloat16`` suits CPUs
-with AMX/AVX512-BF16 (about 2x faster than float32 for ResNet-56 here, with the fused batch
-norm of :mod:`pn_tf.layers.batchnorm`; ``tools/bench_train_speed.py``), TPUs and recent GPUs;
+with AMX/AVX512-BF16 (about 1.7x faster than float32 for ResNet-56 here, both with the fused
+batch norm of :mod:`pn_tf.layers.batchnorm`; slower for depthwise-heavy MobileNetV2;
+``tools/bench_train_speed.py``), TPUs and recent GPUs;
 ``mixed_float16`` suits GPUs and adds dynamic loss scaling.
 
 Runs resume: ``keras.callbacks.BackupAndRestore`` keeps the weights, optimizer state
