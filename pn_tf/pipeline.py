@@ -173,6 +173,7 @@ class Pipeline:
         self._check_budget()
         self._check_baseline()
         self._check_workdir()
+        self._check_resume()
 
     def _check_budget(self):
         from pn_tf.graph import FlopsModel
@@ -233,6 +234,17 @@ class Pipeline:
             from pn_tf.io import write_json
 
             write_json(path, {**dataclasses.asdict(c), **current})
+
+    def _check_resume(self):
+        """An interrupted training stage must resume in the precision it started with."""
+        from pn_tf.training import ResumeError, check_resume_precision
+
+        for stage in ("baseline", "finetune"):
+            if stage in self.config.stages and not os.path.exists(self.summary_path(stage)):
+                try:
+                    check_resume_precision(self.stage_dir(stage), self.config.precision, stage)
+                except ResumeError as err:
+                    raise PipelineError(str(err)) from err
 
     @property
     def is_chief(self):

@@ -22,6 +22,7 @@ epoch's backup is written, so the last good checkpoint stays intact.
 """
 
 import dataclasses
+import json
 import math
 import os
 import time
@@ -29,6 +30,7 @@ import time
 import keras
 import numpy as np
 
+from pn_tf.io import write_json
 from pn_tf.layers import gate_layers
 
 SCHEDULES = ("step", "cosine", "constant")
@@ -145,6 +147,37 @@ def standard_callbacks(workdir, stage, extra=(), update_freq="epoch"):
     ]
 
 
+class ResumeError(ValueError):
+    """An interrupted training run cannot be resumed with the settings asked for."""
+
+
+_PRECISION_FILE = "precision.json"  # beside BackupAndRestore's files in <workdir>/backup
+
+
+def check_resume_precision(workdir, precision, stage):
+    """Raises :class:`ResumeError` if ``workdir/backup`` was written in another precision.
+
+    Resuming would restore the weights but not the optimizer state when the optimizer's
+    structure differs (``mixed_float16`` wraps it in a loss scaler), silently restarting
+    momentum and the learning-rate schedule; a run should also keep one recipe throughout.
+    """
+    path = os.path.join(workdir, "backup", _PRECISION_FILE)
+    if not os.path.exists(path):
+        return
+    try:
+        with open(path) as f:
+            previous = json.load(f)["precision"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ResumeError(f"{stage}: {path} is unreadable ({err}); delete {os.path.dirname(path)} "
+                          "to restart the stage from its first epoch") from err
+    if previous != precision:
+        raise ResumeError(
+            f"{stage}: the interrupted run in {os.path.dirname(path)} trained with "
+            f"--precision={previous}, and this run asks for --precision={precision}; resume it "
+            f"with --precision={previous}, or delete {os.path.dirname(path)} to restart the "
+            "stage from its first epoch in the new precision")
+
+
 def with_precision(model, policy):
     """A copy of the functional ``model`` computing in dtype policy ``policy``, same weights.
 
@@ -213,7 +246,13 @@ def fit_classifier(model, train_ds, config, workdir, stage, validation_ds=None,
     Returns:
         The Keras History of this (possibly resumed) run. With a mixed ``config.precision``
         the epochs' logs come from the mixed-precision copy; ``model`` holds its weights after.
+        ``callbacks`` are attached to that copy too (its weights, not ``model``'s, change
+        during training).
+
+    Raises:
+        ResumeError: ``workdir`` holds an interrupted run of another precision.
     """
+    check_resume_precision(workdir, config.precision, stage)
     if steps_per_epoch is None:
         steps_per_epoch = int(train_ds.cardinality())
         if steps_per_epoch <= 0:
@@ -222,6 +261,7 @@ def fit_classifier(model, train_ds, config, workdir, stage, validation_ds=None,
     for gate in gate_layers(trained):  # gates stay as they are while weights train
         gate.trainable = False
     compile_classifier(trained, config, steps_per_epoch)
+    write_json(os.path.join(workdir, "backup", _PRECISION_FILE), {"precision": config.precision})
     history = trained.fit(
         train_ds, epochs=config.epochs, validation_data=validation_ds, verbose=verbose,
         callbacks=standard_callbacks(workdir, stage, callbacks),

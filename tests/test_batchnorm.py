@@ -74,6 +74,42 @@ def test_bfloat16_inputs_are_normalized_in_the_fused_kernel():
     assert fused.moving_mean.dtype == "float32"
 
 
+@pytest.mark.parametrize("kernel", ["bfloat16", "float32 fallback"])
+def test_bfloat16_training_steps_follow_keras_moving_statistics(kernel, monkeypatch):
+    from pn_tf.layers import batchnorm
+
+    if kernel == "float32 fallback":  # a machine without a bfloat16 FusedBatchNormV3 kernel
+        monkeypatch.setattr(batchnorm, "fused_bfloat16_supported", lambda: False)
+    elif not batchnorm.fused_bfloat16_supported():
+        pytest.skip("this machine has no bfloat16 FusedBatchNormV3 kernel")
+    plain, fused = _pair(dtype="mixed_bfloat16")
+    x = np.random.RandomState(6).randn(8, 5, 6, 7).astype("float32") * 2 + 1
+    for _ in range(3):
+        y_fused, y_plain = fused(x, training=True), plain(x, training=True)
+        assert keras.backend.standardize_dtype(y_fused.dtype) == "bfloat16"
+        np.testing.assert_allclose(np.asarray(y_fused, "float32"), np.asarray(y_plain, "float32"),
+                                   atol=0.05)
+    for a, b in zip(fused.get_weights(), plain.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=0.02, atol=0.02)
+
+
+def test_center_and_scale_off_match_keras():
+    plain, fused = (cls(center=False, scale=False, momentum=0.9, epsilon=1e-5)
+                    for cls in (keras.layers.BatchNormalization, FusedBatchNormalization))
+    x = np.random.RandomState(7).randn(4, 5, 6, 7).astype("float32") * 3
+    np.testing.assert_allclose(fused(x, training=True), plain(x, training=True), rtol=1e-5, atol=1e-5)
+    for a, b in zip(fused.get_weights(), plain.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_pure_bfloat16_policy_takes_the_keras_path():
+    layer = FusedBatchNormalization(dtype="bfloat16")
+    x = np.random.RandomState(8).randn(2, 5, 6, 7).astype("float32")
+    y = layer(x, training=True)  # bfloat16 moving statistics: Keras's own update
+    assert keras.backend.standardize_dtype(y.dtype) == "bfloat16"
+    assert "FusedBatchNormV3" not in _op_types(layer, x, training=True)
+
+
 def test_frozen_layer_and_other_ranks_take_the_keras_path():
     plain, fused = _pair()
     fused.trainable = plain.trainable = False  # frozen BN normalizes with its moving statistics

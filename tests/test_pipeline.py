@@ -162,6 +162,16 @@ def test_workdir_of_another_run_is_refused(tmp_path, data_dir):
         _validate(_config(tmp_path, data_dir, arch="mobilenetv2_cifar"))
 
 
+def test_interrupted_stage_resumes_only_in_its_precision(tmp_path, data_dir):
+    from pn_tf.io import write_json
+
+    write_json(tmp_path / "w" / "finetune" / "backup" / "precision.json", {"precision": "mixed_float16"})
+    stages = ["extract", "finetune"]
+    _validate(_config(tmp_path, data_dir, stages=stages, precision="mixed_float16"))
+    with pytest.raises(PipelineError, match="finetune: the interrupted run .* --precision=mixed_float16"):
+        _validate(_config(tmp_path, data_dir, stages=stages, precision="mixed_bfloat16"))
+
+
 def test_cli_exit_code_and_message(tmp_path, data_dir):
     out = _run(tmp_path / "run", data_dir, "--arch=vgg7")
     assert out.returncode == 2

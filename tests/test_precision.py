@@ -49,6 +49,20 @@ def test_mixed_training_updates_the_float32_model(precision, tmp_path):
         np.testing.assert_array_equal(a, b)
 
 
+def test_resuming_in_another_precision_is_refused(tmp_path):
+    from pn_tf.training import ResumeError
+
+    model = resnet_cifar(8, input_shape=(16, 16, 3))
+    first = TrainConfig(epochs=1, schedule="constant", learning_rate=0.05, precision="mixed_float16")
+    fit_classifier(model, _toy_data(), first, str(tmp_path), "toy", verbose=0)
+    before = [w.copy() for w in model.get_weights()]
+    other = TrainConfig(epochs=2, schedule="constant", learning_rate=0.05, precision="float32")
+    with pytest.raises(ResumeError, match="--precision=mixed_float16.*--precision=float32"):
+        fit_classifier(model, _toy_data(), other, str(tmp_path), "toy", verbose=0)
+    for a, b in zip(before, model.get_weights()):  # refused before anything trained
+        np.testing.assert_array_equal(a, b)
+
+
 def test_unknown_precision_is_refused():
     with pytest.raises(ValueError, match="precision must be one of"):
         TrainConfig(precision="int4")

@@ -22,11 +22,39 @@ take Keras's own path, so exported SavedModel/TFLite graphs do not change. The o
 difference: the fused kernel's epsilon is at least 1.001e-5 (cuDNN refuses smaller ones, as
 TensorFlow's own ``fused_batch_norm`` notes), so the zoo's 1e-5 becomes 1.001e-5 in training
 steps only, a relative change of 1e-8 for unit variance.
+
+bfloat16 inputs go to the kernel directly only where one is registered for them (GPUs, and
+CPUs whose oneDNN build has bfloat16 kernels, i.e. AVX512 ones); elsewhere the layer casts
+them to float32 around the fused op (:func:`fused_bfloat16_supported` probes once). Layers
+whose moving statistics are not float32 (a pure ``"bfloat16"`` policy) take Keras's path.
 """
+
+import functools
 
 import keras
 
 _MIN_EPSILON = 1.001e-5  # cuDNN's CUDNN_BN_MIN_EPSILON is 1e-5; TensorFlow keeps a margin
+
+
+@functools.cache
+def fused_bfloat16_supported():
+    """Whether ``FusedBatchNormV3`` runs on bfloat16 inputs on this machine's default device.
+
+    TensorFlow's own CPU kernel has no bfloat16 version; oneDNN adds one on AVX512 CPUs, and
+    GPUs have one. Probed once, eagerly, on a tiny tensor.
+    """
+    import tensorflow as tf
+
+    with tf.init_scope():
+        try:
+            tf.raw_ops.FusedBatchNormV3(
+                x=tf.zeros([2, 1, 1, 2], tf.bfloat16), scale=tf.ones([2]), offset=tf.zeros([2]),
+                mean=tf.constant([], tf.float32), variance=tf.constant([], tf.float32),
+                epsilon=_MIN_EPSILON, data_format="NHWC", is_training=True)
+        except (tf.errors.NotFoundError, tf.errors.InvalidArgumentError,
+                tf.errors.UnimplementedError):
+            return False
+    return True
 
 
 @keras.saving.register_keras_serializable(package="pn_tf")
@@ -46,6 +74,7 @@ class BatchNormalization(keras.layers.BatchNormalization):
             and len(inputs.shape) == 4
             and self.axis in (-1, 3)
             and keras.backend.standardize_dtype(inputs.dtype) in ("float32", "bfloat16", "float16")
+            and keras.backend.standardize_dtype(self.moving_mean.dtype) == "float32"
         )
 
     def call(self, inputs, training=None, mask=None):
@@ -58,8 +87,11 @@ class BatchNormalization(keras.layers.BatchNormalization):
         # Keras creates BN variables with autocast=False: they stay float32 under mixed policies.
         scale = tf.cast(self.gamma, tf.float32) if self.scale else ones
         offset = tf.cast(self.beta, tf.float32) if self.center else zeros
+        x = inputs
+        if x.dtype == tf.bfloat16 and not fused_bfloat16_supported():
+            x = tf.cast(x, tf.float32)  # no bfloat16 kernel here (e.g. a CPU without AVX512)
         outputs, mean, variance, *_ = tf.raw_ops.FusedBatchNormV3(
-            x=inputs, scale=scale, offset=offset, mean=tf.constant([], tf.float32),
+            x=x, scale=scale, offset=offset, mean=tf.constant([], tf.float32),
             variance=tf.constant([], tf.float32), epsilon=max(self.epsilon, _MIN_EPSILON),
             data_format="NHWC", is_training=True)
         count = tf.cast(tf.reduce_prod(tf.shape(inputs)[:-1]), tf.float32)
