@@ -134,11 +134,16 @@ class LearningRateLogger(keras.callbacks.Callback):
             logs["learning_rate"] = float(np.asarray(lr))
 
 
+def backup_dir(workdir):
+    """Where ``BackupAndRestore`` keeps a training run's resumable state."""
+    return os.path.join(workdir, "backup")
+
+
 def standard_callbacks(workdir, stage, extra=(), update_freq="epoch"):
     """Backup/restore, NaN guard, CSV + TensorBoard logs under ``workdir``."""
     os.makedirs(workdir, exist_ok=True)
     return [
-        keras.callbacks.BackupAndRestore(os.path.join(workdir, "backup"), delete_checkpoint=False),
+        keras.callbacks.BackupAndRestore(backup_dir(workdir), delete_checkpoint=False),
         StopOnNonFinite(stage),
         LearningRateLogger(),
         keras.callbacks.CSVLogger(os.path.join(workdir, "history.csv"), append=True),
@@ -161,20 +166,21 @@ def check_resume_precision(workdir, precision, stage):
     structure differs (``mixed_float16`` wraps it in a loss scaler), silently restarting
     momentum and the learning-rate schedule; a run should also keep one recipe throughout.
     """
-    path = os.path.join(workdir, "backup", _PRECISION_FILE)
+    backup = backup_dir(workdir)
+    path = os.path.join(backup, _PRECISION_FILE)
     if not os.path.exists(path):
         return
     try:
         with open(path) as f:
             previous = json.load(f)["precision"]
     except (OSError, ValueError, KeyError, TypeError) as err:
-        raise ResumeError(f"{stage}: {path} is unreadable ({err}); delete {os.path.dirname(path)} "
+        raise ResumeError(f"{stage}: {path} is unreadable ({err}); delete {backup} "
                           "to restart the stage from its first epoch") from err
     if previous != precision:
         raise ResumeError(
-            f"{stage}: the interrupted run in {os.path.dirname(path)} trained with "
+            f"{stage}: the interrupted run in {backup} trained with "
             f"--precision={previous}, and this run asks for --precision={precision}; resume it "
-            f"with --precision={previous}, or delete {os.path.dirname(path)} to restart the "
+            f"with --precision={previous}, or delete {backup} to restart the "
             "stage from its first epoch in the new precision")
 
 
@@ -261,7 +267,7 @@ def fit_classifier(model, train_ds, config, workdir, stage, validation_ds=None,
     for gate in gate_layers(trained):  # gates stay as they are while weights train
         gate.trainable = False
     compile_classifier(trained, config, steps_per_epoch)
-    write_json(os.path.join(workdir, "backup", _PRECISION_FILE), {"precision": config.precision})
+    write_json(os.path.join(backup_dir(workdir), _PRECISION_FILE), {"precision": config.precision})
     history = trained.fit(
         train_ds, epochs=config.epochs, validation_data=validation_ds, verbose=verbose,
         callbacks=standard_callbacks(workdir, stage, callbacks),
