@@ -43,3 +43,18 @@ def test_reuse_names_what_is_missing(tmp_path):
     with pytest.raises(ReuseError, match="search/search.json"):
         reuse_stages(str(source), str(tmp_path / "b"), ["baseline", "search"])
     assert not (tmp_path / "b").exists()
+
+
+def test_a_failed_run_ends_with_a_message_not_a_traceback(tmp_path):
+    import subprocess
+
+    workdir = tmp_path / "cmp"
+    result = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "tools" / "compare_methods.py"), "--methods=uniform",
+         "--seeds=0", f"--workdir={workdir}", "--latency_runs=0", "--", "--arch=no_such_arch"],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1
+    assert "error: the uniform run with seed 0 failed" in result.stderr
+    assert "rerun the same command" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (workdir / "results.jsonl").exists()

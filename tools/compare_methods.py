@@ -187,7 +187,13 @@ def main(argv):
                 except ReuseError as err:
                     print(f"error: {err}", file=sys.stderr)
                     return 2
-            rows.append(run_one(m, s, run_dir, extra))
+            try:
+                rows.append(run_one(m, s, run_dir, extra))
+            except subprocess.CalledProcessError as err:
+                print(f"error: the {m} run with seed {s} failed (exit status {err.returncode}; its "
+                      f"message is above); fix the cause and rerun the same command: finished runs "
+                      f"and stages in {f.workdir} are kept and not redone", file=sys.stderr)
+                return 1
             with atomic_path(os.path.join(f.workdir, "results.jsonl")) as tmp, open(tmp, "w") as out:
                 out.writelines(json.dumps(r) + "\n" for r in rows)
     latency = tflite_latency(rows, f.workdir, f.latency_runs) if f.latency_runs > 0 else None
