@@ -381,12 +381,43 @@ def time_interleaved(interpreters, runs, warmup=20, block=10):
     return times
 
 
+# Below this share of the CPU time it asked for, a timing ran beside other work (see cpu_share).
+BUSY_CPU_SHARE = 0.85
+
+
 def measure_latency(paths, num_threads=1, runs=100, warmup=20, block=10, seed=0):
-    """``{path: {"median_ms", "p90_ms"}}``: batch-1 latency of each file, timed interleaved."""
+    """``{path: {"median_ms", "p90_ms", "cpu_share"}}``: batch-1 latency of each file, timed interleaved.
+
+    ``cpu_share`` (the same for every file) is the process CPU time spent during the timing
+    over ``num_threads`` x its wall time: about 1 on an idle machine, lower when other work
+    took cores away from the interpreter (then the latencies are inflated and unreliable;
+    below :data:`BUSY_CPU_SHARE` callers warn).
+    """
     interpreters = [batch1_interpreter(p, num_threads, seed) for p in paths]
-    times = time_interleaved(interpreters, runs, warmup, block)
-    return {p: {"median_ms": float(np.median(t) * 1e3), "p90_ms": float(np.percentile(t, 90) * 1e3)}
+    times, share = with_cpu_share(lambda: time_interleaved(interpreters, runs, warmup, block),
+                                  num_threads)
+    return {p: {"median_ms": float(np.median(t) * 1e3), "p90_ms": float(np.percentile(t, 90) * 1e3),
+                "cpu_share": float(share)}
             for p, t in zip(paths, times)}
+
+
+def with_cpu_share(fn, num_threads):
+    """``(fn(), share)``: share = process CPU time during ``fn`` / (wall time x ``num_threads``)."""
+    import time
+
+    cpu, wall = time.process_time(), time.perf_counter()
+    result = fn()
+    share = (time.process_time() - cpu) / (max(time.perf_counter() - wall, 1e-9) * num_threads)
+    return result, float(share)
+
+
+def busy_timing_warning(cpu_share):
+    """A one-line warning when a latency timing did not get the CPU it asked for, else None."""
+    if cpu_share >= BUSY_CPU_SHARE:
+        return None
+    return (f"the latency timing got only {cpu_share:.0%} of the CPU time it asked for: other work "
+            "was running, so these latencies are inflated and not comparable; time again on a quiet "
+            "machine (python tools/bench_tflite.py --models=A.tflite,B.tflite)")
 
 
 # --- checks -------------------------------------------------------------------------------------

@@ -51,6 +51,7 @@ def build_report(pipe):
         },
         "latency_reduction": 1.0 - latency[pruned_tfl]["median_ms"] / latency[base_tfl]["median_ms"],
         "tflite_threads": c.tflite_threads,
+        "latency_cpu_share": latency[base_tfl]["cpu_share"],
         "equivalence_max_abs_diff": ext["equivalence_max_abs_diff"],
         "export_max_abs_diff": {f"{who}_{kind}": info["max_abs_diff"]
                                 for who, kinds in files.items() for kind, info in kinds.items()},
@@ -61,6 +62,9 @@ def build_report(pipe):
                            ("baseline", "search", "extract", "finetune", "export")},
         "eval_take": c.eval_take,
     }
+    warning = export_lib.busy_timing_warning(report["latency_cpu_share"])
+    if warning:
+        print(f"[pn-tf] warning: {warning}", flush=True)
     write_json(os.path.join(pipe.workdir, "report.json"), report)
     with atomic_path(os.path.join(pipe.workdir, "report.md")) as tmp:
         with open(tmp, "w") as f:
@@ -93,6 +97,11 @@ def markdown(r):
         "",
         f"Kept widths per group: {p['widths']}",
     ]
+    from pn_tf.export import busy_timing_warning
+
+    warning = busy_timing_warning(r.get("latency_cpu_share", 1.0))
+    if warning:
+        lines += ["", f"**Warning:** {warning}."]
     if r.get("eval_take"):
         lines += ["", f"Accuracies measured on the first {r['eval_take']} images of each split (--eval_take)."]
     lines += ["", "Artifacts:", *[f"- {k}: `{v}`" for k, v in r["artifacts"].items()], ""]

@@ -245,6 +245,25 @@ def test_bench_tool(artifacts):
     assert first["latency_ratio"] == 1.0 and second["flops_ratio"] == 1.0
     assert second["size_bytes"] < first["size_bytes"]
     assert report["flops_source"] == "tflite_graph"
+    assert 0.0 < report["cpu_share"] <= 1.5
+
+
+def test_latency_reports_the_cpu_share_it_got(artifacts):
+    measured = export.measure_latency([artifacts["float32"], artifacts["int8"]], runs=10, warmup=2)
+    shares = {m["cpu_share"] for m in measured.values()}
+    assert len(shares) == 1 and 0.0 < shares.pop() <= 1.5
+    # A timing that got the CPU it asked for draws no warning; one that shared it does.
+    assert export.busy_timing_warning(0.97) is None
+    warning = export.busy_timing_warning(0.6)
+    assert "60%" in warning and "bench_tflite.py" in warning
+
+
+def test_cpu_share_sees_time_spent_waiting():
+    import time
+
+    _, idle = export.with_cpu_share(lambda: time.sleep(0.2), num_threads=1)
+    _, busy = export.with_cpu_share(lambda: sum(i * i for i in range(2_000_000)), num_threads=1)
+    assert idle < 0.2 and busy > idle
 
 
 @pytest.mark.slow

@@ -43,6 +43,7 @@ def test_quickstart_end_to_end_tiny(tmp_path, data_dir):
     assert abs(report["flops_reduction"] - 0.5) < 0.01
     assert report["pruned"]["params"] < report["baseline"]["params"]
     assert report["equivalence_max_abs_diff"] < 1e-4
+    assert 0 < report["latency_cpu_share"] <= 1.5
     for path in report["artifacts"].values():
         assert os.path.exists(path), path
     assert (tmp_path / "run" / "report.md").read_text().startswith("# pn-tf report")
@@ -51,6 +52,19 @@ def test_quickstart_end_to_end_tiny(tmp_path, data_dir):
     again = _run(tmp_path / "run", data_dir)
     assert again.returncode == 0
     assert again.stdout.count("already finished") == 6
+
+
+def test_report_warns_when_the_latency_timing_shared_the_cpu():
+    from pn_tf.report import markdown
+
+    side = {"accuracy": 0.9, "holdout_accuracy": 0.9, "flops": 1e6, "params": 10, "tflite_ms": 1.0,
+            "tflite_float32_accuracy": None, "tflite_int8_accuracy": None, "widths": [4]}
+    r = {"arch": "resnet56", "dataset": "cifar10", "target_flops_reduction": 0.5, "flops_reduction": 0.5,
+         "latency_reduction": 0.3, "equivalence_max_abs_diff": 0.0, "tflite_threads": 1,
+         "baseline": side, "pruned": side, "artifacts": {}, "latency_cpu_share": 0.95}
+    assert "Warning" not in markdown(r)
+    r["latency_cpu_share"] = 0.55
+    assert "**Warning:** the latency timing got only 55% of the CPU time" in markdown(r)
 
 
 def test_selection_without_search(tmp_path, data_dir):

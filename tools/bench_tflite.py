@@ -22,7 +22,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
-from pn_tf.export import batch1_interpreter, delegation, tflite_macs, time_interleaved  # noqa: E402
+from pn_tf.export import (  # noqa: E402
+    batch1_interpreter, busy_timing_warning, delegation, tflite_macs, time_interleaved, with_cpu_share)
 
 flags.DEFINE_list("models", None, "Comma-separated .tflite files; the first is the baseline.")
 flags.DEFINE_integer("num_threads", 1, "Interpreter threads.")
@@ -86,8 +87,12 @@ def main(argv):
     except (OSError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    times = time_interleaved(interpreters, FLAGS.runs, FLAGS.warmup, FLAGS.block)
-    report = {"num_threads": FLAGS.num_threads, "runs": FLAGS.runs, "batch_size": 1,
+    times, share = with_cpu_share(
+        lambda: time_interleaved(interpreters, FLAGS.runs, FLAGS.warmup, FLAGS.block), FLAGS.num_threads)
+    warning = busy_timing_warning(share)
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
+    report = {"num_threads": FLAGS.num_threads, "runs": FLAGS.runs, "batch_size": 1, "cpu_share": share,
               "flops_source": "--flops" if FLAGS.flops else "tflite_graph",
               "goal_efficiency": GOAL_EFFICIENCY,
               "models": summarize(paths, times, flops, interpreters)}
