@@ -58,3 +58,13 @@ def test_a_failed_run_ends_with_a_message_not_a_traceback(tmp_path):
     assert "rerun the same command" in result.stderr
     assert "Traceback" not in result.stderr
     assert not (workdir / "results.jsonl").exists()
+
+
+def test_results_keep_the_rows_of_other_commands(tmp_path):
+    from compare_methods import write_results
+
+    write_results(str(tmp_path), [{"method": "pn", "seed": 0, "acc": 1}, {"method": "dg", "seed": 0, "acc": 2}])
+    write_results(str(tmp_path), [{"method": "lr", "seed": 0, "acc": 3}, {"method": "pn", "seed": 0, "acc": 4}])
+    rows = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
+    assert rows == [{"method": "dg", "seed": 0, "acc": 2}, {"method": "lr", "seed": 0, "acc": 3},
+                    {"method": "pn", "seed": 0, "acc": 4}]

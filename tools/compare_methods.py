@@ -19,7 +19,8 @@ Prints a Markdown table (mean ± std over seeds): test accuracy of the extracted
 before and after fine-tuning, FLOPs removed, parameters, and the TFLite float32 batch-1
 latency of each method's seed-0 fine-tuned model against the unpruned baseline, timed
 side by side in this process (``--latency_runs=0`` skips it). Per-run rows go to
-``<workdir>/results.jsonl``.
+``<workdir>/results.jsonl`` (rows that earlier commands wrote for other methods or seeds
+stay).
 """
 
 import json
@@ -114,6 +115,19 @@ def run_one(method, seed, workdir, extra):
             "finetuned_model": finetune["model"]}
 
 
+def write_results(workdir, rows):
+    """Writes ``rows`` to ``<workdir>/results.jsonl``, keeping the rows of other (method, seed)
+    pairs already there (from an earlier command with other ``--methods`` or ``--seeds``)."""
+    path = os.path.join(workdir, "results.jsonl")
+    mine = {(r["method"], r["seed"]) for r in rows}
+    kept = []
+    if os.path.exists(path):
+        with open(path) as f:
+            kept = [r for r in map(json.loads, filter(str.strip, f)) if (r["method"], r["seed"]) not in mine]
+    with atomic_path(path) as tmp, open(tmp, "w") as out:
+        out.writelines(json.dumps(r) + "\n" for r in kept + rows)
+
+
 def tflite_latency(rows, workdir, runs):
     """Converts the baseline and each method's first-seed model to TFLite f32; times them."""
     import keras
@@ -197,8 +211,7 @@ def main(argv):
                       f"message is above); fix the cause and rerun the same command: finished runs "
                       f"and stages in {f.workdir} are kept and not redone", file=sys.stderr)
                 return 1
-            with atomic_path(os.path.join(f.workdir, "results.jsonl")) as tmp, open(tmp, "w") as out:
-                out.writelines(json.dumps(r) + "\n" for r in rows)
+            write_results(f.workdir, rows)
     latency = tflite_latency(rows, f.workdir, f.latency_runs) if f.latency_runs > 0 else None
     if f.json:
         for row in rows:
