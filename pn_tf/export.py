@@ -36,12 +36,15 @@ tools use it) starts in a fraction of a second and needs only ``ai-edge-litert``
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 
 import numpy as np
 
 from pn_tf.io import atomic_path
+
+log = logging.getLogger(__name__)
 
 QUANTIZATIONS = ("float32", "float16", "int8")
 INT8_IO_TYPES = ("float32", "int8", "uint8")
@@ -356,12 +359,23 @@ def batch1_interpreter(path, num_threads=1, seed=0):
     return interpreter
 
 
-def time_interleaved(interpreters, runs, warmup=20, block=10):
-    """Per-model lists of ``runs`` invoke() times in seconds, measured round-robin.
+def time_interleaved(interpreters, runs, warmup=20, block=10, num_threads=1):
+    """``(times, cpu_share)``: per-model lists of ``runs`` invoke() times in seconds, measured
+    round-robin, and the CPU share the timing got (:func:`with_cpu_share`; ``num_threads``:
+    the interpreters' thread count). Logs a warning when the share is below
+    :data:`BUSY_CPU_SHARE` (other work was running).
 
     Each round runs a block of invocations of every model, in a rotating order, so a change
     of machine load hits all models alike.
     """
+    times, share = with_cpu_share(lambda: _time_rounds(interpreters, runs, warmup, block), num_threads)
+    warning = busy_timing_warning(share)
+    if warning:
+        log.warning(warning)
+    return times, share
+
+
+def _time_rounds(interpreters, runs, warmup, block):
     import time
 
     for interpreter in interpreters:
@@ -391,11 +405,10 @@ def measure_latency(paths, num_threads=1, runs=100, warmup=20, block=10, seed=0)
     ``cpu_share`` (the same for every file) is the process CPU time spent during the timing
     over ``num_threads`` x its wall time: about 1 on an idle machine, lower when other work
     took cores away from the interpreter (then the latencies are inflated and unreliable;
-    below :data:`BUSY_CPU_SHARE` callers warn).
+    below :data:`BUSY_CPU_SHARE` a warning is logged).
     """
     interpreters = [batch1_interpreter(p, num_threads, seed) for p in paths]
-    times, share = with_cpu_share(lambda: time_interleaved(interpreters, runs, warmup, block),
-                                  num_threads)
+    times, share = time_interleaved(interpreters, runs, warmup, block, num_threads)
     return {p: {"median_ms": float(np.median(t) * 1e3), "p90_ms": float(np.percentile(t, 90) * 1e3),
                 "cpu_share": float(share)}
             for p, t in zip(paths, times)}

@@ -62,9 +62,6 @@ def build_report(pipe):
                            ("baseline", "search", "extract", "finetune", "export")},
         "eval_take": c.eval_take,
     }
-    warning = export_lib.busy_timing_warning(report["latency_cpu_share"])
-    if warning:
-        print(f"[pn-tf] warning: {warning}", flush=True)
     write_json(os.path.join(pipe.workdir, "report.json"), report)
     with atomic_path(os.path.join(pipe.workdir, "report.md")) as tmp:
         with open(tmp, "w") as f:

@@ -258,6 +258,15 @@ def test_latency_reports_the_cpu_share_it_got(artifacts):
     assert "60%" in warning and "bench_tflite.py" in warning
 
 
+def test_a_busy_timing_logs_a_warning(artifacts, monkeypatch, caplog):
+    interpreters = [export.batch1_interpreter(artifacts["float32"], 1, 0)]
+    monkeypatch.setattr(export, "with_cpu_share", lambda fn, num_threads: (fn(), 0.5))
+    with caplog.at_level("WARNING", logger="pn_tf.export"):
+        times, share = export.time_interleaved(interpreters, 3, warmup=1)
+    assert share == 0.5 and len(times[0]) == 3
+    assert "got only 50% of the CPU time" in caplog.text
+
+
 def test_cpu_share_sees_time_spent_waiting():
     import time
 

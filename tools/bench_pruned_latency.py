@@ -165,7 +165,8 @@ def _time_group(paths, num_threads, runs, min_runs, group_seconds, warmup, block
             interpreter.invoke()
         per_round += time.perf_counter() - start
     runs = int(max(min(min_runs, runs), min(runs, group_seconds / max(per_round, 1e-6))))
-    return time_interleaved(interpreters, runs, warmup=0, block=block), runs
+    times, _ = time_interleaved(interpreters, runs, warmup=0, block=block, num_threads=num_threads)
+    return times, runs
 
 
 def variant_name(target, round_to, targets):

@@ -22,8 +22,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
-from pn_tf.export import (  # noqa: E402
-    batch1_interpreter, busy_timing_warning, delegation, tflite_macs, time_interleaved, with_cpu_share)
+from pn_tf.export import batch1_interpreter, delegation, tflite_macs, time_interleaved  # noqa: E402
 
 flags.DEFINE_list("models", None, "Comma-separated .tflite files; the first is the baseline.")
 flags.DEFINE_integer("num_threads", 1, "Interpreter threads.")
@@ -87,11 +86,7 @@ def main(argv):
     except (OSError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    times, share = with_cpu_share(
-        lambda: time_interleaved(interpreters, FLAGS.runs, FLAGS.warmup, FLAGS.block), FLAGS.num_threads)
-    warning = busy_timing_warning(share)
-    if warning:
-        print(f"warning: {warning}", file=sys.stderr)
+    times, share = time_interleaved(interpreters, FLAGS.runs, FLAGS.warmup, FLAGS.block, FLAGS.num_threads)
     report = {"num_threads": FLAGS.num_threads, "runs": FLAGS.runs, "batch_size": 1, "cpu_share": share,
               "flops_source": "--flops" if FLAGS.flops else "tflite_graph",
               "goal_efficiency": GOAL_EFFICIENCY,

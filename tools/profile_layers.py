@@ -237,7 +237,7 @@ def profile(arch, input_size=None, num_classes=None, target=0.5, num_threads=1, 
             rows[name], unit_paths[name] = _unit_rows(plain, gated_names, directory, name)
         paths += unit_paths["full"] + unit_paths["pruned"]
         interpreters = [_interpreter(p, num_threads, rng) for p in paths]
-        times = time_interleaved(interpreters, runs, warmup=warmup, block=5)
+        times, _ = time_interleaved(interpreters, runs, warmup=warmup, block=5, num_threads=num_threads)
     finally:
         if own_dir:
             shutil.rmtree(directory, ignore_errors=True)
