@@ -68,3 +68,51 @@ def test_results_keep_the_rows_of_other_commands(tmp_path):
     rows = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
     assert rows == [{"method": "dg", "seed": 0, "acc": 2}, {"method": "lr", "seed": 0, "acc": 3},
                     {"method": "pn", "seed": 0, "acc": 4}]
+
+
+_SIGTERM_DRIVER = """
+import subprocess, sys
+sys.path.insert(0, sys.argv[1])
+from absl import app
+import compare_methods
+
+def sleeping_run(method, seed, workdir, extra):  # stands in for a long pn_tf.train child
+    code = "import os, time; open(%r, 'w').write(str(os.getpid())); time.sleep(300)" % sys.argv[2]
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+compare_methods.run_one = sleeping_run
+compare_methods.define_flags()
+app.run(lambda argv: sys.exit(compare_methods.main(argv)),
+        argv=["compare_methods", "--methods=pn", "--seeds=0", "--workdir=" + sys.argv[3]])
+"""
+
+
+def test_sigterm_stops_the_run_in_progress_too(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import time
+
+    pid_file = tmp_path / "child.pid"
+    child = None
+    tool = subprocess.Popen(
+        [sys.executable, "-c", _SIGTERM_DRIVER, str(REPO_ROOT / "tools"), str(pid_file),
+         str(tmp_path / "cmp")], cwd=REPO_ROOT, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 120
+        while not pid_file.exists() or not pid_file.read_text():
+            assert tool.poll() is None and time.time() < deadline, "the run never started"
+            time.sleep(0.1)
+        child = int(pid_file.read_text())
+        tool.send_signal(signal.SIGTERM)
+        stderr = tool.communicate(timeout=60)[1]
+    finally:
+        tool.kill()
+        alive = child is not None and subprocess.run(["kill", "-0", str(child)],
+                                                     capture_output=True).returncode == 0
+        if alive:  # an orphan left by a broken tool: do not leave it running
+            os.kill(child, signal.SIGKILL)
+    assert not alive, "the pipeline run outlived the tool"
+    assert tool.returncode == 143
+    assert "stopped (SIGTERM) during the pn run with seed 0" in stderr
+    assert "Traceback" not in stderr

@@ -9,7 +9,8 @@ predictor: classification + FLOPs loss) search gates; uniform (same
 fraction of every group), random (random channels) and l1 (global filter-L1 ranking) need
 no search. Every run uses the same baseline, FLOPs target (extraction lands on it,
 measured) and fine-tuning budget; the flags after ``--`` go to every run. Finished runs
-are not redone (the pipeline skips finished stages), so the command resumes.
+are not redone (the pipeline skips finished stages), so the command resumes. Stopping the
+tool (Ctrl-C, or SIGTERM from ``kill`` or a scheduler) stops the run in progress with it.
 
 ``--reuse_from=DIR --reuse_stages=baseline,search`` starts each new run from copies of those
 finished stages of the same method and seed in another comparison's workdir, so a variant
@@ -25,6 +26,7 @@ stay).
 
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -97,6 +99,24 @@ def reuse_stages(source, target, stages):
             f.write(text.replace(os.path.abspath(source), os.path.abspath(target)))
     os.rename(tmp, target)
     return True
+
+
+class Stopped(Exception):
+    """The tool got SIGTERM; raised inside ``subprocess.run``, which then kills the run."""
+
+
+def stop_children_on_sigterm():
+    """Makes SIGTERM (``kill``, a job scheduler) stop the pipeline run in progress too.
+
+    Python's default SIGTERM action ends this process at once and leaves the ``pn_tf.train``
+    child running on, unseen, writing into the same run folder as the next command. Raising
+    instead lets ``subprocess.run`` kill the child before the exception reaches :func:`main`.
+    Ctrl-C already reaches the child (the terminal signals the whole process group).
+    """
+    def handler(signum, frame):
+        raise Stopped()
+
+    signal.signal(signal.SIGTERM, handler)
 
 
 def run_one(method, seed, workdir, extra):
@@ -189,6 +209,7 @@ def main(argv):
         print(f"error: unknown methods {unknown}; choose from {', '.join(METHODS)}", file=sys.stderr)
         return 2
     os.makedirs(f.workdir, exist_ok=True)
+    stop_children_on_sigterm()
     rows = []
     for m in f.methods:
         for s in f.seeds:
@@ -203,6 +224,11 @@ def main(argv):
                     return 2
             try:
                 rows.append(run_one(m, s, run_dir, extra))
+            except Stopped:
+                print(f"stopped (SIGTERM) during the {m} run with seed {s}; that run was stopped "
+                      f"too. Rerun the same command to resume: finished runs, stages and epoch "
+                      f"backups in {f.workdir} are kept", file=sys.stderr)
+                return 143
             except subprocess.CalledProcessError as err:
                 print(f"error: the {m} run with seed {s} failed (exit status {err.returncode}; its "
                       f"message is above); fix the cause and rerun the same command: finished runs "
