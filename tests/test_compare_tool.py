@@ -71,48 +71,62 @@ def test_results_keep_the_rows_of_other_commands(tmp_path):
 
 
 _SIGTERM_DRIVER = """
-import subprocess, sys
+import os, subprocess, sys, time
 sys.path.insert(0, sys.argv[1])
 from absl import app
 import compare_methods
 
+pid_file, workdir, phase = sys.argv[2], sys.argv[3], sys.argv[4]
+
 def sleeping_run(method, seed, workdir, extra):  # stands in for a long pn_tf.train child
-    code = "import os, time; open(%r, 'w').write(str(os.getpid())); time.sleep(300)" % sys.argv[2]
+    code = "import os, time; open(%r, 'w').write(str(os.getpid())); time.sleep(300)" % pid_file
     subprocess.run([sys.executable, "-c", code], check=True)
 
+def sleeping_copy(source, target, stages):  # stands in for a long --reuse_from copy
+    open(pid_file, "w").write(str(os.getpid()))
+    time.sleep(300)
+
 compare_methods.run_one = sleeping_run
+compare_methods.reuse_stages = sleeping_copy
 compare_methods.define_flags()
-app.run(lambda argv: sys.exit(compare_methods.main(argv)),
-        argv=["compare_methods", "--methods=pn", "--seeds=0", "--workdir=" + sys.argv[3]])
+argv = ["compare_methods", "--methods=pn", "--seeds=0", "--workdir=" + workdir]
+if phase == "copy":
+    argv.append("--reuse_from=" + os.path.join(workdir, "elsewhere"))
+app.run(lambda argv: sys.exit(compare_methods.main(argv)), argv=argv)
 """
 
 
-def test_sigterm_stops_the_run_in_progress_too(tmp_path):
+@pytest.mark.parametrize("phase, message", [
+    ("run", "stopped (SIGTERM) during the pn run with seed 0"),
+    ("copy", "stopped (SIGTERM) between pipeline runs"),
+])
+def test_sigterm_stops_the_run_in_progress_too(tmp_path, phase, message):
     import os
     import signal
     import subprocess
     import time
 
-    pid_file = tmp_path / "child.pid"
-    child = None
+    pid_file = tmp_path / "busy.pid"
+    busy = None
     tool = subprocess.Popen(
         [sys.executable, "-c", _SIGTERM_DRIVER, str(REPO_ROOT / "tools"), str(pid_file),
-         str(tmp_path / "cmp")], cwd=REPO_ROOT, stderr=subprocess.PIPE, text=True)
+         str(tmp_path / "cmp"), phase], cwd=REPO_ROOT, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.time() + 120
         while not pid_file.exists() or not pid_file.read_text():
-            assert tool.poll() is None and time.time() < deadline, "the run never started"
+            assert tool.poll() is None and time.time() < deadline, f"the {phase} never started"
             time.sleep(0.1)
-        child = int(pid_file.read_text())
+        busy = int(pid_file.read_text())
         tool.send_signal(signal.SIGTERM)
         stderr = tool.communicate(timeout=60)[1]
     finally:
         tool.kill()
-        alive = child is not None and subprocess.run(["kill", "-0", str(child)],
-                                                     capture_output=True).returncode == 0
+        alive = (busy is not None and busy != tool.pid
+                 and subprocess.run(["kill", "-0", str(busy)], capture_output=True).returncode == 0)
         if alive:  # an orphan left by a broken tool: do not leave it running
-            os.kill(child, signal.SIGKILL)
+            os.kill(busy, signal.SIGKILL)
     assert not alive, "the pipeline run outlived the tool"
     assert tool.returncode == 143
-    assert "stopped (SIGTERM) during the pn run with seed 0" in stderr
+    assert message in stderr
+    assert "Rerun the same command to resume" in stderr
     assert "Traceback" not in stderr

@@ -210,6 +210,17 @@ def main(argv):
         return 2
     os.makedirs(f.workdir, exist_ok=True)
     stop_children_on_sigterm()
+    try:
+        return _compare(f, extra)
+    except Stopped:  # between runs: copying stages with --reuse_from, or timing TFLite models
+        print(f"stopped (SIGTERM) between pipeline runs; nothing is half-written (copies and "
+              f"exports go through temporary names). Rerun the same command to resume: finished "
+              f"runs and stages in {f.workdir} are kept", file=sys.stderr)
+        return 143
+
+
+def _compare(f, extra):
+    """Runs every (method, seed), then times and reports; :func:`main` handles SIGTERM."""
     rows = []
     for m in f.methods:
         for s in f.seeds:
