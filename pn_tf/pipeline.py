@@ -46,6 +46,7 @@ class RunConfig:
     batch_size: int = 128
     weight_decay: float = 1e-4
     precision: str = "float32"
+    allow_precision_change: bool = False
     target_flops_reduction: float = 0.5
     p: float = None
     search_epochs: int = 200
@@ -174,6 +175,19 @@ class Pipeline:
         self._check_baseline()
         self._check_workdir()
         self._check_resume()
+        self._warn_precision()
+
+    def _warn_precision(self):
+        """mixed_bfloat16 on a CPU without bfloat16 instructions is emulated, several times slower."""
+        from pn_tf.training import bfloat16_hardware
+
+        c = self.config
+        training = "finetune" in c.stages or ("baseline" in c.stages and not c.baseline_weights)
+        if c.precision == "mixed_bfloat16" and training and bfloat16_hardware() is False:
+            print("[pn-tf] warning: --precision=mixed_bfloat16 on a CPU without AMX/AVX512-BF16 "
+                  "(no amx_bf16 or avx512_bf16 in /proc/cpuinfo): bfloat16 is emulated and "
+                  "training is several times slower than --precision=float32 "
+                  "(tools/bench_train_speed.py measures both)", flush=True)
 
     def _check_budget(self):
         from pn_tf.graph import FlopsModel
@@ -242,7 +256,8 @@ class Pipeline:
         for stage in ("baseline", "finetune"):
             if stage in self.config.stages and not os.path.exists(self.summary_path(stage)):
                 try:
-                    check_resume_precision(self.stage_dir(stage), self.config.precision, stage)
+                    check_resume_precision(self.stage_dir(stage), self.config.precision, stage,
+                                           self.config.allow_precision_change)
                 except ResumeError as err:
                     raise PipelineError(str(err)) from err
 
@@ -297,7 +312,7 @@ class Pipeline:
         return TrainConfig(epochs=epochs, learning_rate=getattr(c, f"{prefix}_lr"),
                            weight_decay=c.weight_decay, schedule=getattr(c, f"{prefix}_schedule"),
                            warmup_epochs=cosine_warmup_epochs(epochs) if cosine else 0,
-                           precision=c.precision)
+                           precision=c.precision, allow_precision_change=c.allow_precision_change)
 
     # -- running -------------------------------------------------------------------
 

@@ -53,10 +53,15 @@ def define_flags(flag_values=flags.FLAGS):
     flags.DEFINE_float("weight_decay", 1e-4, "PyTorch-style L2 weight decay (converted for Keras SGD).", **fv)
     flags.DEFINE_enum("precision", "float32", ["float32", "mixed_bfloat16", "mixed_float16"],
                       "Compute precision of baseline training and fine-tuning: mixed_bfloat16 for "
-                      "CPUs with AMX/AVX512-BF16 (ResNet-56 ~1.7x faster than float32 here, but "
-                      "depthwise-heavy MobileNetV2 slower: measure with "
+                      "CPUs with AMX/AVX512-BF16 (ResNet-56 ~1.7x faster than float32 on a Xeon with "
+                      "AMX, depthwise-heavy MobileNetV2 slower; 7x slower where bfloat16 is "
+                      "emulated: measure with "
                       "tools/bench_train_speed.py), TPUs and recent GPUs; mixed_float16 for GPUs "
                       "(loss-scaled). Weights, search, evaluation and export stay float32.", **fv)
+    flags.DEFINE_bool("allow_precision_change", False, "Let an interrupted baseline or fine-tuning "
+                      "run resume in another --precision, float32 <-> mixed_bfloat16 only (same "
+                      "optimizer state), e.g. after moving to a CPU without bfloat16 instructions; "
+                      "the change is recorded in the stage's summary.", **fv)
 
     # Search.
     flags.DEFINE_float("target_flops_reduction", 0.5, "Fraction of FLOPs to remove.", **fv)

@@ -10,9 +10,10 @@ PyTorch recipe's 1e-4 corresponds to ``weight_decay = 1e-4 / (1 - 0.9) = 1e-3`` 
 ``precision`` other than float32 trains a copy of the model whose layers compute in a Keras
 mixed policy (:func:`with_precision`): variables stay float32, the trained weights are copied
 back, and evaluation, search and export see the float32 model. ``mixed_bfloat16`` suits CPUs
-with AMX/AVX512-BF16 (about 1.7x faster than float32 for ResNet-56 here, both with the fused
-batch norm of :mod:`pn_tf.layers.batchnorm`; slower for depthwise-heavy MobileNetV2;
-``tools/bench_train_speed.py``), TPUs and recent GPUs;
+with AMX/AVX512-BF16 (about 1.7x faster than float32 for ResNet-56 on a 2-core Xeon with AMX,
+both with the fused batch norm of :mod:`pn_tf.layers.batchnorm`; slower for depthwise-heavy
+MobileNetV2; ``tools/bench_train_speed.py``), TPUs and recent GPUs; on a CPU without them it is
+emulated and several times slower than float32 (the pipeline warns, :func:`bfloat16_hardware`).
 ``mixed_float16`` suits GPUs and adds dynamic loss scaling.
 
 Runs resume: ``keras.callbacks.BackupAndRestore`` keeps the weights, optimizer state
@@ -54,6 +55,9 @@ class TrainConfig:
         warmup_epochs: linear warm-up epochs, may be fractional (cosine schedule only).
         label_smoothing: label smoothing of the cross-entropy.
         precision: compute precision of training, one of ``PRECISIONS`` (weights stay float32).
+        allow_precision_change: let an interrupted run resume in another precision when the
+            optimizer state carries over unchanged (float32 <-> mixed_bfloat16; the change is
+            recorded, :func:`check_resume_precision`).
     """
 
     epochs: int = 200
@@ -64,6 +68,7 @@ class TrainConfig:
     warmup_epochs: float = 0
     label_smoothing: float = 0.0
     precision: str = "float32"
+    allow_precision_change: bool = False
 
     def __post_init__(self):
         if self.precision not in PRECISIONS:
@@ -159,29 +164,79 @@ class ResumeError(ValueError):
 _PRECISION_FILE = "precision.json"  # beside BackupAndRestore's files in <workdir>/backup
 
 
-def check_resume_precision(workdir, precision, stage):
-    """Raises :class:`ResumeError` if ``workdir/backup`` was written in another precision.
+# Policies without a loss scaler: the optimizer state has the same structure in each, so a run
+# can move between them (mixed_float16 wraps the optimizer in a LossScaleOptimizer).
+_SAME_OPTIMIZER_STATE = ("float32", "mixed_bfloat16")
+
+
+def check_resume_precision(workdir, precision, stage, allow_change=False):
+    """Checks that an interrupted run in ``workdir`` may resume in ``precision``.
 
     Resuming would restore the weights but not the optimizer state when the optimizer's
     structure differs (``mixed_float16`` wraps it in a loss scaler), silently restarting
     momentum and the learning-rate schedule; a run should also keep one recipe throughout.
+    With ``allow_change`` a run may still move between float32 and mixed_bfloat16 (e.g. to a
+    machine without bfloat16 instructions, where mixed_bfloat16 is several times slower).
+
+    Returns:
+        The precision changes of the run so far, oldest first, including one this resume
+        makes: a list of ``{"after_epoch": n, "from": old, "to": new}`` ([] for most runs).
+
+    Raises:
+        ResumeError: ``workdir/backup`` was written in another precision and the change is not
+            allowed, or its record is unreadable.
     """
     backup = backup_dir(workdir)
     path = os.path.join(backup, _PRECISION_FILE)
     if not os.path.exists(path):
-        return
+        return []
     try:
         with open(path) as f:
-            previous = json.load(f)["precision"]
+            record = json.load(f)
+        previous, changes = record["precision"], list(record.get("changes", []))
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise ResumeError(f"{stage}: {path} is unreadable ({err}); delete {backup} "
                           "to restart the stage from its first epoch") from err
-    if previous != precision:
-        raise ResumeError(
-            f"{stage}: the interrupted run in {backup} trained with "
-            f"--precision={previous}, and this run asks for --precision={precision}; resume it "
-            f"with --precision={previous}, or delete {backup} to restart the "
-            "stage from its first epoch in the new precision")
+    if previous == precision:
+        return changes
+    if allow_change and {previous, precision} <= set(_SAME_OPTIMIZER_STATE):
+        epoch = _finished_epochs(backup)
+        print(f"[pn-tf] {stage}: resuming a run trained in {previous} for {epoch} epochs in "
+              f"{precision} (--allow_precision_change); recorded in {path}", flush=True)
+        return changes + [{"after_epoch": epoch, "from": previous, "to": precision}]
+    hint = (" or pass --allow_precision_change to continue it in the new precision"
+            if {previous, precision} <= set(_SAME_OPTIMIZER_STATE) else "")
+    raise ResumeError(
+        f"{stage}: the interrupted run in {backup} trained with "
+        f"--precision={previous}, and this run asks for --precision={precision}; resume it "
+        f"with --precision={previous}{hint}, or delete {backup} to restart the "
+        "stage from its first epoch in the new precision")
+
+
+def _finished_epochs(backup):
+    """Epochs finished by the interrupted run whose BackupAndRestore state is in ``backup``."""
+    try:
+        with open(os.path.join(backup, "training_metadata.json")) as f:
+            return int(json.load(f)["epoch"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def bfloat16_hardware():
+    """Whether this machine computes bfloat16 natively: a GPU/TPU, or a CPU with AMX/AVX512-BF16.
+
+    Returns None where the CPU's flags cannot be read (not Linux).
+    """
+    import tensorflow as tf
+
+    if tf.config.list_physical_devices("GPU") or tf.config.list_physical_devices("TPU"):
+        return True
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpuinfo = f.read()
+    except OSError:
+        return None
+    return any(flag in cpuinfo.split() for flag in ("avx512_bf16", "amx_bf16"))
 
 
 def with_precision(model, policy):
@@ -253,12 +308,14 @@ def fit_classifier(model, train_ds, config, workdir, stage, validation_ds=None,
         The Keras History of this (possibly resumed) run. With a mixed ``config.precision``
         the epochs' logs come from the mixed-precision copy; ``model`` holds its weights after.
         ``callbacks`` are attached to that copy too (its weights, not ``model``'s, change
-        during training).
+        during training). Its ``precision_changes`` lists the run's precision changes
+        (:func:`check_resume_precision`; [] unless it resumed with ``allow_precision_change``).
 
     Raises:
         ResumeError: ``workdir`` holds an interrupted run of another precision.
     """
-    check_resume_precision(workdir, config.precision, stage)
+    changes = check_resume_precision(workdir, config.precision, stage,
+                                     config.allow_precision_change)
     if steps_per_epoch is None:
         steps_per_epoch = int(train_ds.cardinality())
         if steps_per_epoch <= 0:
@@ -267,11 +324,13 @@ def fit_classifier(model, train_ds, config, workdir, stage, validation_ds=None,
     for gate in gate_layers(trained):  # gates stay as they are while weights train
         gate.trainable = False
     compile_classifier(trained, config, steps_per_epoch)
-    write_json(os.path.join(backup_dir(workdir), _PRECISION_FILE), {"precision": config.precision})
+    write_json(os.path.join(backup_dir(workdir), _PRECISION_FILE),
+               {"precision": config.precision, "changes": changes})
     history = trained.fit(
         train_ds, epochs=config.epochs, validation_data=validation_ds, verbose=verbose,
         callbacks=standard_callbacks(workdir, stage, callbacks),
     )
+    history.precision_changes = changes
     if trained is not model:
         copy_weights(trained, model)
     return history
@@ -310,10 +369,13 @@ def train_and_evaluate(model, dataset, workdir, config, stage, batch_size=128, d
     holdout = data_lib.make_dataset(dataset, "holdout", 256, training=False, data_dir=data_dir,
                                     take=eval_take)
     start = time.time()
-    fit_classifier(model, train, config, workdir, stage, validation_ds=holdout, verbose=verbose)
+    history = fit_classifier(model, train, config, workdir, stage, validation_ds=holdout,
+                             verbose=verbose)
     summary = evaluate_splits(model, dataset, data_dir, eval_take)
     summary.update(train_split="train_main", batch_size=batch_size, recipe=dataclasses.asdict(config),
                    train_seconds_this_run=round(time.time() - start, 1))
+    if history.precision_changes:
+        summary["precision_changes"] = history.precision_changes
     with atomic_path(os.path.join(workdir, f"{stage}.weights.h5")) as tmp:
         model.save_weights(tmp)
     return summary

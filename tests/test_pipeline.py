@@ -186,6 +186,30 @@ def test_interrupted_stage_resumes_only_in_its_precision(tmp_path, data_dir):
         _validate(_config(tmp_path, data_dir, stages=stages, precision="mixed_bfloat16"))
 
 
+def test_bfloat16_stage_may_continue_in_float32_on_request(tmp_path, data_dir):
+    from pn_tf.io import write_json
+
+    write_json(tmp_path / "w" / "baseline" / "backup" / "precision.json", {"precision": "mixed_bfloat16"})
+    with pytest.raises(PipelineError, match="baseline: .*--allow_precision_change"):
+        _validate(_config(tmp_path, data_dir, precision="float32"))
+    config = _config(tmp_path, data_dir, precision="float32", allow_precision_change=True)
+    _validate(config)
+    pipeline_config = Pipeline(config, None).train_config("baseline")
+    assert pipeline_config.allow_precision_change and pipeline_config.precision == "float32"
+
+
+@pytest.mark.parametrize("hardware,warned", [(False, True), (True, False), (None, False)])
+def test_emulated_bfloat16_training_is_warned_about(tmp_path, data_dir, capsys, monkeypatch,
+                                                    hardware, warned):
+    import pn_tf.training
+
+    monkeypatch.setattr(pn_tf.training, "bfloat16_hardware", lambda: hardware)
+    _validate(_config(tmp_path, data_dir, precision="mixed_bfloat16"))
+    assert ("bfloat16 is emulated" in capsys.readouterr().out) == warned
+    _validate(_config(tmp_path, data_dir, precision="mixed_bfloat16", baseline_weights="shipped"))
+    assert "bfloat16 is emulated" not in capsys.readouterr().out  # nothing trains
+
+
 def test_cli_exit_code_and_message(tmp_path, data_dir):
     out = _run(tmp_path / "run", data_dir, "--arch=vgg7")
     assert out.returncode == 2

@@ -1,5 +1,7 @@
 """Mixed-precision training: a bfloat16/float16 copy trains, the float32 model gets its weights."""
 
+import dataclasses
+
 import numpy as np
 import keras
 import pytest
@@ -61,6 +63,39 @@ def test_resuming_in_another_precision_is_refused(tmp_path):
         fit_classifier(model, _toy_data(), other, str(tmp_path), "toy", verbose=0)
     for a, b in zip(before, model.get_weights()):  # refused before anything trained
         np.testing.assert_array_equal(a, b)
+
+
+def test_bfloat16_run_continues_in_float32_when_allowed(tmp_path):
+    """A run may move between mixed_bfloat16 and float32 (same optimizer state), on request."""
+    from pn_tf.training import ResumeError
+
+    model = resnet_cifar(8, input_shape=(16, 16, 3))
+    first = TrainConfig(epochs=1, schedule="constant", learning_rate=0.05, precision="mixed_bfloat16")
+    fit_classifier(model, _toy_data(), first, str(tmp_path), "toy", verbose=0)
+    longer = dataclasses.replace(first, epochs=3, precision="float32")
+    with pytest.raises(ResumeError, match="--allow_precision_change"):
+        fit_classifier(model, _toy_data(), longer, str(tmp_path), "toy", verbose=0)
+    allowed = dataclasses.replace(longer, allow_precision_change=True)
+    history = fit_classifier(model, _toy_data(), allowed, str(tmp_path), "toy", verbose=0)
+    assert history.epoch == [1, 2]  # continued after the finished epoch, not from the start
+    change = [{"after_epoch": 1, "from": "mixed_bfloat16", "to": "float32"}]
+    assert history.precision_changes == change
+    assert np.isfinite(history.history["loss"]).all()
+    # The record stays with the run: a later resume in float32 keeps it.
+    again = fit_classifier(model, _toy_data(), dataclasses.replace(longer, epochs=4),
+                           str(tmp_path), "toy", verbose=0)
+    assert again.epoch == [3] and again.precision_changes == change
+
+
+def test_loss_scaled_runs_cannot_change_precision(tmp_path):
+    from pn_tf.io import write_json
+    from pn_tf.training import ResumeError, check_resume_precision
+
+    write_json(tmp_path / "backup" / "precision.json", {"precision": "mixed_float16"})
+    with pytest.raises(ResumeError, match="--precision=mixed_float16") as err:
+        check_resume_precision(str(tmp_path), "float32", "toy", allow_change=True)
+    assert "--allow_precision_change" not in str(err.value)  # the optimizer state differs
+    assert check_resume_precision(str(tmp_path), "mixed_float16", "toy") == []
 
 
 def test_unknown_precision_is_refused():
