@@ -257,3 +257,15 @@ def test_every_flagfile_parses_and_validates(flagfile, tmp_path, data_dir):
         pytest.skip("no shipped baseline for this architecture")
     else:
         Pipeline.from_flags(values)
+
+
+@pytest.mark.parametrize("preset,expected", [(None, "1"), ("0", "0")])
+def test_onednn_kernels_default_on_unless_opted_out(preset, expected):
+    """TensorFlow enables oneDNN by itself only on AVX512/AMX-class CPUs; pn-tf asks for it."""
+    env = {k: v for k, v in os.environ.items() if k != "TF_ENABLE_ONEDNN_OPTS"}
+    if preset is not None:
+        env["TF_ENABLE_ONEDNN_OPTS"] = preset
+    code = "import os, pn_tf; print(os.environ['TF_ENABLE_ONEDNN_OPTS'])"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.strip() == expected

@@ -63,6 +63,17 @@ def test_ship_keeps_the_record_of_the_weights_training_started_from(tmp_path):
     assert "--baseline_init" not in reproduce_command(dict(CONFIG, baseline_init=""), "w")
 
 
+def test_ship_records_a_precision_change_of_the_run(tmp_path):
+    changes = [{"after_epoch": 95, "from": "mixed_bfloat16", "to": "float32"}]
+    summary = {"trained": True, "test_accuracy": 0.91, "holdout_accuracy": 0.915,
+               "precision_changes": changes}
+    workdir, _ = _run_dir(tmp_path, summary)
+    assert ship(str(workdir), str(tmp_path / "out"))["precision_changes"] == changes
+    summary.pop("precision_changes")
+    workdir, _ = _run_dir(tmp_path / "other", summary)
+    assert "precision_changes" not in ship(str(workdir), str(tmp_path / "out2"))
+
+
 def test_ship_refuses_runs_that_did_not_train(tmp_path):
     workdir, _ = _run_dir(tmp_path, {"trained": False, "test_accuracy": 0.9,
                                      "holdout_accuracy": 0.9})

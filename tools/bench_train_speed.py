@@ -23,6 +23,7 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import pn_tf  # noqa: E402,F401 -- first, so TensorFlow starts with pn-tf's defaults (oneDNN on)
 
 from absl import app, flags  # noqa: E402
 
@@ -93,6 +94,7 @@ def main(argv):
     reference = float(np.median(times["keras_bn/float32"]))
     result = {
         "arch": f.arch, "batch_size": f.batch_size, "input_size": int(size),
+        "tf_enable_onednn_opts": os.environ.get("TF_ENABLE_ONEDNN_OPTS"),
         "steps_per_variant": f.rounds * f.steps,
         "median_step_ms": {k: round(1e3 * float(np.median(v)), 1) for k, v in times.items()},
         "speedup_vs_keras_bn_float32": {k: round(reference / float(np.median(v)), 2)
@@ -101,7 +103,8 @@ def main(argv):
     if f.json:
         print(json.dumps(result))
         return
-    print(f"{f.arch} batch {f.batch_size} at {size}x{size}, {result['steps_per_variant']} steps each:")
+    print(f"{f.arch} batch {f.batch_size} at {size}x{size}, {result['steps_per_variant']} steps each "
+          f"(TF_ENABLE_ONEDNN_OPTS={result['tf_enable_onednn_opts']}):")
     for name in variants:
         print(f"  {name:28s} {result['median_step_ms'][name]:8.1f} ms/step   "
               f"x{result['speedup_vs_keras_bn_float32'][name]:.2f}")

@@ -21,6 +21,7 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import pn_tf  # noqa: E402,F401 -- first, so TensorFlow starts with pn-tf's defaults (oneDNN on)
 
 from absl import app, flags  # noqa: E402
 
@@ -102,6 +103,10 @@ def ship(workdir, pretrained_dir, note="", force=False):
         "command": reproduce_command(config, workdir),
         "note": note,
     }
+    if summary.get("precision_changes"):
+        # The run moved between precisions (--allow_precision_change): the command gives the
+        # one it started in, these after which epoch it changed.
+        record["precision_changes"] = summary["precision_changes"]
     init = summary.get("init")
     if init:
         # Training started from other weights: keep how those were made, since a shipped file
