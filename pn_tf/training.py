@@ -18,8 +18,10 @@ emulated and several times slower than float32 (the pipeline warns, :func:`bfloa
 
 Runs resume: ``keras.callbacks.BackupAndRestore`` keeps the weights, optimizer state
 and epoch in ``<workdir>/backup``; running again continues after the last finished
-epoch. A NaN/Inf loss stops training with :class:`NonFiniteLossError` before the
-epoch's backup is written, so the last good checkpoint stays intact.
+epoch, with the training data reseeded (:func:`resume_seed`) so that it draws new batches
+instead of replaying its first epoch's. A NaN/Inf loss stops training with
+:class:`NonFiniteLossError` before the epoch's backup is written, so the last good
+checkpoint stays intact.
 """
 
 import dataclasses
@@ -222,6 +224,21 @@ def _finished_epochs(backup):
         return None
 
 
+def resume_seed(workdir, seed):
+    """The data seed of a training run in ``workdir``: ``seed``, or one derived from it on resume.
+
+    tf.data's reshuffling and the per-epoch augmentation keys (``pn_tf.data``) advance with each
+    pass *in this process*: a run resumed with its original seed would replay the batches of its
+    own first epoch (same images, order and crops) rather than draw fresh ones. Resuming after
+    ``n`` finished epochs therefore seeds the data with a value distinct for each ``n``; a run
+    that is never interrupted keeps ``seed``. ``None`` (a random seed) stays ``None``.
+    """
+    epochs = _finished_epochs(backup_dir(workdir))
+    if seed is None or not epochs:
+        return seed
+    return (seed + 1_000_003 * epochs) % 2**31
+
+
 def bfloat16_hardware():
     """Whether this machine computes bfloat16 natively: a GPU/TPU, or a CPU with AMX/AVX512-BF16.
 
@@ -365,7 +382,7 @@ def train_and_evaluate(model, dataset, workdir, config, stage, batch_size=128, d
     from pn_tf.io import atomic_path
 
     train = data_lib.make_dataset(dataset, "train_main", batch_size, training=True,
-                                  data_dir=data_dir, seed=seed, take=take)
+                                  data_dir=data_dir, seed=resume_seed(workdir, seed), take=take)
     holdout = data_lib.make_dataset(dataset, "holdout", 256, training=False, data_dir=data_dir,
                                     take=eval_take)
     start = time.time()

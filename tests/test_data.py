@@ -120,6 +120,27 @@ def test_each_pass_draws_new_augmentation(data_dir):
     assert not np.array_equal(first, second)
 
 
+def test_resumed_training_draws_new_batches(tmp_path, data_dir):
+    """A run resumed after n epochs must not replay its first epoch's batches (same seed)."""
+    from pn_tf.io import write_json
+    from pn_tf.training import backup_dir, resume_seed
+
+    def first_batch(seed):
+        return _first(data.make_dataset("cifar10", "holdout", 32, True, data_dir=data_dir,
+                                        take=256, seed=seed))[0]
+
+    workdir = str(tmp_path)
+    assert resume_seed(workdir, 7) == 7  # a fresh run keeps its seed
+    metadata = tmp_path / "backup" / "training_metadata.json"
+    assert str(metadata.parent) == backup_dir(workdir)
+    seeds = []
+    for finished in (3, 4):
+        write_json(str(metadata), {"epoch": finished, "batch": 0})
+        seeds.append(resume_seed(workdir, 7))
+    assert len({7, *seeds}) == 3 and resume_seed(workdir, None) is None
+    assert not np.array_equal(first_batch(7), first_batch(seeds[0]))
+
+
 def test_imagenette_batches(data_dir):
     if not tfds.builder("imagenette/160px-v2", data_dir=data_dir).is_prepared():
         pytest.skip("imagenette not prepared")

@@ -16,7 +16,7 @@ import tensorflow as tf
 from pn_tf import data as data_lib
 from pn_tf.io import atomic_path, write_json
 from pn_tf.search.search_model import PNSearch
-from pn_tf.training import standard_callbacks
+from pn_tf.training import resume_seed, standard_callbacks
 
 
 @dataclasses.dataclass
@@ -84,7 +84,8 @@ def run_search(network, dataset, workdir, config, data_dir=None, strategy=None, 
     strategy = strategy or tf.distribute.get_strategy()
     os.makedirs(workdir, exist_ok=True)
     train = data_lib.make_dataset(dataset, "holdout", config.batch_size, training=True,
-                                  data_dir=data_dir, seed=config.seed, take=config.take)
+                                  data_dir=data_dir, seed=resume_seed(workdir, config.seed),
+                                  take=config.take)
     steps_per_epoch = int(train.cardinality())
     evaluation = data_lib.make_dataset(dataset, eval_split, 256, training=False, data_dir=data_dir,
                                        take=eval_take)
