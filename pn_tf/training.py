@@ -201,13 +201,14 @@ def check_resume_precision(workdir, precision, stage, allow_change=False):
                           "to restart the stage from its first epoch") from err
     if previous == precision:
         return changes
-    if allow_change and {previous, precision} <= set(_SAME_OPTIMIZER_STATE):
+    movable = {previous, precision} <= set(_SAME_OPTIMIZER_STATE)
+    if allow_change and movable:
         epoch = _finished_epochs(backup)
         print(f"[pn-tf] {stage}: resuming a run trained in {previous} for {epoch} epochs in "
               f"{precision} (--allow_precision_change); recorded in {path}", flush=True)
         return changes + [{"after_epoch": epoch, "from": previous, "to": precision}]
     hint = (" or pass --allow_precision_change to continue it in the new precision"
-            if {previous, precision} <= set(_SAME_OPTIMIZER_STATE) else "")
+            if movable else "")
     raise ResumeError(
         f"{stage}: the interrupted run in {backup} trained with "
         f"--precision={previous}, and this run asks for --precision={precision}; resume it "
