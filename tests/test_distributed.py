@@ -77,11 +77,17 @@ def test_mirrored_and_multi_worker_search_match_one_device(tmp_path, data_dir):
         assert proc.returncode == 0, err[-12000:]
 
     reference = _gate_logits(single)
-    start = _gate_logits_initial(single)
-    assert np.abs(reference - start).max() > 1e-3  # the search moved the gates
-    for other in (mirrored, multi):
-        diff = np.abs(_gate_logits(other) - reference).max()
-        assert diff < 1e-4, (other.name, diff)
+    moved = np.abs(reference - _gate_logits_initial(single)).max()
+    assert moved > 1e-3  # the search moved the gates
+    # Float32 reduction order (64 examples on one device vs 2 x 32) differs, and 16 search steps
+    # amplify it. Measured on a 2-core Xeon (2026-12-01), gates moving up to 0.57: 2e-5 to 1.0e-4
+    # with TensorFlow's own CPU kernels, 2.1e-4 to 9.0e-4 with oneDNN's (pn_tf's default; on 2
+    # mirrored CPUs those vary from run to run, single-device reruns are bit-identical). A
+    # distribution error is of the order of the movement itself: the global batch taken as the
+    # per-replica batch (search batch 128 or 32 instead of 64) lands 0.40 and 0.67 away.
+    diffs = {other.name: float(np.abs(_gate_logits(other) - reference).max())
+             for other in (mirrored, multi)}
+    assert max(diffs.values()) < 0.01 * moved, (diffs, moved)
     # The chief writes the run's outputs; the other worker writes only in its own folder.
     assert (multi / "search" / "search.json").exists()
     assert (multi / ".workers" / "1" / "search").is_dir()
