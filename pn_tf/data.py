@@ -255,6 +255,21 @@ def _pixels_out(images, labels, size: int):
 
 # --- pipeline -------------------------------------------------------------------------------
 
+def model_image_size(model) -> int | None:
+    """The square input side ``model`` was built for, or None when it has no fixed one.
+
+    Data made for a model must match it (e.g. imagenette at ``--input_size=128`` instead of
+    the dataset's default 224), so the training and evaluation helpers take the side from here.
+    """
+    try:
+        shape = tuple(model.inputs[0].shape)
+    except (AttributeError, IndexError, TypeError, ValueError):
+        return None
+    if len(shape) == 4 and shape[1] and shape[1] == shape[2]:
+        return int(shape[1])
+    return None
+
+
 def make_dataset(name: str, split: str, batch_size: int, training: bool, *,
                  image_size: int | None = None, data_dir=None, seed: int | None = None,
                  drop_remainder: bool | None = None, repeat: bool = False,

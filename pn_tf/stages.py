@@ -57,7 +57,8 @@ def search(pipe):
 
 def _holdout_images(pipe, count=64):
     ds = data_lib.make_dataset(pipe.config.dataset, "holdout", count, training=False,
-                               data_dir=pipe.config.data_dir, take=count)
+                               data_dir=pipe.config.data_dir, take=count,
+                               image_size=pipe.config.input_size)
     return next(iter(ds))[0].numpy()
 
 
@@ -86,7 +87,8 @@ def extract(pipe):
         raise PipelineError(f"extraction check failed: FLOPs {measured} vs {selection.flops}, "
                             f"max abs diff {diff}; please report this with the workdir")
     split = {name: data_lib.make_dataset(c.dataset, name, 256, training=False, data_dir=c.data_dir,
-                                         take=c.eval_take) for name in ("holdout", "test")}
+                                         take=c.eval_take, image_size=c.input_size)
+             for name in ("holdout", "test")}
     path = os.path.join(pipe.stage_dir("extract"), "pruned.keras")
     if pipe.is_chief:
         with atomic_path(path) as tmp:
@@ -148,7 +150,7 @@ def export(pipe):
     c = pipe.config
     out = pipe.stage_dir("export")
     calibration = export_lib.representative_dataset(c.dataset, num_images=c.calibration_images,
-                                                    data_dir=c.data_dir)
+                                                    data_dir=c.data_dir, image_size=c.input_size)
     images = _holdout_images(pipe, 32)
     pruned = _load_keras(pipe, pipe.summary("finetune")["model"])
     artifacts = {"pruned": export_lib.export_all(pruned, out, "pruned", calibration, images,
@@ -157,7 +159,7 @@ def export(pipe):
     artifacts["baseline"] = export_lib.export_all(base, out, "baseline", calibration, images,
                                                   quantizations=tuple(q for q in c.tflite if q != "float16"))
     test = data_lib.make_dataset(c.dataset, "test", 256, training=False, data_dir=c.data_dir,
-                                 take=c.eval_take)
+                                 take=c.eval_take, image_size=c.input_size)
     accuracy = {}
     for who, files in artifacts.items():
         for kind, info in files.items():

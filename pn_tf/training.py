@@ -367,7 +367,8 @@ def evaluate_splits(model, dataset, data_dir=None, take=None):
 
     result = {}
     for split in ("holdout", "test"):
-        ds = data_lib.make_dataset(dataset, split, 256, training=False, data_dir=data_dir, take=take)
+        ds = data_lib.make_dataset(dataset, split, 256, training=False, data_dir=data_dir, take=take,
+                                   image_size=data_lib.model_image_size(model))
         result[f"{split}_accuracy"] = evaluate_accuracy(model, ds)
     result["accuracy"] = result["test_accuracy"]
     return result
@@ -382,10 +383,11 @@ def train_and_evaluate(model, dataset, workdir, config, stage, batch_size=128, d
     from pn_tf import data as data_lib
     from pn_tf.io import atomic_path
 
-    train = data_lib.make_dataset(dataset, "train_main", batch_size, training=True,
+    size = data_lib.model_image_size(model)
+    train = data_lib.make_dataset(dataset, "train_main", batch_size, training=True, image_size=size,
                                   data_dir=data_dir, seed=resume_seed(workdir, seed), take=take)
     holdout = data_lib.make_dataset(dataset, "holdout", 256, training=False, data_dir=data_dir,
-                                    take=eval_take)
+                                    take=eval_take, image_size=size)
     start = time.time()
     history = fit_classifier(model, train, config, workdir, stage, validation_ds=holdout,
                              verbose=verbose)

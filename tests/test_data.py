@@ -194,3 +194,16 @@ def test_unknown_names():
         data.get_spec("mnist")
     with pytest.raises(ValueError, match="holdout"):
         data.tfds_split("cifar10", "validation")
+
+
+def test_model_image_size_reads_a_square_fixed_input():
+    import keras
+
+    def model(shape):
+        inputs = keras.Input(shape)
+        return keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(inputs))
+
+    assert data.model_image_size(model((64, 64, 3))) == 64
+    assert data.model_image_size(model((None, None, 3))) is None
+    assert data.model_image_size(model((64, 48, 3))) is None
+    assert data.model_image_size(object()) is None

@@ -54,6 +54,22 @@ def test_quickstart_end_to_end_tiny(tmp_path, data_dir):
     assert again.stdout.count("already finished") == 6
 
 
+def test_input_size_other_than_the_datasets_reaches_every_stage(tmp_path, data_dir):
+    """imagenette at --input_size=64 (its default is 224): every stage's data must be 64 px."""
+    import tensorflow_datasets as tfds
+
+    if not tfds.builder("imagenette/160px-v2", data_dir=data_dir).is_prepared():
+        pytest.skip("imagenette not prepared")
+    out = _run(tmp_path / "run", data_dir, "--dataset=imagenette", "--input_size=64",
+               "--train_take=128", "--search_take=64", "--eval_take=64", "--calibration_images=16",
+               "--tflite=float32", "--batch_size=32", "--search_batch_size=32")
+    assert out.returncode == 0, out.stderr[-4000:]
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert report["input_size"] == 64
+    assert abs(report["flops_reduction"] - 0.5) < 0.01
+    assert report["equivalence_max_abs_diff"] < 1e-4
+
+
 def test_report_warns_when_the_latency_timing_shared_the_cpu():
     from pn_tf.report import markdown
 

@@ -83,12 +83,13 @@ def run_search(network, dataset, workdir, config, data_dir=None, strategy=None, 
     """
     strategy = strategy or tf.distribute.get_strategy()
     os.makedirs(workdir, exist_ok=True)
+    size = data_lib.model_image_size(network)
     train = data_lib.make_dataset(dataset, "holdout", config.batch_size, training=True,
                                   data_dir=data_dir, seed=resume_seed(workdir, config.seed),
-                                  take=config.take)
+                                  take=config.take, image_size=size)
     steps_per_epoch = int(train.cardinality())
     evaluation = data_lib.make_dataset(dataset, eval_split, 256, training=False, data_dir=data_dir,
-                                       take=eval_take)
+                                       take=eval_take, image_size=size)
     with strategy.scope():
         search = PNSearch(network, predictor=config.predictor, target_reduction=config.target_reduction,
                           p=config.p, projection=config.projection, pn_noise=config.pn_noise,
