@@ -366,9 +366,10 @@ def evaluate_splits(model, dataset, data_dir=None, take=None):
     from pn_tf import data as data_lib
 
     result = {}
+    size = data_lib.model_image_size(model)
     for split in ("holdout", "test"):
         ds = data_lib.make_dataset(dataset, split, 256, training=False, data_dir=data_dir, take=take,
-                                   image_size=data_lib.model_image_size(model))
+                                   image_size=size)
         result[f"{split}_accuracy"] = evaluate_accuracy(model, ds)
     result["accuracy"] = result["test_accuracy"]
     return result

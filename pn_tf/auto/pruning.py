@@ -56,7 +56,7 @@ def prune(model, dataset, target_flops_reduction=0.5, search_epochs=5, batch_siz
     gated = insert_gates(model, policy=policy, exclude=exclude, **overrides)
     if not gate_layers(gated):
         raise ValueError(f"{model.name} has no prunable channel groups")
-    size = image_size or gated.inputs[0].shape[1]
+    size = image_size or data_lib.model_image_size(gated)
     if isinstance(dataset, tf.data.Dataset):
         train = dataset
     elif isinstance(dataset, (str, os.PathLike)) and os.path.isdir(dataset):
