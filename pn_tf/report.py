@@ -53,6 +53,9 @@ def build_report(pipe):
         "tflite_threads": c.tflite_threads,
         "latency_cpu_share": latency[base_tfl]["cpu_share"],
         "equivalence_max_abs_diff": ext["equivalence_max_abs_diff"],
+        # Stage summaries written before 2026-12-01 lack the scale; 1 is the least it can be.
+        "equivalence_max_rel_diff": ext.get("equivalence_max_rel_diff",
+                                            ext["equivalence_max_abs_diff"]),
         "export_max_abs_diff": {f"{who}_{kind}": info["max_abs_diff"]
                                 for who, kinds in files.items() for kind, info in kinds.items()},
         "artifacts": {f"{who}_{kind}": info["path"] for who, kinds in files.items()
@@ -86,7 +89,8 @@ def markdown(r):
         "",
         f"Target FLOPs reduction {r['target_flops_reduction']:.1%}; measured on the exported model "
         f"**{r['flops_reduction']:.1%}**; latency reduction {r['latency_reduction']:.1%}.",
-        f"Extracted vs hard-gated max abs difference: {r['equivalence_max_abs_diff']:.2e}.",
+        f"Extracted vs hard-gated max abs difference: {r['equivalence_max_abs_diff']:.2e} "
+        f"({r['equivalence_max_rel_diff']:.1e} of the logit scale).",
         "",
         "| | baseline | pruned |",
         "|---|---|---|",

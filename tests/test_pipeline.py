@@ -42,7 +42,9 @@ def test_quickstart_end_to_end_tiny(tmp_path, data_dir):
         assert report[who]["tflite_ms"] > 0
     assert abs(report["flops_reduction"] - 0.5) < 0.01
     assert report["pruned"]["params"] < report["baseline"]["params"]
-    assert report["equivalence_max_abs_diff"] < 1e-4
+    # Relative to the logit scale (at least 1): the 4-step baseline's BN statistics are barely
+    # trained, and in some runs its logits reach thousands, where float32 resolves only ~1e-4.
+    assert report["equivalence_max_rel_diff"] < 1e-5, report["equivalence_max_abs_diff"]
     assert 0 < report["latency_cpu_share"] <= 1.5
     for path in report["artifacts"].values():
         assert os.path.exists(path), path
@@ -67,7 +69,7 @@ def test_input_size_other_than_the_datasets_reaches_every_stage(tmp_path, data_d
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     assert report["input_size"] == 64
     assert abs(report["flops_reduction"] - 0.5) < 0.01
-    assert report["equivalence_max_abs_diff"] < 1e-4
+    assert report["equivalence_max_rel_diff"] < 1e-5, report["equivalence_max_abs_diff"]
 
 
 def test_report_warns_when_the_latency_timing_shared_the_cpu():
@@ -76,7 +78,8 @@ def test_report_warns_when_the_latency_timing_shared_the_cpu():
     side = {"accuracy": 0.9, "holdout_accuracy": 0.9, "flops": 1e6, "params": 10, "tflite_ms": 1.0,
             "tflite_float32_accuracy": None, "tflite_int8_accuracy": None, "widths": [4]}
     r = {"arch": "resnet56", "dataset": "cifar10", "target_flops_reduction": 0.5, "flops_reduction": 0.5,
-         "latency_reduction": 0.3, "equivalence_max_abs_diff": 0.0, "tflite_threads": 1,
+         "latency_reduction": 0.3, "equivalence_max_abs_diff": 0.0, "equivalence_max_rel_diff": 0.0,
+         "tflite_threads": 1,
          "baseline": side, "pruned": side, "artifacts": {}, "latency_cpu_share": 0.95}
     assert "Warning" not in markdown(r)
     r["latency_cpu_share"] = 0.55
