@@ -50,6 +50,9 @@ def test_quickstart_end_to_end_tiny(tmp_path, data_dir):
         assert os.path.exists(path), path
     assert (tmp_path / "run" / "report.md").read_text().startswith("# pn-tf report")
     assert list((tmp_path / "run" / "search" / "tensorboard").iterdir())
+    # 1 epoch of 2 steps with PN batch 16: the PN terms never start, and the run says so.
+    assert json.loads((tmp_path / "run" / "search" / "search.json").read_text())["pn_start_step"] == 32
+    assert "the PN terms act in only 0 of the search's 2 steps" in out.stdout
     # Finished stages are never redone.
     again = _run(tmp_path / "run", data_dir)
     assert again.returncode == 0

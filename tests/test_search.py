@@ -73,6 +73,17 @@ def test_search_changes_only_gates_and_fills_memory(predictor):
         assert history["pn_loss"][-1] == 0.0
 
 
+def test_warns_when_the_pn_terms_would_start_late():
+    from pn_tf.search.run import late_pn_warning
+
+    # configs/imagenette.flags before 2026-12-01: 10 epochs of 14 steps, PN batch 64.
+    warning = late_pn_warning(64 * 2, 140, 64, 2)
+    assert "only 12 of the search's 140 steps" in warning and "--pn_batch_size=64" in warning
+    assert "only 0 of the search's 20 steps" in late_pn_warning(128, 20, 64, 2)
+    assert late_pn_warning(16 * 2, 140, 16, 2) is None  # its batch now: on from step 32
+    assert late_pn_warning(None, 10, 64, 2) is None  # DG: no predictor
+
+
 def test_real_search_moves_flops_toward_budget(data_dir):
     from pn_tf.data import make_dataset
 

@@ -73,6 +73,21 @@ def bar_chart(values, height=96, bar=6, gap=2):
     return image
 
 
+def late_pn_warning(pn_start, total_steps, pn_batch_size, average_every):
+    """A warning when the PN terms would act in less than half of the search, else None.
+
+    The PN terms switch on once the episodic memory holds ``pn_batch_size`` entries, one per
+    ``average_every`` steps, i.e. at step ``pn_start``; a short search with the default batch
+    of 64 is then a DG search for most (or all) of its steps. ``pn_start`` None: no predictor.
+    """
+    if pn_start is None or pn_start <= total_steps // 2:
+        return None
+    active = max(0, total_steps - pn_start)
+    return (f"the PN terms act in only {active} of the search's {total_steps} steps: they start "
+            f"once the memory holds --pn_batch_size={pn_batch_size} entries, one per "
+            f"{average_every} steps (step {pn_start}); lower --pn_batch_size or search longer")
+
+
 def run_search(network, dataset, workdir, config, data_dir=None, strategy=None, verbose=2,
                eval_split="holdout", eval_take=None):
     """Searches the gate logits of ``network`` (whose weights are the baseline).
@@ -101,6 +116,11 @@ def run_search(network, dataset, workdir, config, data_dir=None, strategy=None, 
             gate_optimizer=keras.optimizers.AdamW(gate_lr, weight_decay=config.gate_weight_decay),
             pn_optimizer=keras.optimizers.AdamW(config.pn_lr, weight_decay=config.pn_weight_decay),
         )
+    total_steps = config.epochs * steps_per_epoch
+    pn_start = None if search.predictor is None else search.pn_batch_size * search.memory.average_every
+    warning = late_pn_warning(pn_start, total_steps, search.pn_batch_size, search.memory.average_every)
+    if warning:
+        print(f"[pn-tf] warning: {warning}", flush=True)
     callbacks = standard_callbacks(workdir, "search", [GateChart(os.path.join(workdir, "tensorboard", "gates"))],
                                    update_freq=max(1, steps_per_epoch // 4))
     search.fit(train, epochs=config.epochs, validation_data=evaluation, callbacks=callbacks,
@@ -119,6 +139,7 @@ def run_search(network, dataset, workdir, config, data_dir=None, strategy=None, 
         "epochs": config.epochs,
         "steps_per_epoch": steps_per_epoch,
         "memory_entries": int(search.memory.count.numpy()),
+        "pn_start_step": pn_start,
         "recipe": dataclasses.asdict(config),
     }
     with atomic_path(os.path.join(workdir, "searched.weights.h5")) as tmp:
