@@ -63,6 +63,21 @@ def test_keras_round_trip(model, images, tmp_path):
     assert _leftovers(tmp_path) == []
 
 
+def test_keras_file_loads_elsewhere_after_importing_pn_tf_layers(model, images, tmp_path):
+    """The README's route for a user's own process: ``import pn_tf.layers`` registers the
+    zoo's layers (fused batch norm, gates, ...); plain Keras cannot load the file."""
+    path = export.export_keras(model, tmp_path / "m.keras")
+    np.save(tmp_path / "x.npy", images)
+    code = ("import sys, numpy as np, pn_tf.layers, keras; m = keras.saving.load_model(sys.argv[1]); "
+            "np.save(sys.argv[3], np.asarray(m(np.load(sys.argv[2]))))")
+    out = subprocess.run([sys.executable, "-c", code, str(path), str(tmp_path / "x.npy"),
+                          str(tmp_path / "y.npy")], cwd=REPO_ROOT, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    np.testing.assert_allclose(np.load(tmp_path / "y.npy"), export.keras_outputs(model, images),
+                               atol=1e-5)
+
+
 def test_saved_model_serving_signature(model, images, artifacts):
     import tensorflow as tf
 
