@@ -53,7 +53,8 @@ def build_report(pipe):
         "tflite_threads": c.tflite_threads,
         "latency_cpu_share": latency[base_tfl]["cpu_share"],
         "equivalence_max_abs_diff": ext["equivalence_max_abs_diff"],
-        # Stage summaries written before 2026-12-01 lack the scale; 1 is the least it can be.
+        # Extract summaries written before 2026-12-01 lack it; the absolute difference (a scale
+        # of 1, the least there is) bounds it from above.
         "equivalence_max_rel_diff": ext.get("equivalence_max_rel_diff",
                                             ext["equivalence_max_abs_diff"]),
         "export_max_abs_diff": {f"{who}_{kind}": info["max_abs_diff"]
