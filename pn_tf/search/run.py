@@ -117,7 +117,7 @@ def run_search(network, dataset, workdir, config, data_dir=None, strategy=None, 
             pn_optimizer=keras.optimizers.AdamW(config.pn_lr, weight_decay=config.pn_weight_decay),
         )
     total_steps = config.epochs * steps_per_epoch
-    pn_start = None if search.predictor is None else search.pn_batch_size * search.memory.average_every
+    pn_start = search.pn_start_step
     warning = late_pn_warning(pn_start, total_steps, search.pn_batch_size, search.memory.average_every)
     if warning:
         print(f"[pn-tf] warning: {warning}", flush=True)

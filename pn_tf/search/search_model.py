@@ -124,6 +124,14 @@ class PNSearch(keras.Model):
         return list(self._trackers.values()) + list(self._eval_trackers.values())
 
     @property
+    def pn_start_step(self):
+        """The train step from which the PN terms act (None without a predictor): the memory
+        must hold ``pn_batch_size`` entries, and it gains one per ``average_every`` steps."""
+        if self.predictor is None:
+            return None
+        return self.pn_batch_size * self.memory.average_every
+
+    @property
     def budget_ratio(self):
         """The FLOPs ratio T(a)/T_all at which the regularizer reaches zero."""
         return self.p * self.flops.prunable / self.flops.total
