@@ -127,9 +127,17 @@ def _act(x, activation, name):
     HARD_SWISH op; XNNPACK runs that op in float32 but not in int8, so an int8 model falls
     back to TFLite's builtin kernel at every h-swish and splits into dozens of delegate
     partitions (measured: 38 for ShuffleNetV2+ Small). ``"decomposed"`` writes the same
-    function as ``(x / 6) * relu6(x + 3)`` with standard layers (in this operand order the
-    converter does not fuse it back), which XNNPACK takes in int8: the whole int8 graph
-    becomes one partition. Same outputs, same weights.
+    function with standard layers as ``(relu6(x + 3) * x) / 6``, which XNNPACK takes in
+    int8 (one partition for the whole graph). Same outputs, same weights.
+
+    The operand order matters twice. The converter fuses ``x * relu6(x + 3)`` (then / 6)
+    and ``x * (relu6(x + 3) / 6)`` back into HARD_SWISH, but not ``relu6(x + 3) * x``.
+    And TFLite's int8 calibration logs an operand again *after* an op that reuses its
+    buffer for the output (tensorflow/tensorflow#127842), so a MUL operand with no other
+    consumer is given the union of its own range and the product's: here that is the
+    gate ``relu6(x + 3)``, which stays accurate enough. The earlier ``(x / 6) *
+    relu6(x + 3)`` gave ``x / 6`` the product's range, 6x too coarse, and cost a trained
+    ShuffleNetV2+ Small 8.5 points of int8 accuracy (docs/results.md).
     """
     if activation == "relu":
         return keras.layers.Activation("relu", name=f"{name}_relu")(x)
@@ -137,8 +145,8 @@ def _act(x, activation, name):
         return keras.layers.Activation("hard_silu", name=f"{name}_hswish")(x)
     shifted = keras.layers.Rescaling(1.0, offset=3.0, name=f"{name}_hswish_shift")(x)
     gate = keras.layers.ReLU(max_value=6.0, name=f"{name}_hswish_relu6")(shifted)
-    scaled = keras.layers.Rescaling(1.0 / 6.0, name=f"{name}_hswish_scale")(x)
-    return keras.layers.Multiply(name=f"{name}_hswish")([scaled, gate])
+    product = keras.layers.Multiply(name=f"{name}_hswish_mul")([gate, x])
+    return keras.layers.Rescaling(1.0 / 6.0, name=f"{name}_hswish")(product)
 
 
 def _pad_for_stride(x, kernel_size, strides, name):
