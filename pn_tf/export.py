@@ -25,6 +25,17 @@ Quantization (``export_tflite(quantization=...)``):
   I/O tensors integer instead (for accelerators that want it); :func:`run_interpreter`
   handles either by reading each tensor's ``quantization`` (scale, zero point).
 
+  **Calibration repair** (``repair_calibration=True``, the default): TFLite's calibrator
+  logs an op's inputs again after the op ran, and when the interpreter let the op write its
+  output into an input's buffer (an input with no other consumer, e.g. ``x / 6`` in
+  ``(x / 6) * g``), that input is given the union of its own range and the output's
+  (tensorflow/tensorflow#127842). Its int8 scale is then too coarse: on a trained
+  ShuffleNetV2+ Small that cost 8.5 points of accuracy. pn-tf wraps the converter's
+  calibration step: it runs the calibrated float model again over the same batches with
+  every tensor preserved (no buffer reuse), and where a recorded range strictly contains the
+  true one it writes the true one back before the converter quantizes. The number of
+  repaired tensors is logged.
+
 Atomic writes: each artifact is written under a temporary name in its destination directory
 and renamed into place (:func:`atomic_path`); on any failure nothing is left at the final path
 and the temporary is removed. Overwriting an existing artifact swaps it only once the new
@@ -36,6 +47,7 @@ tools use it) starts in a fraction of a second and needs only ``ai-edge-litert``
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import tempfile
@@ -150,8 +162,103 @@ def _configure_converter(converter, quantization, representative_data, int8_io, 
         converter.inference_output_type = getattr(tf, int8_io)
 
 
+def _true_ranges(model_content, input_gen):
+    """``{tensor index: (min, max)}`` of the float tensors of ``model_content`` over the batches.
+
+    Every tensor is preserved, so no op overwrites an input in place and each range is the
+    tensor's own.
+    """
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    interpreter = Interpreter(
+        model_content=bytes(model_content), experimental_preserve_all_tensors=True,
+        experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+    interpreter.allocate_tensors()
+    inputs = interpreter.get_input_details()
+    floats = [d["index"] for d in interpreter.get_tensor_details() if d["dtype"] == np.float32]
+    ranges = {}
+    for sample in input_gen():
+        values = [np.asarray(value, dtype=np.float32) for value in sample]
+        shapes = [tuple(d["shape"]) for d in interpreter.get_input_details()]
+        if shapes != [value.shape for value in values]:
+            for detail, value in zip(inputs, values):
+                interpreter.resize_tensor_input(detail["index"], value.shape)
+            interpreter.allocate_tensors()
+        for detail, value in zip(inputs, values):
+            interpreter.set_tensor(detail["index"], value)
+        interpreter.invoke()
+        for index in floats:
+            try:
+                values = interpreter.get_tensor(index)
+            except ValueError:  # a tensor without data (e.g. optional / unused)
+                continue
+            if values.size:
+                low, high = ranges.get(index, (np.inf, -np.inf))
+                ranges[index] = (min(low, float(values.min())), max(high, float(values.max())))
+    return ranges
+
+
+def repair_calibrated_ranges(calibrated, input_gen):
+    """Replaces in-place-widened calibration ranges in a calibrated model by the true ones.
+
+    Args:
+        calibrated: bytes of a calibrated (float, min/max-annotated) TFLite model, as the
+            converter's calibration step returns it.
+        input_gen: the converter's representative dataset (a callable returning a generator
+            of input lists); it is iterated once more.
+
+    Returns ``(content, repaired)``: the model bytes with each recorded range that strictly
+    contains the tensor's true range replaced by the true one, and a list of
+    ``(tensor name, recorded (min, max), true (min, max))`` for those tensors.
+    """
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    ranges = _true_ranges(calibrated, input_gen)
+    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(calibrated))
+    repaired = []
+    for index, tensor in enumerate(model.subgraphs[0].tensors):
+        stats = tensor.quantization
+        if stats is None or stats.min is None or len(stats.min) != 1 or index not in ranges:
+            continue
+        recorded = (float(stats.min[0]), float(stats.max[0]))
+        low, high = ranges[index]
+        slack = 1e-3 * (high - low) + 1e-6
+        contains = recorded[0] <= low + slack and recorded[1] >= high - slack
+        if contains and (recorded[1] - recorded[0]) - (high - low) > 2 * slack:
+            name = tensor.name.decode() if isinstance(tensor.name, bytes) else str(tensor.name)
+            repaired.append((name, recorded, (low, high)))
+            stats.min, stats.max = [low], [high]
+    if not repaired:
+        return calibrated, repaired
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model)), repaired
+
+
+@contextlib.contextmanager
+def _repaired_calibration(repaired):
+    """Within the block, the TFLite converter's calibration step repairs its ranges."""
+    try:
+        from tensorflow.lite.python.optimize import calibrator
+        original = calibrator.Calibrator.calibrate
+    except (ImportError, AttributeError):  # the private hook moved: convert unrepaired
+        log.warning("int8 calibration repair unavailable in this TensorFlow; ranges of "
+                    "in-place ops may be too wide (tensorflow/tensorflow#127842)")
+        yield
+        return
+
+    def calibrate(self, dataset_gen):
+        content, fixed = repair_calibrated_ranges(original(self, dataset_gen), dataset_gen)
+        repaired.extend(fixed)
+        return content
+
+    calibrator.Calibrator.calibrate = calibrate
+    try:
+        yield
+    finally:
+        calibrator.Calibrator.calibrate = original
+
+
 def convert_saved_model(saved_model_dir, quantization="float32", representative_data=None,
-                        int8_io="float32", max_calibration_batches=None):
+                        int8_io="float32", max_calibration_batches=None, repair_calibration=True):
     """Converts a SavedModel's ``serving_default`` signature to TFLite flatbuffer bytes."""
     import tensorflow as tf
 
@@ -160,11 +267,19 @@ def convert_saved_model(saved_model_dir, quantization="float32", representative_
         os.fspath(saved_model_dir), signature_keys=["serving_default"])
     _configure_converter(converter, quantization, representative_data, int8_io,
                          max_calibration_batches)
-    return converter.convert()
+    if quantization != "int8" or not repair_calibration:
+        return converter.convert()
+    repaired = []
+    with _repaired_calibration(repaired):
+        content = converter.convert()
+    if repaired:
+        log.info("int8 calibration: repaired the in-place-widened ranges of %d tensors "
+                 "(tensorflow/tensorflow#127842), e.g. %s", len(repaired), repaired[0][0])
+    return content
 
 
 def export_tflite(model, path, quantization="float32", representative_data=None, *,
-                  int8_io="float32", max_calibration_batches=None):
+                  int8_io="float32", max_calibration_batches=None, repair_calibration=True):
     """Converts ``model`` to a ``.tflite`` file through the TFLite converter, atomically.
 
     Args:
@@ -178,19 +293,21 @@ def export_tflite(model, path, quantization="float32", representative_data=None,
         int8_io: ``"float32"`` (default: float I/O around the integer graph), ``"int8"`` or
             ``"uint8"``.
         max_calibration_batches: int or None. Stop calibrating after this many batches.
+        repair_calibration: bool. For ``"int8"``: repair calibration ranges widened by
+            in-place ops (see the module docstring). ``False`` gives the converter's own.
 
     Returns the path.
     """
     _check_quantization(quantization, representative_data, int8_io)
     if isinstance(model, (str, os.PathLike)):
         content = convert_saved_model(model, quantization, representative_data, int8_io,
-                                      max_calibration_batches)
+                                      max_calibration_batches, repair_calibration)
     else:
         with tempfile.TemporaryDirectory(prefix="pn_tf_export_") as tmp:
             saved_model = os.path.join(tmp, "saved_model")
             _write_saved_model(model, saved_model)
             content = convert_saved_model(saved_model, quantization, representative_data,
-                                          int8_io, max_calibration_batches)
+                                          int8_io, max_calibration_batches, repair_calibration)
     return save_bytes(path, content)
 
 

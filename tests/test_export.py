@@ -30,6 +30,18 @@ def _calibration_images():
     return [random_images((32, 32, 3), seed=s, batch=16) for s in range(4)]
 
 
+def _images_like_calibration(fallback):
+    """int8 ranges fit the calibration data: check on CIFAR-10 test images when calibrating on
+    CIFAR-10 (random pixels leave those ranges), else on ``fallback``."""
+    if _has_cifar():
+        from pn_tf.data import make_dataset
+
+        batch = make_dataset("cifar10", "test", 16, training=False, data_dir=tfds_data_dir(),
+                             take=16)
+        return next(iter(batch))[0].numpy()
+    return fallback
+
+
 def _leftovers(directory):
     return [name for name in os.listdir(directory) if ".tmp-" in name or ".old-" in name]
 
@@ -106,6 +118,7 @@ def test_tflite_int8_tracks_float(model, images, artifacts):
     assert interpreter.get_input_details()[0]["dtype"] == np.float32
     ops = {op["op_name"] for op in interpreter._get_ops_details()}
     assert {"QUANTIZE", "DEQUANTIZE", "CONV_2D"} <= ops
+    images = _images_like_calibration(images)
     reference = export.keras_outputs(model, images)
     logits = export.tflite_predict(artifacts["int8"], images)
     relative = np.linalg.norm(logits - reference) / np.linalg.norm(reference)
@@ -142,6 +155,66 @@ def test_shufflenet_int8_stays_inside_xnnpack(tmp_path):
     report = export.delegation(path)
     assert report["partitions"] <= 2, report
     assert "HARD_SWISH" not in report["not_delegated"], report
+
+
+def _chain_model():
+    """conv -> (x / 6) * relu6(x + 3) -> conv: ``x / 6`` has one consumer, so the MUL after it
+    may write its product into ``x / 6``'s buffer during calibration."""
+    import keras
+
+    inputs = keras.Input((16, 16, 3))
+    x = keras.layers.Rescaling(1 / 32.0, offset=-4.0)(inputs)
+    x = keras.layers.Conv2D(8, 3, padding="same",
+                            kernel_initializer=keras.initializers.GlorotUniform(seed=0))(x)
+    gate = keras.layers.ReLU(max_value=6.0)(keras.layers.Rescaling(1.0, offset=3.0)(x))
+    x = keras.layers.Multiply()([keras.layers.Rescaling(1.0 / 6.0, name="x_over_6")(x), gate])
+    x = keras.layers.Conv2D(8, 1, kernel_initializer=keras.initializers.GlorotUniform(seed=1))(x)
+    return keras.Model(inputs, x)
+
+
+def test_int8_calibration_repair(tmp_path, caplog):
+    """The converter widens the range of an input that an op overwrites in place
+    (tensorflow/tensorflow#127842); export_tflite puts the true range back."""
+    model = _chain_model()
+    calibration = random_images((16, 16, 3), seed=3, batch=16)
+    images = random_images((16, 16, 3), seed=4, batch=16)
+    reference = export.keras_outputs(model, images)
+    errors, scales = {}, {}
+    for repair in (True, False):
+        with caplog.at_level("INFO", logger="pn_tf.export"):
+            path = export.export_tflite(model, tmp_path / f"repair_{repair}.tflite", "int8",
+                                        [calibration], repair_calibration=repair)
+        errors[repair] = float(np.abs(export.tflite_predict(path, images) - reference).mean())
+        interpreter = export.load_interpreter(path)
+        # the scale of the x / 6 tensor (the MUL-by-constant output feeding the product)
+        scales[repair] = [d["quantization"][0] for d in interpreter.get_tensor_details()
+                          if "x_over_6" in d["name"] and d["name"].endswith("mul")]
+    # x / 6, and the input scaling (x / 32 has one consumer, the ADD of -4)
+    assert "repaired the in-place-widened ranges of 2 tensors" in caplog.text
+    # x / 6 spans about 1/6 of x; unrepaired it was given the product's range (about x's)
+    assert scales[False][0] > 2 * scales[True][0], scales
+    assert errors[True] < 0.8 * errors[False], errors
+
+
+def test_repair_finds_the_residual_branches(model):
+    """In ResNet-56 the residual ADD writes into its branch input: exactly the 27 blocks'
+    second convs get a widened range; a repaired model has nothing left to repair."""
+    import tensorflow as tf
+
+    images = random_images((32, 32, 3), seed=5, batch=8)
+    generate = lambda: iter([[images]])  # noqa: E731
+
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = generate
+    converter._experimental_calibrate_only = True
+    calibrated = converter.convert()
+    content, repaired = export.repair_calibrated_ranges(calibrated, generate)
+    names = [name for name, _, _ in repaired]
+    assert len(names) == 27 and all("_2_conv" in name for name in names), names
+    assert all(recorded[1] - recorded[0] > true[1] - true[0] for _, recorded, true in repaired)
+    again, none = export.repair_calibrated_ranges(content, generate)
+    assert none == [] and again == content
 
 
 def test_bad_arguments(model, tmp_path):
@@ -296,6 +369,7 @@ def test_int8_io_variant(model, artifacts, images, tmp_path):
                                 _calibration_images(), int8_io="int8")
     detail = export.load_interpreter(path).get_input_details()[0]
     assert detail["dtype"] == np.int8
+    images = _images_like_calibration(images)
     reference = export.keras_outputs(model, images)
     logits = export.tflite_predict(path, images)
     assert np.linalg.norm(logits - reference) / np.linalg.norm(reference) < 0.1

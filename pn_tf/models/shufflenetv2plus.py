@@ -127,17 +127,18 @@ def _act(x, activation, name):
     HARD_SWISH op; XNNPACK runs that op in float32 but not in int8, so an int8 model falls
     back to TFLite's builtin kernel at every h-swish and splits into dozens of delegate
     partitions (measured: 38 for ShuffleNetV2+ Small). ``"decomposed"`` writes the same
-    function with standard layers as ``(relu6(x + 3) * x) / 6``, which XNNPACK takes in
+    function with standard layers as ``relu6(x + 3) * (x / 6)``, which XNNPACK takes in
     int8 (one partition for the whole graph). Same outputs, same weights.
 
-    The operand order matters twice. The converter fuses ``x * relu6(x + 3)`` (then / 6)
-    and ``x * (relu6(x + 3) / 6)`` back into HARD_SWISH, but not ``relu6(x + 3) * x``.
-    And TFLite's int8 calibration logs an operand again *after* an op that reuses its
-    buffer for the output (tensorflow/tensorflow#127842), so a MUL operand with no other
-    consumer is given the union of its own range and the product's: here that is the
-    gate ``relu6(x + 3)``, which stays accurate enough. The earlier ``(x / 6) *
-    relu6(x + 3)`` gave ``x / 6`` the product's range, 6x too coarse, and cost a trained
-    ShuffleNetV2+ Small 8.5 points of int8 accuracy (docs/results.md).
+    The operand order matters twice. The converter fuses ``x * relu6(x + 3) * (1/6)`` and
+    its regroupings with ``x`` first back into HARD_SWISH, but not these two orders. And
+    TFLite's int8 calibration logs a MUL's first operand again *after* the op has reused
+    its buffer for the product (tensorflow/tensorflow#127842), giving that operand the
+    union of its range and the product's. With the gate first that is harmless; the
+    earlier ``(x / 6) * relu6(x + 3)`` gave ``x / 6`` the product's range, ~6x too coarse,
+    and cost a trained ShuffleNetV2+ Small 8.5 points of int8 accuracy (docs/results.md).
+    :func:`pn_tf.export.export_tflite` also repairs such ranges itself. The layers and
+    their order are those of the earlier form, so its weight files still load.
     """
     if activation == "relu":
         return keras.layers.Activation("relu", name=f"{name}_relu")(x)
@@ -145,8 +146,8 @@ def _act(x, activation, name):
         return keras.layers.Activation("hard_silu", name=f"{name}_hswish")(x)
     shifted = keras.layers.Rescaling(1.0, offset=3.0, name=f"{name}_hswish_shift")(x)
     gate = keras.layers.ReLU(max_value=6.0, name=f"{name}_hswish_relu6")(shifted)
-    product = keras.layers.Multiply(name=f"{name}_hswish_mul")([gate, x])
-    return keras.layers.Rescaling(1.0 / 6.0, name=f"{name}_hswish")(product)
+    scaled = keras.layers.Rescaling(1.0 / 6.0, name=f"{name}_hswish_scale")(x)
+    return keras.layers.Multiply(name=f"{name}_hswish")([gate, scaled])
 
 
 def _pad_for_stride(x, kernel_size, strides, name):
