@@ -617,7 +617,7 @@ def top1_accuracy(predict, dataset):
 # --- everything at once -------------------------------------------------------------------------
 
 def export_all(model, directory, name, representative_data=None, check_images=None,
-               quantizations=QUANTIZATIONS, max_calibration_batches=None):
+               quantizations=QUANTIZATIONS, max_calibration_batches=None, repair_calibration=True):
     """Writes ``name.keras``, ``name_saved_model/`` and ``name_<q>.tflite`` into ``directory``.
 
     The SavedModel is exported once and every TFLite file is converted from it. With
@@ -633,7 +633,7 @@ def export_all(model, directory, name, representative_data=None, check_images=No
         paths[f"tflite_{quantization}"] = export_tflite(
             saved_model, os.path.join(directory, f"{name}_{quantization}.tflite"), quantization,
             representative_data if quantization == "int8" else None,
-            max_calibration_batches=max_calibration_batches)
+            max_calibration_batches=max_calibration_batches, repair_calibration=repair_calibration)
     reference = None if check_images is None else keras_outputs(model, check_images)
     return {kind: {"path": path,
                    "max_abs_diff": None if reference is None

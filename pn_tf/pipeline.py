@@ -66,6 +66,7 @@ class RunConfig:
     finetune_schedule: str = "step"
     tflite: list = dataclasses.field(default_factory=lambda: ["float32", "float16", "int8"])
     calibration_images: int = 512
+    int8_calibration_repair: bool = True
     tflite_threads: int = 1
     tflite_runs: int = 100
 

@@ -160,11 +160,14 @@ def export(pipe):
                                                     data_dir=c.data_dir, image_size=c.input_size)
     images = _holdout_images(pipe, 32)
     pruned = _load_keras(pipe, pipe.summary("finetune")["model"])
+    repair = c.int8_calibration_repair
     artifacts = {"pruned": export_lib.export_all(pruned, out, "pruned", calibration, images,
-                                                 quantizations=tuple(c.tflite))}
+                                                 quantizations=tuple(c.tflite),
+                                                 repair_calibration=repair)}
     base = load_checked(pipe.build_model(), _baseline_weights(pipe))
     artifacts["baseline"] = export_lib.export_all(base, out, "baseline", calibration, images,
-                                                  quantizations=tuple(q for q in c.tflite if q != "float16"))
+                                                  quantizations=tuple(q for q in c.tflite if q != "float16"),
+                                                  repair_calibration=repair)
     test = data_lib.make_dataset(c.dataset, "test", 256, training=False, data_dir=c.data_dir,
                                  take=c.eval_take, image_size=c.input_size)
     accuracy = {}
@@ -173,7 +176,8 @@ def export(pipe):
             if kind.startswith("tflite_"):
                 accuracy[f"{who}_{kind}"] = export_lib.top1_accuracy(
                     lambda x, p=info["path"]: export_lib.tflite_predict(p, x), test)
-    return {"artifacts": artifacts, "tflite_test_accuracy": accuracy}
+    return {"artifacts": artifacts, "tflite_test_accuracy": accuracy,
+            "int8_calibration_repair": repair}
 
 
 def report(pipe):

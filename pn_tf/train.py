@@ -97,6 +97,9 @@ def define_flags(flag_values=flags.FLAGS):
     # Export and report.
     flags.DEFINE_list("tflite", ["float32", "float16", "int8"], "TFLite variants to export.", **fv)
     flags.DEFINE_integer("calibration_images", 512, "Training images for int8 calibration.", **fv)
+    flags.DEFINE_bool("int8_calibration_repair", True, "Repair int8 calibration ranges that "
+                      "TFLite widens for in-place ops (tensorflow/tensorflow#127842); see "
+                      "pn_tf/export.py.", **fv)
     flags.DEFINE_integer("tflite_threads", 1, "Threads for the TFLite latency measurement.", **fv)
     flags.DEFINE_integer("tflite_runs", 100, "Timed batch-1 runs per model for the latency.", **fv)
 
