@@ -258,8 +258,13 @@ def _repaired_calibration(repaired):
 
 
 def convert_saved_model(saved_model_dir, quantization="float32", representative_data=None,
-                        int8_io="float32", max_calibration_batches=None, repair_calibration=True):
-    """Converts a SavedModel's ``serving_default`` signature to TFLite flatbuffer bytes."""
+                        int8_io="float32", max_calibration_batches=None, repair_calibration=True,
+                        repairs=None):
+    """Converts a SavedModel's ``serving_default`` signature to TFLite flatbuffer bytes.
+
+    ``repairs``: a list or None; for ``"int8"`` with the repair on, each repaired tensor's
+    ``(name, recorded (min, max), true (min, max))`` is appended to it.
+    """
     import tensorflow as tf
 
     _check_quantization(quantization, representative_data, int8_io)
@@ -275,11 +280,14 @@ def convert_saved_model(saved_model_dir, quantization="float32", representative_
     if repaired:
         log.info("int8 calibration: repaired the in-place-widened ranges of %d tensors "
                  "(tensorflow/tensorflow#127842), e.g. %s", len(repaired), repaired[0][0])
+    if repairs is not None:
+        repairs.extend(repaired)
     return content
 
 
 def export_tflite(model, path, quantization="float32", representative_data=None, *,
-                  int8_io="float32", max_calibration_batches=None, repair_calibration=True):
+                  int8_io="float32", max_calibration_batches=None, repair_calibration=True,
+                  repairs=None):
     """Converts ``model`` to a ``.tflite`` file through the TFLite converter, atomically.
 
     Args:
@@ -295,19 +303,21 @@ def export_tflite(model, path, quantization="float32", representative_data=None,
         max_calibration_batches: int or None. Stop calibrating after this many batches.
         repair_calibration: bool. For ``"int8"``: repair calibration ranges widened by
             in-place ops (see the module docstring). ``False`` gives the converter's own.
+        repairs: list or None. Receives the repaired tensors (see :func:`convert_saved_model`).
 
     Returns the path.
     """
     _check_quantization(quantization, representative_data, int8_io)
     if isinstance(model, (str, os.PathLike)):
         content = convert_saved_model(model, quantization, representative_data, int8_io,
-                                      max_calibration_batches, repair_calibration)
+                                      max_calibration_batches, repair_calibration, repairs)
     else:
         with tempfile.TemporaryDirectory(prefix="pn_tf_export_") as tmp:
             saved_model = os.path.join(tmp, "saved_model")
             _write_saved_model(model, saved_model)
             content = convert_saved_model(saved_model, quantization, representative_data,
-                                          int8_io, max_calibration_batches, repair_calibration)
+                                          int8_io, max_calibration_batches, repair_calibration,
+                                          repairs)
     return save_bytes(path, content)
 
 

@@ -320,6 +320,21 @@ def test_tflite_predict_tool(model, artifacts, tmp_path):
     assert done.returncode == 1 and "no TFLite model" in done.stderr
 
 
+@pytest.mark.skipif(not _has_cifar(), reason="needs cifar10 in the TFDS data dir")
+def test_int8_check_tool(artifacts, tmp_path):
+    done = _run_tool("int8_check.py", f"--model={artifacts['saved_model']}", "--dataset=cifar10",
+                     "--calibration_images=32", "--take=64", "--json",
+                     f"--out_dir={tmp_path / 'out'}")
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout)
+    for name in ("float32", "int8_repaired", "int8_unrepaired"):
+        assert 0.0 <= result[name] <= 1.0 and os.path.exists(result["files"][name])
+    # the narrow ResNet-56's 27 residual branches (test_repair_finds_the_residual_branches)
+    assert len(result["repaired"]) == 27
+    done = _run_tool("int8_check.py", f"--model={tmp_path / 'missing.keras'}")
+    assert done.returncode == 2 and "neither a SavedModel directory nor a .keras file" in done.stderr
+
+
 def test_bench_tool(artifacts):
     done = _run_tool("bench_tflite.py", f"--models={artifacts['float32']},{artifacts['int8']}",
                      "--runs=20", "--warmup=2")

@@ -1,0 +1,102 @@
+"""int8 TFLite accuracy of a model with and without pn-tf's calibration repair, side by side.
+
+    python tools/int8_check.py --model=runs/quickstart/export/pruned.keras --dataset=cifar10
+    python tools/int8_check.py --model=runs/x/export/baseline_saved_model --dataset=imagenette --json
+
+Converts ``--model`` (a SavedModel directory or a pn-tf ``.keras`` file) to TFLite float32 and,
+twice, to int8 calibrated on the first ``--calibration_images`` training images as the
+pipeline does: once repairing the calibration ranges that TFLite widens for in-place ops
+(tensorflow/tensorflow#127842; see pn_tf/export.py) and once with the converter's own ranges.
+Prints the top-1 accuracy of each file on the test split and the repaired tensors. Use it to
+check int8 accuracy before shipping a file, or to see what the repair changes for a model.
+"""
+
+import json
+import os
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from absl import app, flags  # noqa: E402
+
+flags.DEFINE_string("model", None, "SavedModel directory or pn-tf .keras file.")
+flags.DEFINE_string("dataset", "cifar10", "TFDS dataset the model was trained on.")
+flags.DEFINE_string("data_dir", None, "TFDS data dir (default: $TFDS_DATA_DIR).")
+flags.DEFINE_integer("calibration_images", 512, "Training images for int8 calibration.")
+flags.DEFINE_integer("take", None, "Test images to evaluate (default: the whole test split).")
+flags.DEFINE_string("out_dir", None, "Keep the .tflite files here (default: a temp dir).")
+flags.DEFINE_bool("json", False, "Print one JSON object instead of text.")
+flags.mark_flag_as_required("model")
+FLAGS = flags.FLAGS
+
+
+def _saved_model(path, tmp):
+    """The SavedModel to convert: ``path`` itself, or one exported from a ``.keras`` file."""
+    from pn_tf import export
+
+    if os.path.isdir(path):
+        return path
+    if not path.endswith(".keras") or not os.path.isfile(path):
+        raise ValueError(f"--model={path} is neither a SavedModel directory nor a .keras file")
+    import keras
+
+    import pn_tf.layers  # noqa: F401  (registers the zoo's layers)
+
+    return export.export_saved_model(keras.saving.load_model(path, compile=False),
+                                     os.path.join(tmp, "saved_model"))
+
+
+def check(model, dataset, out_dir, calibration_images=512, take=None, data_dir=None):
+    """``{"float32": acc, "int8_repaired": acc, "int8_unrepaired": acc, "repaired": [...]}``."""
+    from pn_tf import export
+    from pn_tf.data import make_dataset
+
+    saved_model = _saved_model(model, out_dir)
+    paths = {"float32": export.export_tflite(saved_model, os.path.join(out_dir, "float32.tflite"))}
+    size = export.input_size(export.load_interpreter(paths["float32"]))[0]
+    calibration = export.representative_dataset(dataset, num_images=calibration_images,
+                                                image_size=size, data_dir=data_dir)
+    repairs = []
+    for name, repair in (("int8_repaired", True), ("int8_unrepaired", False)):
+        paths[name] = export.export_tflite(saved_model, os.path.join(out_dir, f"{name}.tflite"),
+                                           "int8", calibration, repair_calibration=repair,
+                                           repairs=repairs if repair else None)
+    test = make_dataset(dataset, "test", 256, training=False, image_size=size,
+                        data_dir=data_dir, take=take)
+    result = {name: export.top1_accuracy(lambda x, p=path: export.tflite_predict(p, x), test)
+              for name, path in paths.items()}
+    result["repaired"] = [{"tensor": name, "recorded": list(recorded), "true": list(true)}
+                          for name, recorded, true in repairs]
+    result["files"] = paths
+    return result
+
+
+def main(argv):
+    del argv
+    try:
+        if FLAGS.out_dir:
+            os.makedirs(FLAGS.out_dir, exist_ok=True)
+            result = check(FLAGS.model, FLAGS.dataset, FLAGS.out_dir, FLAGS.calibration_images,
+                           FLAGS.take, FLAGS.data_dir)
+        else:
+            with tempfile.TemporaryDirectory(prefix="int8_check_") as tmp:
+                result = check(FLAGS.model, FLAGS.dataset, tmp, FLAGS.calibration_images,
+                               FLAGS.take, FLAGS.data_dir)
+                del result["files"]
+    except (ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if FLAGS.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    print(f"test top-1  float32 {result['float32']:.4f}  int8 (repaired) "
+          f"{result['int8_repaired']:.4f}  int8 (converter's ranges) {result['int8_unrepaired']:.4f}")
+    print(f"repaired {len(result['repaired'])} tensors" + "".join(
+        f"\n  {r['tensor']}: [{r['recorded'][0]:.3g}, {r['recorded'][1]:.3g}] -> "
+        f"[{r['true'][0]:.3g}, {r['true'][1]:.3g}]" for r in result["repaired"][:10]))
+    return 0
+
+
+if __name__ == "__main__":
+    app.run(lambda argv: sys.exit(main(argv)))
