@@ -189,12 +189,12 @@ def _true_ranges(model_content, input_gen):
         interpreter.invoke()
         for index in floats:
             try:
-                values = interpreter.get_tensor(index)
+                data = interpreter.get_tensor(index)
             except ValueError:  # a tensor without data (e.g. optional / unused)
                 continue
-            if values.size:
+            if data.size:
                 low, high = ranges.get(index, (np.inf, -np.inf))
-                ranges[index] = (min(low, float(values.min())), max(high, float(values.max())))
+                ranges[index] = (min(low, float(data.min())), max(high, float(data.max())))
     return ranges
 
 
