@@ -174,18 +174,12 @@ def _true_ranges(model_content, input_gen):
         model_content=bytes(model_content), experimental_preserve_all_tensors=True,
         experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
     interpreter.allocate_tensors()
-    inputs = interpreter.get_input_details()
     floats = [d["index"] for d in interpreter.get_tensor_details() if d["dtype"] == np.float32]
     ranges = {}
-    for sample in input_gen():
-        values = [np.asarray(value, dtype=np.float32) for value in sample]
-        shapes = [tuple(d["shape"]) for d in interpreter.get_input_details()]
-        if shapes != [value.shape for value in values]:
-            for detail, value in zip(inputs, values):
-                interpreter.resize_tensor_input(detail["index"], value.shape)
-            interpreter.allocate_tensors()
-        for detail, value in zip(inputs, values):
-            interpreter.set_tensor(detail["index"], value)
+    for (images,) in input_gen():  # pn-tf's models take one image input
+        images = np.asarray(images, dtype=np.float32)
+        _set_batch(interpreter, len(images))
+        interpreter.set_tensor(interpreter.get_input_details()[0]["index"], images)
         interpreter.invoke()
         for index in floats:
             try:
@@ -205,7 +199,8 @@ def repair_calibrated_ranges(calibrated, input_gen):
         calibrated: bytes of a calibrated (float, min/max-annotated) TFLite model, as the
             converter's calibration step returns it.
         input_gen: the converter's representative dataset (a callable returning a generator
-            of input lists); it is iterated once more.
+            of ``[images]`` lists: one image input, as every pn-tf model has); it is iterated
+            once more.
 
     Returns ``(content, repaired)``: the model bytes with each recorded range that strictly
     contains the tensor's true range replaced by the true one, and a list of

@@ -11,6 +11,19 @@ def random_images(shape, seed=0, batch=2):
     return np.random.RandomState(seed).uniform(0, 255, (batch,) + tuple(shape)).astype("float32")
 
 
+def conv_act_conv(activation):
+    """conv -> ``activation(x)`` -> conv on 16x16 pixels, so the activation's output is an inner
+    tensor (int8 calibration tests)."""
+    inputs = keras.Input((16, 16, 3))
+    x = keras.layers.Rescaling(1 / 32.0, offset=-4.0)(inputs)
+    x = keras.layers.Conv2D(8, 3, padding="same", name="conv1",
+                            kernel_initializer=keras.initializers.GlorotUniform(seed=0))(x)
+    x = activation(x)
+    x = keras.layers.Conv2D(8, 1, name="conv2",
+                            kernel_initializer=keras.initializers.GlorotUniform(seed=1))(x)
+    return keras.Model(inputs, x)
+
+
 def strip_gates(model):
     """A copy of ``model`` with every gate replaced by Identity and the same weights."""
 

@@ -13,7 +13,7 @@ from pn_tf.graph import FlopsModel
 from pn_tf.models import build_model
 from pn_tf.training import set_bn_statistics
 from tests.conftest import REPO_ROOT, tfds_data_dir
-from tests.helpers import random_images
+from tests.helpers import conv_act_conv, random_images
 
 NARROW = [8] * 27
 
@@ -157,25 +157,19 @@ def test_shufflenet_int8_stays_inside_xnnpack(tmp_path):
     assert "HARD_SWISH" not in report["not_delegated"], report
 
 
-def _chain_model():
-    """conv -> (x / 6) * relu6(x + 3) -> conv: ``x / 6`` has one consumer, so the MUL after it
-    may write its product into ``x / 6``'s buffer during calibration."""
+def _old_hswish(x):
+    """(x / 6) * relu6(x + 3): ``x / 6`` has one consumer, so the MUL after it may write its
+    product into ``x / 6``'s buffer during calibration."""
     import keras
 
-    inputs = keras.Input((16, 16, 3))
-    x = keras.layers.Rescaling(1 / 32.0, offset=-4.0)(inputs)
-    x = keras.layers.Conv2D(8, 3, padding="same",
-                            kernel_initializer=keras.initializers.GlorotUniform(seed=0))(x)
     gate = keras.layers.ReLU(max_value=6.0)(keras.layers.Rescaling(1.0, offset=3.0)(x))
-    x = keras.layers.Multiply()([keras.layers.Rescaling(1.0 / 6.0, name="x_over_6")(x), gate])
-    x = keras.layers.Conv2D(8, 1, kernel_initializer=keras.initializers.GlorotUniform(seed=1))(x)
-    return keras.Model(inputs, x)
+    return keras.layers.Multiply()([keras.layers.Rescaling(1.0 / 6.0, name="x_over_6")(x), gate])
 
 
 def test_int8_calibration_repair(tmp_path, caplog):
     """The converter widens the range of an input that an op overwrites in place
     (tensorflow/tensorflow#127842); export_tflite puts the true range back."""
-    model = _chain_model()
+    model = conv_act_conv(_old_hswish)
     calibration = random_images((16, 16, 3), seed=3, batch=16)
     images = random_images((16, 16, 3), seed=4, batch=16)
     reference = export.keras_outputs(model, images)

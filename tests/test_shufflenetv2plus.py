@@ -208,20 +208,6 @@ def _run(model, x):
     return keras.ops.convert_to_numpy(outputs)
 
 
-def _one_hswish(form):
-    """conv -> h-swish (in ``form``) -> conv, so the h-swish output is an inner tensor."""
-    from pn_tf.models.shufflenetv2plus import _act
-
-    inputs = keras.Input((16, 16, 3))
-    x = keras.layers.Rescaling(1 / 32.0, offset=-4.0)(inputs)
-    x = keras.layers.Conv2D(8, 3, padding="same", name="conv1",
-                            kernel_initializer=keras.initializers.GlorotUniform(seed=0))(x)
-    x = _act(x, form, "t")
-    x = keras.layers.Conv2D(8, 1, name="conv2",
-                            kernel_initializer=keras.initializers.GlorotUniform(seed=1))(x)
-    return keras.Model(inputs, x)
-
-
 def test_decomposed_hswish_quantizes_like_the_fused_op(tmp_path):
     """int8 error of the XNNPACK-friendly h-swish stays near TFLite's own HARD_SWISH.
 
@@ -232,13 +218,14 @@ def test_decomposed_hswish_quantizes_like_the_fused_op(tmp_path):
     lost 8.5 points of int8 accuracy).
     """
     from pn_tf import export
-    from tests.helpers import random_images
+    from pn_tf.models.shufflenetv2plus import _act
+    from tests.helpers import conv_act_conv, random_images
 
     calibration = random_images((16, 16, 3), seed=3, batch=16)
     images = random_images((16, 16, 3), seed=4, batch=16)
     errors = {}
     for form in ("decomposed", "fused"):
-        model = _one_hswish(form)
+        model = conv_act_conv(lambda x, form=form: _act(x, form, "t"))
         path = export.export_tflite(model, tmp_path / f"{form}.tflite", "int8", [calibration],
                                     repair_calibration=False)
         reference = export.keras_outputs(model, images)
