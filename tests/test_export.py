@@ -318,13 +318,28 @@ def test_tflite_predict_tool(model, artifacts, tmp_path):
 def test_int8_check_tool(artifacts, tmp_path):
     done = _run_tool("int8_check.py", f"--model={artifacts['saved_model']}", "--dataset=cifar10",
                      "--calibration_images=32", "--take=64", "--json",
-                     f"--out_dir={tmp_path / 'out'}")
+                     f"--out_dir={tmp_path / 'out'}", "--weights_only", "--layer_errors=5",
+                     "--keep_float=avg_pool")
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout)
-    for name in ("float32", "int8_repaired", "int8_unrepaired"):
+    for name in ("float32", "int8_repaired", "int8_unrepaired", "int8_weights_only",
+                 "int8_partly_float"):
         assert 0.0 <= result[name] <= 1.0 and os.path.exists(result["files"][name])
     # the narrow ResNet-56's 27 residual branches (test_repair_finds_the_residual_branches)
     assert len(result["repaired"]) == 27
+    # the worst five ops, worst first; errors are in int8 steps (rounding alone: 0.29)
+    errors = [row["error"] for row in result["layer_errors"]]
+    assert len(errors) == 5 and errors == sorted(errors, reverse=True) and errors[-1] > 0.1
+    # the global pool runs in float in the partly float model, and in int8 in the plain one
+    assert len(result["float_nodes"]) == 1 and "avg_pool" in result["float_nodes"][0]
+    dtypes = {}
+    for name in ("int8_repaired", "int8_partly_float"):
+        details = export.load_interpreter(result["files"][name]).get_tensor_details()
+        dtypes[name] = {d["name"]: d["dtype"] for d in details}[result["float_nodes"][0]]
+    assert dtypes == {"int8_repaired": np.int8, "int8_partly_float": np.float32}
+    done = _run_tool("int8_check.py", f"--model={artifacts['saved_model']}",
+                     "--calibration_images=32", "--take=64", "--keep_float=no_such_op")
+    assert done.returncode == 2 and "no op output name matches" in done.stderr
     done = _run_tool("int8_check.py", f"--model={tmp_path / 'missing.keras'}")
     assert done.returncode == 2 and "neither a SavedModel directory nor a .keras file" in done.stderr
 

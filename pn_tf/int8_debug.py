@@ -1,0 +1,134 @@
+"""Where an int8 TFLite model loses accuracy: per-op errors and partly-float conversions.
+
+Built on TFLite's ``tf.lite.experimental.QuantizationDebugger`` with pn-tf's converter
+settings and calibration repair (:mod:`pn_tf.export`):
+
+* :func:`layer_errors` -- every quantized op's output error, in units of its int8 step
+  (root-mean-square error / scale; rounding alone gives 1 / sqrt(12) = 0.29), worst first.
+  The debugger runs each quantized op beside its float twin on the same inputs, so the figure
+  is the op's own error, not what it inherits from earlier ops.
+* :func:`convert_partly_float` -- the int8 model with the ops whose output tensor name matches
+  a pattern left in float (TFLite's "selective quantization"): to learn whether a few ops
+  explain a loss and what keeping them float costs in size and speed.
+* :func:`convert_weights_only` -- int8 weights, float activations (dynamic-range
+  quantization): the part of a loss that is due to the weights alone.
+
+``tools/int8_check.py`` prints these beside the plain int8 accuracy.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import re
+
+from pn_tf import export
+
+#: The error of rounding alone, in units of the int8 step: uniform error over one step.
+ROUNDING_ERROR = 12 ** -0.5
+
+
+def _converter(saved_model_dir):
+    import tensorflow as tf
+
+    return tf.lite.TFLiteConverter.from_saved_model(
+        os.fspath(saved_model_dir), signature_keys=["serving_default"])
+
+
+def _debugger(saved_model_dir, representative_data, debug_data=None, float_nodes=(),
+              repair_calibration=True):
+    """A QuantizationDebugger calibrated like ``export_tflite(..., "int8")`` (float I/O)."""
+    import tensorflow as tf
+
+    converter = _converter(saved_model_dir)
+    export._configure_converter(converter, "int8", representative_data, "float32", None)
+    options = tf.lite.experimental.QuantizationDebugOptions(
+        denylisted_nodes=list(float_nodes) or None)
+    debug = export._calibration_batches(debug_data if debug_data is not None
+                                        else representative_data, None)
+    repaired = []
+    if repair_calibration:
+        with export._repaired_calibration(repaired):
+            return tf.lite.experimental.QuantizationDebugger(
+                converter=converter, debug_dataset=debug, debug_options=options)
+    return tf.lite.experimental.QuantizationDebugger(
+        converter=converter, debug_dataset=debug, debug_options=options)
+
+
+def layer_errors(saved_model_dir, representative_data, debug_data=None,
+                 repair_calibration=True):
+    """Per-op int8 errors of a SavedModel, worst first.
+
+    Args:
+        saved_model_dir: a SavedModel written by :func:`pn_tf.export.export_saved_model`.
+        representative_data: calibration batches, as for ``export_tflite(..., "int8")``.
+        debug_data: batches the errors are measured on (default: the calibration batches).
+        repair_calibration: calibrate with pn-tf's range repair (the export default).
+
+    Returns a list of ``{"tensor", "op", "error", "scale", "mse"}`` dicts, ``error`` being
+    sqrt(mse) / scale (see the module docstring), sorted by it, largest first.
+    """
+    debugger = _debugger(saved_model_dir, representative_data, debug_data,
+                         repair_calibration=repair_calibration)
+    debugger.run()
+    buffer = io.StringIO()
+    debugger.layer_statistics_dump(buffer)
+    buffer.seek(0)
+    rows = []
+    for row in csv.DictReader(buffer):
+        scale, mse = float(row["scale"]), float(row["mean_squared_error"])
+        rows.append({"tensor": row["tensor_name"], "op": row["op_name"],
+                     "error": mse ** 0.5 / scale if scale > 0 else 0.0,
+                     "scale": scale, "mse": mse})
+    return sorted(rows, key=lambda row: -row["error"])
+
+
+def op_output_names(saved_model_dir):
+    """The output tensor name of every op of the model's float32 TFLite graph, in order."""
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.convert_bytearray_to_object(
+        bytearray(export.convert_saved_model(saved_model_dir, "float32")))
+    graph = model.subgraphs[0]
+    names = []
+    for operator in graph.operators:
+        for index in operator.outputs:
+            name = graph.tensors[index].name
+            names.append(name.decode() if isinstance(name, bytes) else str(name))
+    return names
+
+
+def matching_nodes(saved_model_dir, patterns):
+    """The op output names that match any of the regular expressions ``patterns``."""
+    try:
+        compiled = [re.compile(pattern) for pattern in patterns]
+    except re.error as err:
+        raise ValueError(f"not a regular expression: {err.pattern!r} ({err})") from None
+    return [name for name in op_output_names(saved_model_dir)
+            if any(pattern.search(name) for pattern in compiled)]
+
+
+def convert_partly_float(saved_model_dir, representative_data, float_patterns,
+                         repair_calibration=True):
+    """int8 TFLite bytes with the ops matching ``float_patterns`` (regexes) left in float.
+
+    Returns ``(content, nodes)``, ``nodes`` being the op output names kept in float. Raises
+    ``ValueError`` when no op matches, so a mistyped pattern does not pass for a result.
+    """
+    nodes = matching_nodes(saved_model_dir, float_patterns)
+    if not nodes:
+        raise ValueError(f"no op output name matches {list(float_patterns)}; see the names "
+                         "int8_check.py --layer_errors prints")
+    debugger = _debugger(saved_model_dir, representative_data, float_nodes=nodes,
+                         repair_calibration=repair_calibration)
+    return debugger.get_nondebug_quantized_model(), nodes
+
+
+def convert_weights_only(saved_model_dir):
+    """TFLite bytes with int8 weights and float activations (dynamic-range quantization)."""
+    import tensorflow as tf
+
+    converter = _converter(saved_model_dir)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    return converter.convert()
