@@ -135,7 +135,7 @@ def _check_quantization(quantization, representative_data, int8_io):
         raise ValueError(f"int8_io={int8_io!r} only applies to quantization='int8'")
 
 
-def _calibration_batches(representative_data, max_batches):
+def calibration_batches(representative_data, max_batches=None):
     """A converter ``representative_dataset``: ``[float32 images]`` per step, labels dropped."""
 
     def generate():
@@ -148,18 +148,29 @@ def _calibration_batches(representative_data, max_batches):
     return generate
 
 
-def _configure_converter(converter, quantization, representative_data, int8_io, max_batches):
+def make_converter(saved_model_dir, quantization="float32", representative_data=None,
+                   int8_io="float32", max_calibration_batches=None):
+    """A ``TFLiteConverter`` for the SavedModel's ``serving_default``, set up as pn-tf exports.
+
+    See :func:`export_tflite` for the arguments. Converting it yields the converter's own int8
+    ranges; wrap the conversion in :func:`repaired_calibration` for pn-tf's repaired ones.
+    """
     import tensorflow as tf
 
+    _check_quantization(quantization, representative_data, int8_io)
+    converter = tf.lite.TFLiteConverter.from_saved_model(
+        os.fspath(saved_model_dir), signature_keys=["serving_default"])
     if quantization == "float16":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.target_spec.supported_types = [tf.float16]
     elif quantization == "int8":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        converter.representative_dataset = _calibration_batches(representative_data, max_batches)
+        converter.representative_dataset = calibration_batches(representative_data,
+                                                               max_calibration_batches)
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
         converter.inference_input_type = getattr(tf, int8_io)
         converter.inference_output_type = getattr(tf, int8_io)
+    return converter
 
 
 def _true_ranges(model_content, input_gen):
@@ -229,8 +240,11 @@ def repair_calibrated_ranges(calibrated, input_gen):
 
 
 @contextlib.contextmanager
-def _repaired_calibration(repaired):
-    """Within the block, the TFLite converter's calibration step repairs its ranges."""
+def repaired_calibration(repaired):
+    """Within the block, the TFLite converter's calibration step repairs its ranges.
+
+    ``repaired``: a list; each repaired tensor's ``(name, recorded, true)`` is appended.
+    """
     try:
         from tensorflow.lite.python.optimize import calibrator
         original = calibrator.Calibrator.calibrate
@@ -260,17 +274,12 @@ def convert_saved_model(saved_model_dir, quantization="float32", representative_
     ``repairs``: a list or None; for ``"int8"`` with the repair on, each repaired tensor's
     ``(name, recorded (min, max), true (min, max))`` is appended to it.
     """
-    import tensorflow as tf
-
-    _check_quantization(quantization, representative_data, int8_io)
-    converter = tf.lite.TFLiteConverter.from_saved_model(
-        os.fspath(saved_model_dir), signature_keys=["serving_default"])
-    _configure_converter(converter, quantization, representative_data, int8_io,
-                         max_calibration_batches)
+    converter = make_converter(saved_model_dir, quantization, representative_data, int8_io,
+                               max_calibration_batches)
     if quantization != "int8" or not repair_calibration:
         return converter.convert()
     repaired = []
-    with _repaired_calibration(repaired):
+    with repaired_calibration(repaired):
         content = converter.convert()
     if repaired:
         log.info("int8 calibration: repaired the in-place-widened ranges of %d tensors "

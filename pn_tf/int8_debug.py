@@ -18,9 +18,9 @@ settings and calibration repair (:mod:`pn_tf.export`):
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
-import os
 import re
 
 from pn_tf import export
@@ -29,31 +29,21 @@ from pn_tf import export
 ROUNDING_ERROR = 12 ** -0.5
 
 
-def _converter(saved_model_dir):
-    import tensorflow as tf
-
-    return tf.lite.TFLiteConverter.from_saved_model(
-        os.fspath(saved_model_dir), signature_keys=["serving_default"])
-
-
 def _debugger(saved_model_dir, representative_data, debug_data=None, float_nodes=(),
               repair_calibration=True):
     """A QuantizationDebugger calibrated like ``export_tflite(..., "int8")`` (float I/O)."""
     import tensorflow as tf
 
-    converter = _converter(saved_model_dir)
-    export._configure_converter(converter, "int8", representative_data, "float32", None)
+    converter = export.make_converter(saved_model_dir, "int8", representative_data)
     options = tf.lite.experimental.QuantizationDebugOptions(
         denylisted_nodes=list(float_nodes) or None)
-    debug = export._calibration_batches(debug_data if debug_data is not None
-                                        else representative_data, None)
-    repaired = []
-    if repair_calibration:
-        with export._repaired_calibration(repaired):
-            return tf.lite.experimental.QuantizationDebugger(
-                converter=converter, debug_dataset=debug, debug_options=options)
-    return tf.lite.experimental.QuantizationDebugger(
-        converter=converter, debug_dataset=debug, debug_options=options)
+    debug = export.calibration_batches(
+        debug_data if debug_data is not None else representative_data)
+    calibration = (export.repaired_calibration([]) if repair_calibration
+                   else contextlib.nullcontext())
+    with calibration:  # the debugger calibrates when it is made
+        return tf.lite.experimental.QuantizationDebugger(
+            converter=converter, debug_dataset=debug, debug_options=options)
 
 
 def layer_errors(saved_model_dir, representative_data, debug_data=None,
@@ -129,6 +119,6 @@ def convert_weights_only(saved_model_dir):
     """TFLite bytes with int8 weights and float activations (dynamic-range quantization)."""
     import tensorflow as tf
 
-    converter = _converter(saved_model_dir)
+    converter = export.make_converter(saved_model_dir, "float32")
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
     return converter.convert()
