@@ -21,14 +21,19 @@ import time
 
 from absl import app, flags
 
-flags.DEFINE_integer("epochs", 10, "Training epochs.")
-flags.DEFINE_integer("batch_size", 128, "Batch size.")
-flags.DEFINE_float("lr", 0.1, "Peak learning rate.")
-flags.DEFINE_float("weight_decay", 5e-4, "PyTorch-style (coupled) L2 coefficient.")
-flags.DEFINE_integer("seed", 0, "Seed for weights, shuffling and augmentation.")
-flags.DEFINE_string("data_dir", None, "TFDS data dir (default: $TFDS_DATA_DIR).")
-flags.DEFINE_string("out", None, "Write the per-epoch history here as JSON.")
-flags.DEFINE_integer("take", None, "Train on only this many images (smoke runs).")
+
+def define_flags():
+    """The command line (defined on demand, so tests can import the module)."""
+    flags.DEFINE_integer("epochs", 10, "Training epochs.")
+    flags.DEFINE_integer("batch_size", 128, "Batch size.")
+    flags.DEFINE_float("lr", 0.1, "Peak learning rate.")
+    flags.DEFINE_float("weight_decay", 5e-4, "PyTorch-style (coupled) L2 coefficient.")
+    flags.DEFINE_integer("seed", 0, "Seed for weights, shuffling and augmentation.")
+    flags.DEFINE_string("data_dir", None, "TFDS data dir (default: $TFDS_DATA_DIR).")
+    flags.DEFINE_string("out", None, "Write the per-epoch history here as JSON.")
+    flags.DEFINE_integer("take", None, "Train on only this many images (smoke runs).")
+
+
 FLAGS = flags.FLAGS
 
 MEAN = (0.4914, 0.4822, 0.4465)
@@ -137,4 +142,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(lambda argv: sys.exit(main(argv)))
