@@ -337,6 +337,14 @@ def test_int8_check_tool(artifacts, tmp_path):
         details = export.load_interpreter(result["files"][name]).get_tensor_details()
         dtypes[name] = {d["name"]: d["dtype"] for d in details}[result["float_nodes"][0]]
     assert dtypes == {"int8_repaired": np.int8, "int8_partly_float": np.float32}
+    # the text form (no --json) reports the same extra rows
+    sys.path.insert(0, str(REPO_ROOT / "tools"))
+    from int8_check import text_report
+
+    text = text_report(result)
+    assert f"int8 weights, float activations {result['int8_weights_only']:.4f}" in text
+    assert f"int8 with 1 ops in float {result['int8_partly_float']:.4f}" in text
+    assert "rounding alone: 0.29" in text and result["layer_errors"][0]["op"] in text
     done = _run_tool("int8_check.py", f"--model={artifacts['saved_model']}",
                      "--calibration_images=32", "--take=64", "--keep_float=no_such_op")
     assert done.returncode == 2 and "no op output name matches" in done.stderr

@@ -31,18 +31,23 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import app, flags  # noqa: E402
 
-flags.DEFINE_string("model", None, "SavedModel directory or pn-tf .keras file.")
-flags.DEFINE_string("dataset", "cifar10", "TFDS dataset the model was trained on.")
-flags.DEFINE_string("data_dir", None, "TFDS data dir (default: $TFDS_DATA_DIR).")
-flags.DEFINE_integer("calibration_images", 512, "Training images for int8 calibration.")
-flags.DEFINE_integer("take", None, "Test images to evaluate (default: the whole test split).")
-flags.DEFINE_string("out_dir", None, "Keep the .tflite files here (default: a temp dir).")
-flags.DEFINE_bool("json", False, "Print one JSON object instead of text.")
-flags.DEFINE_bool("weights_only", False, "Also int8 weights with float activations.")
-flags.DEFINE_integer("layer_errors", 0, "Also print the N ops with the largest int8 error.")
-flags.DEFINE_multi_string("keep_float", [], "Also the int8 model with the ops whose output "
-                          "tensor name matches this regex left in float (repeatable).")
-flags.mark_flag_as_required("model")
+
+def define_flags():
+    """The command line (defined on demand, so tests can import the module)."""
+    flags.DEFINE_string("model", None, "SavedModel directory or pn-tf .keras file.")
+    flags.DEFINE_string("dataset", "cifar10", "TFDS dataset the model was trained on.")
+    flags.DEFINE_string("data_dir", None, "TFDS data dir (default: $TFDS_DATA_DIR).")
+    flags.DEFINE_integer("calibration_images", 512, "Training images for int8 calibration.")
+    flags.DEFINE_integer("take", None, "Test images to evaluate (default: the whole test split).")
+    flags.DEFINE_string("out_dir", None, "Keep the .tflite files here (default: a temp dir).")
+    flags.DEFINE_bool("json", False, "Print one JSON object instead of text.")
+    flags.DEFINE_bool("weights_only", False, "Also int8 weights with float activations.")
+    flags.DEFINE_integer("layer_errors", 0, "Also print the N ops with the largest int8 error.")
+    flags.DEFINE_multi_string("keep_float", [], "Also the int8 model with the ops whose output "
+                              "tensor name matches this regex left in float (repeatable).")
+    flags.mark_flag_as_required("model")
+
+
 FLAGS = flags.FLAGS
 
 
@@ -109,6 +114,29 @@ def check(model, dataset, out_dir, calibration_images=512, take=None, data_dir=N
     return result
 
 
+def text_report(result):
+    """The human-readable form of :func:`check`'s result."""
+    from pn_tf.int8_debug import ROUNDING_ERROR
+
+    lines = [f"test top-1  float32 {result['float32']:.4f}  int8 (repaired) "
+             f"{result['int8_repaired']:.4f}  int8 (converter's ranges) "
+             f"{result['int8_unrepaired']:.4f}"]
+    lines.append(f"repaired {len(result['repaired'])} tensors" + "".join(
+        f"\n  {r['tensor']}: [{r['recorded'][0]:.3g}, {r['recorded'][1]:.3g}] -> "
+        f"[{r['true'][0]:.3g}, {r['true'][1]:.3g}]" for r in result["repaired"][:10]))
+    if "int8_weights_only" in result:
+        lines.append(f"int8 weights, float activations {result['int8_weights_only']:.4f}")
+    if "int8_partly_float" in result:
+        lines.append(f"int8 with {len(result['float_nodes'])} ops in float "
+                     f"{result['int8_partly_float']:.4f}")
+    if "layer_errors" in result:
+        lines.append(f"largest own int8 errors (RMS error in int8 steps; rounding alone: "
+                     f"{ROUNDING_ERROR:.2f}):")
+        lines += [f"  {row['error']:.3f}  {row['op']:<18} {row['tensor'][:100]}"
+                  for row in result["layer_errors"]]
+    return "\n".join(lines)
+
+
 def _options():
     return {"weights_only": FLAGS.weights_only, "layer_errors": FLAGS.layer_errors,
             "keep_float": FLAGS.keep_float}
@@ -132,13 +160,10 @@ def main(argv):
     if FLAGS.json:
         print(json.dumps(result, indent=2))
         return 0
-    print(f"test top-1  float32 {result['float32']:.4f}  int8 (repaired) "
-          f"{result['int8_repaired']:.4f}  int8 (converter's ranges) {result['int8_unrepaired']:.4f}")
-    print(f"repaired {len(result['repaired'])} tensors" + "".join(
-        f"\n  {r['tensor']}: [{r['recorded'][0]:.3g}, {r['recorded'][1]:.3g}] -> "
-        f"[{r['true'][0]:.3g}, {r['true'][1]:.3g}]" for r in result["repaired"][:10]))
+    print(text_report(result))
     return 0
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(lambda argv: sys.exit(main(argv)))
