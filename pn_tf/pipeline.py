@@ -55,6 +55,7 @@ class RunConfig:
     projection: str = "always"
     pn_noise: float = 15.0
     gate_lr: float = 5e-2
+    flops_reg_weight: float = 2.0
     pn_batch_size: int = 64
     search_take: int = None
     search_eval_split: str = "holdout"
@@ -158,7 +159,7 @@ class Pipeline:
         c.input_size = c.input_size or spec.image_size
         c.round_to = _round_to(c.round_to)
         _positive(c, "baseline_epochs", "search_epochs", "batch_size", "search_batch_size",
-                  "baseline_lr", "finetune_lr", "gate_lr", "calibration_images",
+                  "baseline_lr", "finetune_lr", "gate_lr", "flops_reg_weight", "calibration_images",
                   "tflite_threads", "tflite_runs", "pn_batch_size", "train_take", "eval_take", "search_take",
                   "finetune_epochs", "weight_decay", "pn_noise", "search_eval_take", allow_zero=("finetune_epochs", "weight_decay", "pn_noise"))
         if not 0.0 < c.target_flops_reduction < 1.0:

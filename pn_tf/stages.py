@@ -47,7 +47,7 @@ def search(pipe):
     config = SearchConfig(epochs=c.search_epochs, batch_size=c.search_batch_size, predictor=c.predictor,
                           projection=c.projection, pn_noise=c.pn_noise, pn_batch_size=c.pn_batch_size,
                           target_reduction=c.target_flops_reduction, p=c.p, gate_lr=c.gate_lr,
-                          seed=c.seed, take=c.search_take)
+                          reg_weight=c.flops_reg_weight, seed=c.seed, take=c.search_take)
     summary = run_search(network, c.dataset, pipe.stage_dir("search"), config, data_dir=c.data_dir,
                          strategy=pipe.strategy, verbose=c.verbose, eval_split=c.search_eval_split,
                          eval_take=c.search_eval_take or c.eval_take)

@@ -75,6 +75,10 @@ def define_flags(flag_values=flags.FLAGS):
     flags.DEFINE_enum("projection", "always", ["always", "conflict", "off"], "Gradient projection.", **fv)
     flags.DEFINE_float("pn_noise", 15.0, "Std of the noise on the PN's input (15 ResNet, 3 MobileNetV2).", **fv)
     flags.DEFINE_float("gate_lr", 5e-2, "Gate AdamW learning rate.", **fv)
+    flags.DEFINE_float("flops_reg_weight", 2.0, "w of the FLOPs regularizer w * log(max(T/T_total, p) / p) "
+                       "(METHOD.md item 4: 2, with the reference code's further factor 2 on top). Raise "
+                       "it when a short search ends above the FLOPs budget (search.json's "
+                       "threshold_flops_ratio; the search stage warns).", **fv)
     flags.DEFINE_integer("pn_batch_size", 64, "PN batch drawn from memory; the PN terms start once "
                          "the memory holds this many entries (one per 2 steps).", **fv)
     flags.DEFINE_integer("search_take", None, "Use only this many held-out images for the search.", **fv)

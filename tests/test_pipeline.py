@@ -55,8 +55,12 @@ def test_quickstart_end_to_end_tiny(tmp_path, data_dir):
     assert "repaired the in-place-widened ranges of" in out.stderr
     assert list((tmp_path / "run" / "search" / "tensorboard").iterdir())
     # 1 epoch of 2 steps with PN batch 16: the PN terms never start, and the run says so.
-    assert json.loads((tmp_path / "run" / "search" / "search.json").read_text())["pn_start_step"] == 32
+    search = json.loads((tmp_path / "run" / "search" / "search.json").read_text())
+    assert search["pn_start_step"] == 32
     assert "the PN terms act in only 0 of the search's 2 steps" in out.stdout
+    # Nor do 2 steps close the gates down to the budget, which the run says as well.
+    assert search["reached_budget"] is False and search["recipe"]["reg_weight"] == 2.0
+    assert "above the 0.500 budget" in out.stdout
     # Finished stages are never redone.
     again = _run(tmp_path / "run", data_dir)
     assert again.returncode == 0

@@ -43,6 +43,8 @@ def test_regularizer_zero_under_budget_and_log_above():
     above = float(search.regularizer(search.p * t_total * 1.5))
     assert above == pytest.approx(2.0 * 2.0 * np.log(1.5), rel=1e-5)
     assert search.budget_ratio == pytest.approx(0.5, rel=1e-6)
+    heavier = _search(target_reduction=0.5, reg_weight=8.0)  # --flops_reg_weight=8
+    assert float(heavier.regularizer(heavier.p * t_total * 1.5)) == pytest.approx(4 * above, rel=1e-5)
     with pytest.raises(ValueError, match="projection"):
         _search(projection="sometimes")
     with pytest.raises(ValueError, match="predictor"):
@@ -83,6 +85,17 @@ def test_warns_when_the_pn_terms_would_start_late():
     assert "only 0 of the search's 20 steps" in late_pn_warning(128, 20, 64, 2)
     assert late_pn_warning(16 * 2, 140, 16, 2) is None  # its batch now: on from step 32
     assert late_pn_warning(None, 10, 64, 2) is None  # DG: no predictor
+
+
+def test_warns_when_the_search_ends_above_the_budget():
+    from pn_tf.search.run import over_budget_warning
+
+    # MobileNetV2 on CIFAR-10, 10 search epochs (docs/results.md): hard gates at 0.67.
+    warning = over_budget_warning(0.671, 0.5)
+    assert "at 0.671 of the FLOPs, above the 0.500 budget" in warning
+    assert "--flops_reg_weight" in warning and "--search_epochs" in warning
+    assert over_budget_warning(0.515, 0.5) is None  # within the tolerance
+    assert over_budget_warning(0.43, 0.5) is None
 
 
 def test_real_search_moves_flops_toward_budget(data_dir):
