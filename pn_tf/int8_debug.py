@@ -74,12 +74,19 @@ def layer_errors(saved_model_dir, representative_data, debug_data=None,
     return sorted(rows, key=lambda row: -row["error"])
 
 
-def op_output_names(saved_model_dir):
-    """The output tensor name of every op of the model's float32 TFLite graph, in order."""
+def op_output_names(saved_model_dir, float_tflite=None):
+    """The output tensor name of every op of the model's float32 TFLite graph, in order.
+
+    ``float_tflite``: that graph's ``.tflite`` file when already converted (else converted here).
+    """
     from tensorflow.lite.tools import flatbuffer_utils
 
-    model = flatbuffer_utils.convert_bytearray_to_object(
-        bytearray(export.convert_saved_model(saved_model_dir, "float32")))
+    if float_tflite:
+        with open(float_tflite, "rb") as f:
+            content = f.read()
+    else:
+        content = export.convert_saved_model(saved_model_dir, "float32")
+    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(content))
     graph = model.subgraphs[0]
     names = []
     for operator in graph.operators:
@@ -89,24 +96,25 @@ def op_output_names(saved_model_dir):
     return names
 
 
-def matching_nodes(saved_model_dir, patterns):
+def matching_nodes(saved_model_dir, patterns, float_tflite=None):
     """The op output names that match any of the regular expressions ``patterns``."""
     try:
         compiled = [re.compile(pattern) for pattern in patterns]
     except re.error as err:
         raise ValueError(f"not a regular expression: {err.pattern!r} ({err})") from None
-    return [name for name in op_output_names(saved_model_dir)
+    return [name for name in op_output_names(saved_model_dir, float_tflite)
             if any(pattern.search(name) for pattern in compiled)]
 
 
 def convert_partly_float(saved_model_dir, representative_data, float_patterns,
-                         repair_calibration=True):
+                         repair_calibration=True, float_tflite=None):
     """int8 TFLite bytes with the ops matching ``float_patterns`` (regexes) left in float.
 
     Returns ``(content, nodes)``, ``nodes`` being the op output names kept in float. Raises
     ``ValueError`` when no op matches, so a mistyped pattern does not pass for a result.
+    ``float_tflite``: the model's float32 ``.tflite``, if already converted (names the ops).
     """
-    nodes = matching_nodes(saved_model_dir, float_patterns)
+    nodes = matching_nodes(saved_model_dir, float_patterns, float_tflite)
     if not nodes:
         raise ValueError(f"no op output name matches {list(float_patterns)}; see the names "
                          "int8_check.py --layer_errors prints")

@@ -95,7 +95,7 @@ def check(model, dataset, out_dir, calibration_images=512, take=None, data_dir=N
             int8_debug.convert_weights_only(saved_model))
     if keep_float:
         content, extra["float_nodes"] = int8_debug.convert_partly_float(
-            saved_model, calibration, keep_float)
+            saved_model, calibration, keep_float, float_tflite=paths["float32"])
         paths["int8_partly_float"] = export.save_bytes(
             os.path.join(out_dir, "int8_partly_float.tflite"), content)
     if layer_errors:

@@ -120,7 +120,7 @@ def main(argv):
     keras.utils.set_random_seed(FLAGS.seed)
     data_dir = FLAGS.data_dir or os.environ.get("TFDS_DATA_DIR")
     train, test = datasets(data_dir, FLAGS.batch_size, FLAGS.seed, FLAGS.take)
-    steps = (FLAGS.take or 45_000) // FLAGS.batch_size
+    steps = int(train.cardinality())  # full batches of train[:90%] (or of --take images)
     model = build(FLAGS.weight_decay)
     model.compile(
         optimizer=keras.optimizers.SGD(schedule(FLAGS.lr, steps, FLAGS.epochs), momentum=0.9),
