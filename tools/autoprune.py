@@ -51,6 +51,8 @@ def _parser():
     p.add_argument("--output", help="where to save the pruned .keras model")
     p.add_argument("--search_epochs", type=int, default=5)
     p.add_argument("--batch_size", type=int, default=64)
+    p.add_argument("--flops_reg_weight", type=float, default=2.0,
+                   help="w of the FLOPs regularizer; raise it if the search ends above the budget")
     p.add_argument("--predictor", default="gru", choices=("gru", "bigru", "linear", "linear_scaled", "none"))
     p.add_argument("--take", type=int, default=None, help="use only this many examples")
     return p
@@ -153,7 +155,8 @@ def main(argv=None):
         model, args.image_dir or args.dataset, target_flops_reduction=args.target_flops_reduction,
         search_epochs=args.search_epochs, batch_size=args.batch_size, predictor=args.predictor,
         data_dir=args.data_dir, round_to=args.round_to, policy=args.policy, take=args.take,
-        seed=args.seed, verbose=0 if args.json else 2, return_summary=True)
+        seed=args.seed, flops_reg_weight=args.flops_reg_weight, verbose=0 if args.json else 2,
+        return_summary=True)
     with atomic_path(args.output) as tmp:
         pruned.save(tmp)
     summary["output"] = os.path.abspath(args.output)

@@ -21,7 +21,7 @@ def _softmax_output(model):
 
 def prune(model, dataset, target_flops_reduction=0.5, search_epochs=5, batch_size=64,
           predictor="gru", data_dir=None, image_size=None, round_to=1, policy="all",
-          exclude=(), take=None, seed=0, gate_lr=5e-2, pn_noise=15.0, verbose=0,
+          exclude=(), take=None, seed=0, gate_lr=5e-2, pn_noise=15.0, flops_reg_weight=2.0, verbose=0,
           return_summary=False, **overrides):
     """Prunes a functional Keras model physically with the PN search.
 
@@ -34,6 +34,8 @@ def prune(model, dataset, target_flops_reduction=0.5, search_epochs=5, batch_siz
             dataset of ``(images, integer labels)`` batches.
         target_flops_reduction: float in (0, 1). Fraction of MACs to remove.
         search_epochs, batch_size, predictor, gate_lr, pn_noise: the search.
+        flops_reg_weight: w of the FLOPs regularizer (METHOD.md item 4: 2); raise it when the
+            summary warns that the search ended above the FLOPs budget.
         data_dir: TFDS data directory (default ``$TFDS_DATA_DIR``).
         image_size: side of the images fed to the search (default: the model's).
         round_to: round each group's kept width to a multiple of this.
@@ -48,9 +50,12 @@ def prune(model, dataset, target_flops_reduction=0.5, search_epochs=5, batch_siz
 
     from pn_tf import data as data_lib
     from pn_tf.search import PNSearch
+    from pn_tf.search.run import over_budget_warning
 
     if not 0.0 < target_flops_reduction < 1.0:
         raise ValueError(f"target_flops_reduction must be in (0, 1), got {target_flops_reduction}")
+    if not flops_reg_weight > 0:
+        raise ValueError(f"flops_reg_weight must be positive, got {flops_reg_weight}")
     if _softmax_output(model):
         log.warning("%s ends in a softmax; the PN search expects logits", model.name)
     gated = insert_gates(model, policy=policy, exclude=exclude, **overrides)
@@ -66,9 +71,14 @@ def prune(model, dataset, target_flops_reduction=0.5, search_epochs=5, batch_siz
                                       image_size=size, data_dir=data_dir, seed=seed, take=take)
     trainable = {layer.name: layer.trainable for layer in gated.layers}
     search = PNSearch(gated, predictor=predictor, target_reduction=target_flops_reduction,
-                      pn_noise=pn_noise, seed=seed)
+                      pn_noise=pn_noise, reg_weight=flops_reg_weight, seed=seed)
     search.compile(gate_optimizer=keras.optimizers.AdamW(gate_lr, weight_decay=1e-2))
     history = search.fit(train, epochs=search_epochs, verbose=verbose)
+    threshold_ratio = float(search.evaluate(train.take(1), verbose=0, return_dict=True)["flops_ratio"])
+    over_budget = over_budget_warning(threshold_ratio, search.budget_ratio,
+                                      knobs=("search_epochs", "flops_reg_weight"))
+    if over_budget:
+        log.warning(over_budget)
     set_gate_mode(gated, "identity")
     for layer in gated.layers:  # the search froze the network; the pruned model is trainable
         layer.trainable = trainable[layer.name]
@@ -83,7 +93,10 @@ def prune(model, dataset, target_flops_reduction=0.5, search_epochs=5, batch_siz
         "params": count_params(model),
         "pruned_params": count_params(narrow),
         "search_history": {k: [float(v) for v in vs] for k, vs in history.history.items()},
-        "warnings": list(getattr(gated, "pn_auto_warnings", [])) + list(selection.notes),
+        "threshold_flops_ratio": threshold_ratio,
+        "reached_budget": over_budget is None,
+        "warnings": list(getattr(gated, "pn_auto_warnings", [])) + list(selection.notes)
+                    + ([over_budget] if over_budget else []),
     }
     return (narrow, summary) if return_summary else narrow
 

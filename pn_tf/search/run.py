@@ -89,19 +89,21 @@ def late_pn_warning(pn_start, total_steps, pn_batch_size, average_every):
             f"{average_every} steps (step {pn_start}); lower --pn_batch_size or search longer")
 
 
-def over_budget_warning(threshold_ratio, budget_ratio, tolerance=0.02):
+def over_budget_warning(threshold_ratio, budget_ratio, tolerance=0.02,
+                        knobs=("--search_epochs", "--flops_reg_weight")):
     """A warning when the search's hard gates end above the FLOPs budget, else None.
 
     Extraction lands on the budget anyway, by cutting the lowest-scored channels, some of
     whose gates are still open; the extracted model then starts far below the gated
     network's accuracy (MobileNetV2 on CIFAR-10: 0.66-0.68 of the FLOPs after 10 epochs at
-    a 0.50 budget; docs/results.md).
+    a 0.50 budget; docs/results.md). ``knobs``: how the caller names the search length and
+    the regularizer weight.
     """
     if threshold_ratio <= budget_ratio + tolerance:
         return None
     return (f"the search ended with its hard gates at {threshold_ratio:.3f} of the FLOPs, above the "
             f"{budget_ratio:.3f} budget: extraction will cut channels whose gates are open; search "
-            f"longer (--search_epochs) or raise --flops_reg_weight")
+            f"longer ({knobs[0]}) or raise {knobs[1]}")
 
 
 def run_search(network, dataset, workdir, config, data_dir=None, strategy=None, verbose=2,
