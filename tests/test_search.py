@@ -70,6 +70,8 @@ def test_search_changes_only_gates_and_fills_memory(predictor):
     assert any(not np.allclose(a, b.numpy()) for a, b in zip(gates, search.gate_logits))
     assert int(search.memory.count.numpy()) == 3  # one entry per 2 steps
     assert search.pn_start_step == (None if predictor == "none" else 4)  # 2 entries, 2 steps each
+    evaluated = search.evaluate(_batches(1), verbose=0, return_dict=True)["flops_ratio"]
+    assert search.threshold_flops_ratio == pytest.approx(float(evaluated), rel=1e-6)
     for key in ("cls_loss", "res_loss", "pn_loss", "pn_mae", "flops_ratio", "grad_cos"):
         assert np.isfinite(history[key][-1]), key
     if predictor == "none":

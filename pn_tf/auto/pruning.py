@@ -74,7 +74,7 @@ def prune(model, dataset, target_flops_reduction=0.5, search_epochs=5, batch_siz
                       pn_noise=pn_noise, reg_weight=flops_reg_weight, seed=seed)
     search.compile(gate_optimizer=keras.optimizers.AdamW(gate_lr, weight_decay=1e-2))
     history = search.fit(train, epochs=search_epochs, verbose=verbose)
-    threshold_ratio = float(search.evaluate(train.take(1), verbose=0, return_dict=True)["flops_ratio"])
+    threshold_ratio = search.threshold_flops_ratio
     over_budget = over_budget_warning(threshold_ratio, search.budget_ratio,
                                       knobs=("search_epochs", "flops_reg_weight"))
     if over_budget:

@@ -265,3 +265,8 @@ class PNSearch(keras.Model):
     def deterministic_gates(self):
         """The noise-free hard gate vectors ``1[theta + base >= 0]`` as numpy arrays."""
         return [(g.logits.numpy() + g.base >= 0).astype("float32") for g in self.gates]
+
+    @property
+    def threshold_flops_ratio(self):
+        """T(a)/T_all at the noise-free hard gates (what extraction starts from); no data needed."""
+        return float(self.flops([tf.constant(v) for v in self.deterministic_gates()]) / self.flops.total)
