@@ -1,4 +1,4 @@
-"""Prune any functional Keras model: find its channel groups, gate them, search, extract.
+"""Prune any Keras model (functional, Sequential, nested): find its groups, gate, search, extract.
 
 The one channel-dependency engine (:class:`pn_tf.graph.ChannelGraph`) does the
 analysis; this package only decides *which* of the spaces it finds to prune and
@@ -31,14 +31,13 @@ Modules:
 * ``_util``    -- private helpers shared by the above (logger, ``_quiet``).
 """
 
-from pn_tf.auto.analysis import (ACTIVATIONS, ADDITIVE_MERGES, POLICIES, Analysis, analyse, find_groups,
-                                 strip_gates)
+from pn_tf.auto.analysis import POLICIES, Analysis, analyse, find_groups, strip_gates
 from pn_tf.auto.data import image_folder_dataset
 from pn_tf.auto.extract import extract_at, simplify
 from pn_tf.auto.insert import insert_gates
 from pn_tf.auto.pruning import prune, random_gate_logits
 
-__all__ = ["ACTIVATIONS", "ADDITIVE_MERGES", "Analysis", "POLICIES", "analyse", "extract_at",
+__all__ = ["Analysis", "POLICIES", "analyse", "extract_at",
            "find_groups", "image_folder_dataset", "insert_gates", "prune", "random_gate_logits",
            "simplify", "strip_gates"]
 

@@ -11,7 +11,7 @@ import keras
 
 from pn_tf.auto._util import _quiet, log
 from pn_tf.graph import ChannelGraph
-from pn_tf.graph.channels import MERGES, _activation_name
+from pn_tf.graph.rules import MERGE, rule_for
 from pn_tf.layers import ChannelGate, gate_layers
 
 # Policy presets. "all": every space the engine can prune. "internal": only
@@ -22,9 +22,6 @@ POLICIES = {
     "internal": dict(prune_residual=False, prune_branching=False, prune_heads=False,
                      prune_linear=False),
 }
-ADDITIVE_MERGES = tuple(m for m in MERGES if m is not keras.layers.Multiply)
-ACTIVATIONS = (keras.layers.Activation, keras.layers.ReLU, keras.layers.LeakyReLU,
-               keras.layers.PReLU, keras.layers.ELU)
 
 
 @dataclasses.dataclass
@@ -57,20 +54,16 @@ def _resolve_policy(policy, overrides):
 
 
 def _strip_gates(model):
-    """A copy of ``model`` with every gate replaced by Identity (same weights)."""
+    """A flat copy of ``model`` with every gate replaced by Identity (same weights)."""
 
-    from pn_tf.extract.surgery import clone_layer
+    from pn_tf.extract.surgery import clone_layer, copy_model
 
     def clone(layer):
         if isinstance(layer, ChannelGate):
             return keras.layers.Identity(name=layer.name)
         return clone_layer(layer)
 
-    stripped = keras.models.clone_model(model, clone_function=clone)
-    for layer in stripped.layers:
-        if layer.weights and layer is not model.get_layer(layer.name):
-            layer.set_weights(model.get_layer(layer.name).get_weights())
-    return stripped
+    return copy_model(model, clone)
 
 
 strip_gates = _strip_gates
@@ -80,28 +73,22 @@ def _spatial_is_one(tensor):
     return len(tensor.shape) <= 2 or all(d == 1 for d in tensor.shape[1:-1])
 
 
-def _is_activation(layer):
-    name = _activation_name(layer)
-    if name is None:
-        activation = getattr(layer, "activation", None)  # conv/dense with a built-in one
-        name = getattr(activation, "__name__", None)
-        if name is None:
-            return False
-    return name not in ("linear", None)
+def _is_additive_merge(op):
+    rule = rule_for(op)
+    return rule.kind == MERGE and getattr(rule, "additive", False)
 
 
 def _space_traits(graph, space):
     """(residual, consumers that mix channels, read at 1x1/dense, passes a nonlinearity)."""
     root = graph.root(space.atoms[0])
-    layers = {layer.name: layer for layer in graph.model.layers}
-    residual = any(isinstance(layers.get(name), ADDITIVE_MERGES) for name in space.carriers)
+    residual = any(_is_additive_merge(graph.operation(name)) for name in space.carriers)
     consumers, pooled = set(), False
     for name, role, atoms, tensor in graph.reads():
         if role in ("conv", "dense") and any(graph.root(a) == root for a in atoms):
             consumers.add(name)
             pooled = pooled or role == "dense" or _spatial_is_one(tensor)
-    nonlinear = any(_is_activation(layers[name]) for name in space.carriers + space.producers
-                    if name in layers)
+    nonlinear = any(rule_for(graph.operation(name)).nonlinear(graph.operation(name))
+                    for name in space.carriers + space.producers)
     return residual, consumers, pooled, nonlinear
 
 
@@ -109,8 +96,9 @@ def analyse(model, policy="all", exclude=(), **overrides):
     """The channel spaces of ``model`` and which of them ``policy`` prunes.
 
     Args:
-        model: a built functional keras.Model (gates, if any, are ignored: a
-            model from the zoo is analysed as if its gates were Identity).
+        model: a built functional or Sequential keras.Model; nested sub-models are
+            analysed through (gates, if any, are ignored: a model from the zoo is
+            analysed as if its gates were Identity).
         policy: ``"all"`` (default) or ``"internal"`` (see ``POLICIES``).
         exclude: names of layers whose output channels must not be pruned.
         **overrides: ``prune_residual``, ``prune_branching``, ``prune_heads``,

@@ -4,19 +4,20 @@ Where a read sees several spaces laid side by side (DenseNet: a BN-ReLU over a
 concatenation), one gate cannot sit on the tensor; the copy then multiplies it by
 ``concat(gate_i(ones_i))``, where ``ones_i`` is a 1x1 tensor of ones of space i
 built from that space's producer output with standard layers
-(``GlobalAveragePooling2D`` + ``Rescaling(0, offset=1)``).
+(``GlobalAveragePooling`` + ``Rescaling(0, offset=1)``).
+
+The copy is flat: a Sequential model or a backbone nested in a classifier becomes one
+functional graph of the same layers under the same names (:func:`pn_tf.graph.flatten`).
 """
 
 import keras
 
-from pn_tf.auto._util import _layer_of, _quiet, log
+from pn_tf.auto._util import _quiet, log
 from pn_tf.auto.analysis import _strip_gates, analyse
 from pn_tf.graph import ChannelGraph
-from pn_tf.graph.channels import ZERO_PRESERVING_ACTIVATIONS, _activation_name, keeps_zero
+from pn_tf.graph.replay import replay
+from pn_tf.graph.rules import CARRY, rule_for
 from pn_tf.layers import ChannelGate, gate_layers
-
-# Single-input layers a zero passes through unchanged (walking back from a read).
-_PASS_ZERO = (keras.layers.Identity, keras.layers.Flatten, keras.layers.Reshape)
 
 
 def _consumers_by_tensor(model):
@@ -35,41 +36,37 @@ def _producer_node(tensor):
     return operation._inbound_nodes[node_index]
 
 
-def _passes_zero(layer, node):
-    if len(node.input_tensors) != 1 or len(node.output_tensors) != 1:
+def _passes_zero(graph, node):
+    """A single-tensor call that carries its input's channels and keeps zeros zero."""
+    if node.is_input or len(node.input_tensors) != 1 or len(node.output_tensors) != 1:
         return False
-    if isinstance(layer, keras.layers.DepthwiseConv2D):
-        return layer.depth_multiplier == 1 and keeps_zero(layer)
-    from pn_tf.graph.channels import PER_CHANNEL
-
-    if isinstance(layer, PER_CHANNEL) or isinstance(layer, _PASS_ZERO):
-        x, y = node.input_tensors[0], node.output_tensors[0]
-        return x.shape[-1] == y.shape[-1] and keeps_zero(layer)
-    return False
+    op = node.operation
+    if rule_for(op).kind != CARRY or not graph.keeps_zero(node):
+        return False
+    x, y = node.input_tensors[0], node.output_tensors[0]
+    return set(graph.segments(x)) == set(graph.segments(y))
 
 
-def _insertion_point(tensor, consumers):
+def _insertion_point(graph, tensor, consumers):
     """Where to gate a read of ``tensor``: after the last op that can revive a zero.
 
-    Walks back through zero-preserving per-channel layers, then forward again
-    through activations while the tensor has a single consumer (so that the gate
-    sits after BN-ReLU, as in the zoo).
+    Walks back through zero-preserving per-channel layers (pooling, padding, Flatten,
+    bias-free depthwise convolutions, ReLU-like activations), then forward again
+    through element-wise activations while the tensor has a single consumer (so that
+    the gate sits after BN-ReLU, as in the zoo).
     """
     t = tensor
-    while True:
-        node = _producer_node(t)
-        if node.is_input or not _passes_zero(node.operation, node):
-            break
-        t = node.input_tensors[0]
+    while _passes_zero(graph, _producer_node(t)):
+        t = _producer_node(t).input_tensors[0]
     while True:
         nodes = consumers.get(id(t), [])
         if len(nodes) != 1:
             break
-        layer = nodes[0].operation
-        name = _activation_name(layer)
-        if name is None or name not in ZERO_PRESERVING_ACTIVATIONS or len(nodes[0].output_tensors) != 1:
+        node = nodes[0]
+        rule = rule_for(node.operation)
+        if not (rule.elementwise and rule.nonlinear(node.operation) and _passes_zero(graph, node)):
             break
-        t = nodes[0].output_tensors[0]
+        t = node.output_tensors[0]
     return t
 
 
@@ -92,23 +89,21 @@ def _plan(graph, groups, gate_depthwise=True):
             continue
         if not any(graph.root(a) in roots for a in atoms):
             continue
-        t = _insertion_point(tensor, consumers)
+        t = _insertion_point(graph, tensor, consumers)
         points[id(t)] = t
     return points
 
 
 def _rebuild(model, graph, groups, points, name):
-    """Calls ``model``'s layers again on new inputs, gating the tensors in ``points``."""
+    """Calls ``model``'s operations again, gating the tensors in ``points``."""
     taken = {layer.name for layer in model.layers}
     gates = {}
     for g in groups:
         base = f"{g.producers[0]}_gate" if g.producers else f"space{g.index}_gate"
         gates[graph.root(g.atoms[0])] = ChannelGate(name=_unique_name(base, taken))
-    raw, tensors, mask_parts = {}, {}, {}
+    raw, mask_parts = {}, {}
     for x in model.inputs:
-        layer = _layer_of(x)
-        new = keras.Input(batch_shape=tuple(x.shape), dtype=x.dtype, name=layer.name)
-        raw[id(x)] = tensors[id(x)] = new
+        raw[id(x)] = None  # inputs are never gated or births of prunable spaces
 
     def ones_part(atom, rank):
         key = (atom, rank)
@@ -118,19 +113,21 @@ def _rebuild(model, graph, groups, points, name):
         if birth is None:  # any tensor holding an atom tied to this one will do
             root = graph.root(atom)
             birth = next((t for a, t in graph.birth.items() if graph.root(a) == root), None)
-        if birth is None:
+        if birth is None or raw.get(id(birth)) is None:
             raise ValueError(f"no tensor holds channel space {atom} alone; cannot build its mask")
         source = raw[id(birth)]
         k = len(mask_parts)
-        if len(source.shape) == 4:
-            y = keras.layers.GlobalAveragePooling2D(keepdims=rank == 4,
-                                                    name=_unique_name(f"pn_pool_{k}", taken))(source)
-        elif len(source.shape) == 2:
-            y = source
-            if rank == 4:
-                y = keras.layers.Reshape((1, 1, source.shape[-1]), name=_unique_name(f"pn_reshape_{k}", taken))(y)
+        if len(source.shape) > 2:
+            spatial = tuple(range(1, len(source.shape) - 1))
+            y = _global_pool(source, spatial, keepdims=rank == len(source.shape), name=_unique_name(f"pn_pool_{k}", taken))
+            if rank != len(source.shape) and rank > 2:
+                y = keras.layers.Reshape((1,) * (rank - 2) + (source.shape[-1],),
+                                         name=_unique_name(f"pn_reshape_{k}", taken))(y)
         else:
-            raise ValueError(f"cannot build a channel mask from a rank-{len(source.shape)} tensor")
+            y = source
+            if rank > 2:
+                y = keras.layers.Reshape((1,) * (rank - 2) + (source.shape[-1],),
+                                         name=_unique_name(f"pn_reshape_{k}", taken))(y)
         y = keras.layers.Rescaling(0.0, offset=1.0, name=_unique_name(f"pn_ones_{k}", taken))(y)
         gate = gates.get(graph.root(atom))
         if gate is not None:
@@ -149,36 +146,34 @@ def _rebuild(model, graph, groups, points, name):
         mask = keras.layers.Concatenate(name=_unique_name(f"pn_mask_cat_{k}", taken))(parts)
         return keras.layers.Multiply(name=_unique_name(f"pn_mask_{k}", taken))([value, mask])
 
-    for depth in sorted(model._nodes_by_depth, reverse=True):
-        for node in model._nodes_by_depth[depth]:
-            if node.is_input:
-                continue
-            args, kwargs = node.arguments.fill_in(tensors)
-            outputs = keras.tree.flatten(node.operation(*args, **kwargs))
-            for x, y in zip(node.outputs, outputs):
-                raw[id(x)] = y
-                tensors[id(x)] = gated(x, y) if id(x) in points else y
-    outputs = keras.tree.map_structure(lambda x: tensors[id(x)], model._outputs_struct)
-    inputs = keras.tree.map_structure(lambda x: tensors[id(x)], model._inputs_struct)
-    return keras.Model(inputs, outputs, name=name)
+    def after(node, outputs):
+        for x, y in zip(node.outputs, outputs):
+            raw[id(x)] = y
+        return [gated(x, y) if id(x) in points else y for x, y in zip(node.outputs, outputs)]
+
+    return replay(model, after=after, name=name)
+
+
+def _global_pool(source, spatial, keepdims, name):
+    """Global average pooling of a 1-D, 2-D or 3-D feature map (a standard Keras layer)."""
+    pools = {1: keras.layers.GlobalAveragePooling1D, 2: keras.layers.GlobalAveragePooling2D,
+             3: keras.layers.GlobalAveragePooling3D}
+    return pools[len(spatial)](keepdims=keepdims, name=name)(source)
 
 
 def _private_copy(model):
-    from pn_tf.extract.surgery import clone_layer
+    from pn_tf.extract.surgery import copy_model
 
-    copy = keras.models.clone_model(model, clone_function=clone_layer)
-    for layer in copy.layers:
-        if layer.weights and layer is not model.get_layer(layer.name):
-            layer.set_weights(model.get_layer(layer.name).get_weights())
-    return copy
+    return copy_model(model)
 
 
 def insert_gates(model, groups=None, policy="all", exclude=(), gate_depthwise=True, **overrides):
     """A copy of ``model`` (same weights) with a ChannelGate on every group.
 
     Args:
-        model: a built functional keras.Model without gates (a zoo model's gates
-            are stripped first).
+        model: a built functional or Sequential keras.Model without gates (a zoo
+            model's gates are stripped first); nested sub-models are flattened into
+            the copy, keeping their layers' names.
         groups: list of groups from :func:`find_groups` on this model, or None to
             find them with ``policy``/``exclude``/``**overrides``.
         gate_depthwise: bool. Also gate a group where a depthwise convolution

@@ -11,11 +11,12 @@ its top-scoring channels; ``round_to`` rounds each group's kept count to a multi
 
 import dataclasses
 import logging
+import math
 
-import keras
 import numpy as np
 
 from pn_tf.graph import FlopsModel
+from pn_tf.graph.rules import rule_for
 
 log = logging.getLogger(__name__)
 
@@ -52,19 +53,6 @@ def gate_scores(model):
     return [np.asarray(g.logits.numpy(), dtype=np.float64) for g in gate_layers(model)]
 
 
-def _filter_l1(layer):
-    """Per-output-channel L1 norm of a producer's kernel, or None if it has none."""
-    if isinstance(layer, keras.layers.DepthwiseConv2D):
-        return None
-    if isinstance(layer, keras.layers.SeparableConv2D):
-        kernel = np.asarray(layer.pointwise_kernel)
-    elif isinstance(layer, (keras.layers.Conv2D, keras.layers.Dense)):
-        kernel = np.asarray(layer.kernel)
-    else:
-        return None
-    return np.abs(kernel).reshape(-1, kernel.shape[-1]).sum(axis=0)
-
-
 def filter_l1_scores(model, graph):
     """Per group: z-scored L1 norms of the producing filters (summed over tied producers).
 
@@ -75,7 +63,8 @@ def filter_l1_scores(model, graph):
     for group in graph.groups:
         total = np.zeros(group.size)
         for name in group.producers:
-            l1 = _filter_l1(model.get_layer(name))
+            op = graph.operation(name)
+            l1 = rule_for(op).filter_norms(op)
             if l1 is not None and l1.shape == (group.size,):
                 total += l1
         std = total.std()
@@ -209,7 +198,9 @@ def select_channels(flops, scores, target_reduction=None, round_to=1):
     sizes = [int(w) for w in flops.widths]
     if [len(s) for s in scores] != sizes:
         raise ValueError(f"scores have widths {[len(s) for s in scores]}, the groups {sizes}")
-    round_to = _multiples(round_to, sizes)
+    granules = [g.granule for g in flops.graph.groups]
+    scores = [_granule_scores(s, n) for s, n in zip(scores, granules)]
+    round_to = [m * n // math.gcd(m, n) for m, n in zip(_multiples(round_to, sizes), granules)]
 
     def cost(keep):
         return flops.count([k.sum() for k in keep])
@@ -242,6 +233,18 @@ def select_channels(flops, scores, target_reduction=None, round_to=1):
     for note in notes:
         log.warning(note)
     return Selection(keep, cost(keep), flops.total, notes)
+
+
+def _granule_scores(scores, granule):
+    """Each channel scored by the mean of its aligned run of ``granule`` channels.
+
+    Where channels can only go in runs (a GroupNormalization group), a run is kept or
+    removed whole: equal scores within a run and counts in multiples of the run keep it
+    together.
+    """
+    if granule <= 1:
+        return scores
+    return np.repeat(scores.reshape(-1, granule).mean(axis=1), granule)
 
 
 def _fill_budget(keep, scores, cost, budget, multiples):

@@ -6,13 +6,17 @@ every layer that creates a pruned group gets fewer filters/units, gates become
 sliced on their output axis, consumers on their input axis, per-channel layers (BN,
 depthwise convs, PReLU) on their channel axis. Everything is driven by the
 :class:`~pn_tf.graph.ChannelGraph`, so zoo models and users' own functional models
-share this one path.
+share this one path. What to slice and how to rewrite a layer's config is each layer
+type's rule (:mod:`pn_tf.graph.rules`); the narrow model is rebuilt node by node
+(:func:`pn_tf.graph.replay`), so ``keras.ops`` constants on channels are sliced too.
 """
 
 import keras
 import numpy as np
 
 from pn_tf.graph import ChannelGraph
+from pn_tf.graph.replay import replay
+from pn_tf.graph.rules import Narrowing, rule_for
 from pn_tf.layers import ChannelGate
 
 
@@ -35,67 +39,73 @@ def _channel_index(atoms, kept, graph):
     return np.concatenate(parts) if parts else np.zeros(0, dtype=int)
 
 
-def _weight_axes(layer):
-    """For each weight of ``layer``: {axis: "in" | "out"} of the channel axes it carries."""
-    if isinstance(layer, keras.layers.SeparableConv2D):
-        return [{2: "in"}, {2: "in", 3: "out"}] + ([{0: "out"}] if layer.use_bias else [])
-    if isinstance(layer, keras.layers.DepthwiseConv2D):
-        return [{2: "in"}] + ([{0: "in"}] if layer.use_bias else [])
-    if isinstance(layer, keras.layers.Conv2D):
-        kernel = {3: "out"} if layer.groups != 1 else {2: "in", 3: "out"}
-        return [kernel] + ([{0: "out"}] if layer.use_bias else [])
-    if isinstance(layer, keras.layers.Dense):
-        return [{0: "in", 1: "out"}] + ([{0: "out"}] if layer.use_bias else [])
-    if isinstance(layer, keras.layers.BatchNormalization):
-        return [{0: "in"} for _ in layer.weights]
-    if isinstance(layer, (keras.layers.PReLU, keras.layers.Normalization)):
-        return [{w.ndim - 1: "in"} if w.ndim and w.shape[-1] > 1 else {} for w in layer.weights]
-    return None
-
-
-def _narrow_config(layer, in_index, out_index, in_size, out_size):
-    config = layer.get_config()
-    if isinstance(layer, (keras.layers.Conv2D, keras.layers.SeparableConv2D)) and not isinstance(
-        layer, keras.layers.DepthwiseConv2D
-    ):
-        config["filters"] = len(out_index)
-    elif isinstance(layer, keras.layers.Dense):
-        config["units"] = len(out_index)
-    elif isinstance(layer, keras.layers.Reshape) and config["target_shape"][-1] == out_size:
-        config["target_shape"] = tuple(config["target_shape"][:-1]) + (len(out_index),)
-    elif isinstance(layer, keras.layers.Normalization) and len(in_index) != in_size:
-        for key in ("mean", "variance"):
-            if config.get(key) is not None:
-                values = np.broadcast_to(np.asarray(config[key], dtype="float32"), (in_size,))
-                config[key] = values[in_index].tolist()
-    return config
-
-
 def clone_layer(layer):
     """A fresh copy of ``layer`` from its config, or ``layer`` itself if that is impossible.
 
     Layers that cannot be rebuilt from their config (a Lambda holding a Python
     lambda, unregistered custom layers) are shared with the new model; the engine
-    treats them as opaque, so they are never narrowed.
+    treats them as opaque, so they are never narrowed. keras.ops operations are
+    stateless and reused as they are.
     """
+    if not isinstance(layer, keras.layers.Layer):
+        return layer
     try:
         return layer.__class__.from_config(layer.get_config())
     except Exception:  # noqa: BLE001 - any failure means "cannot rebuild"
         return layer
 
 
+def _same_weights(old, new):
+    new.set_weights(old.get_weights())
+
+
+def copy_model(model, substitute=clone_layer, rewrite=None, copy_weights=_same_weights, name=None):
+    """A flat copy of ``model`` whose layers are ``substitute(layer)``, weights copied over.
+
+    ``copy_weights(old, new)`` fills each substituted layer that has weights (default:
+    the same values); ``rewrite`` is :func:`~pn_tf.graph.replay`'s argument hook.
+    """
+    pairs = []
+
+    def fresh(op):
+        new = substitute(op)
+        if new is not None and new is not op:
+            pairs.append((op, new))
+        return new
+
+    copy = replay(model, fresh, rewrite, name=name)
+    for old, new in pairs:
+        if new.weights:
+            copy_weights(old, new)
+    return copy
+
+
+def plan_narrowing(graph, keep):
+    """``{id(operation): (operation, Narrowing)}`` for every call whose channels change."""
+    kept = _kept_indices(graph, keep)
+    plan = {}
+    for op, in_atoms, out_atoms in graph.recorded().values():
+        change = Narrowing(_channel_index(in_atoms, kept, graph), _channel_index(out_atoms, kept, graph),
+                           sum(graph.atoms[a].size for a in in_atoms),
+                           sum(graph.atoms[a].size for a in out_atoms))
+        if change.changed and not isinstance(op, ChannelGate):
+            plan[id(op)] = (op, change)
+    return plan
+
+
 def extract_model(model, keep, graph=None, name=None):
     """The narrow functional model that keeps ``keep[g]`` channels of group g.
 
     Args:
-        model: the gated functional keras.Model.
+        model: the gated keras.Model (functional, Sequential or nested: the result is
+            flat, see :func:`pn_tf.graph.flatten`).
         keep: list of bool arrays, one per group of ``graph`` (True = kept).
         graph: its :class:`ChannelGraph` (built if None).
         name: name of the new model (default: ``<model.name>_pruned``).
 
     Returns:
-        A keras.Model without gates whose outputs equal ``model``'s with those
-        channels' gates set to 0 and the others to 1.
+        A keras.Model whose gates are Identity layers and whose outputs equal
+        ``model``'s with those channels' gates set to 0 and the others to 1.
     """
     graph = graph or ChannelGraph(model)
     if len(keep) != len(graph.groups):
@@ -106,50 +116,45 @@ def extract_model(model, keep, graph=None, name=None):
             raise ExtractionError(f"group '{group.gate}': keep has shape {k.shape}, expected ({group.size},)")
         if not k.any():
             raise ExtractionError(f"group '{group.gate}' would lose all {group.size} channels; keep at least one")
-    kept = _kept_indices(graph, keep)
-    plan = {}
-    for layer in model.layers:
-        if layer.name not in graph._layer_atoms or isinstance(layer, ChannelGate):
-            continue
-        in_atoms, out_atoms = graph.layer_atoms(layer.name)
-        plan[layer.name] = (
-            _channel_index(in_atoms, kept, graph),
-            _channel_index(out_atoms, kept, graph),
-            sum(graph.atoms[a].size for a in in_atoms),
-            sum(graph.atoms[a].size for a in out_atoms),
-        )
+    plan = plan_narrowing(graph, keep)
 
-    def clone(layer):
-        if isinstance(layer, ChannelGate):
-            return keras.layers.Identity(name=layer.name)
-        if layer.name in plan:
-            return layer.__class__.from_config(_narrow_config(layer, *plan[layer.name]))
-        return clone_layer(layer)
+    def substitute(op):
+        if isinstance(op, ChannelGate):
+            return keras.layers.Identity(name=op.name)
+        if id(op) in plan and isinstance(op, keras.layers.Layer):
+            change = plan[id(op)][1]
+            return op.__class__.from_config(rule_for(op).narrow_config(op, op.get_config(), change))
+        return clone_layer(op)
 
-    narrow = keras.models.clone_model(model, clone_function=clone)
-    narrow.name = name or f"{model.name}_pruned"
-    for layer in narrow.layers:
-        if layer.weights and layer is not model.get_layer(layer.name):
-            _copy_weights(model.get_layer(layer.name), layer, plan.get(layer.name))
-    return narrow
+    def rewrite(node, op, args, kwargs):
+        entry = plan.get(id(node.operation))
+        if entry is None or isinstance(node.operation, keras.layers.Layer):
+            return args, kwargs
+        return rule_for(node.operation).narrow_arguments(node, args, kwargs, entry[1])
+
+    def copy_weights(old, new):
+        _copy_weights(old, new, plan.get(id(old), (None, None))[1])
+
+    return copy_model(graph.model, substitute, rewrite, copy_weights, name=name or f"{model.name}_pruned")
 
 
-def _copy_weights(old, new, plan):
+def _copy_weights(old, new, change):
     values = [np.asarray(w) for w in old.get_weights()]
-    if plan is None or (len(plan[0]) == plan[2] and len(plan[1]) == plan[3]):
+    if change is None:
         new.set_weights(values)
         return
-    in_index, out_index = plan[0], plan[1]
-    axes = _weight_axes(old)
+    axes = rule_for(old).weight_axes(old)
     if axes is None or len(axes) != len(values):
         raise ExtractionError(
             f"layer '{old.name}' ({type(old).__name__}) holds weights on pruned channels and "
-            "pn-tf does not know how to slice them"
+            "pn-tf does not know how to slice them; give its rule weight_axes (docs/autoprune.md)"
         )
     sliced = []
     for value, spec in zip(values, axes):
         for axis, role in spec.items():
-            value = np.take(value, in_index if role == "in" else out_index, axis=axis)
+            index, size = (change.in_index, change.in_size) if role == "in" else (change.out_index, change.out_size)
+            if len(index) != size:
+                value = np.take(value, index, axis=axis)
         sliced.append(value)
     new.set_weights(sliced)
 

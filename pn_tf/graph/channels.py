@@ -1,4 +1,4 @@
-"""Channel-dependency analysis of a functional Keras model.
+"""Channel-dependency analysis of a Keras model (functional, Sequential or nested).
 
 One engine serves the zoo and users' own models: it walks the Keras graph once and
 tracks, for every tensor, which *channel spaces* its last axis is made of.
@@ -9,8 +9,12 @@ tracks, for every tensor, which *channel spaces* its last axis is made of.
 * Element-wise merges (Add, Multiply, ...) tie the spaces of their inputs: removing
   channel k from one input means removing it from all (a union-find).
 * Concatenate lays spaces side by side; the consumers slice each part.
-* Anything the engine cannot follow (Lambda, custom layers, reshapes that mix the
-  channel axis, the model's outputs) makes the spaces it touches *fixed*.
+* Anything the engine cannot follow (Lambda, custom layers without a rule, reshapes
+  that split the channel axis, the model's outputs) makes the spaces it touches *fixed*.
+
+What each layer type does to channels is not written here: the engine walks the
+nodes and asks each operation's rule (:mod:`pn_tf.graph.rules`). Sequential models
+and nested sub-models are first flattened into one graph (:mod:`pn_tf.graph.replay`).
 
 A ``ChannelGate`` on a tensor declares that tensor's space a prunable *group*. For
 hard gates to be equivalent to physically removing channels, every convolution or
@@ -21,50 +25,14 @@ the analysis checks this and explains any violation.
 
 import dataclasses
 import logging
+import math
 
 import keras
 
-from pn_tf.layers import ChannelGate, ChannelShuffle, ChannelSplit, ChannelZeroPad
+from pn_tf.graph import rules
+from pn_tf.graph.rules import spatial_size as _spatial  # noqa: F401 -- kept for callers
 
 log = logging.getLogger(__name__)
-
-# Layers that act on each channel independently and keep the channel count.
-PER_CHANNEL = (
-    keras.layers.BatchNormalization,
-    keras.layers.Normalization,
-    keras.layers.Activation,
-    keras.layers.ReLU,
-    keras.layers.LeakyReLU,
-    keras.layers.PReLU,
-    keras.layers.ELU,
-    keras.layers.Dropout,
-    keras.layers.SpatialDropout2D,
-    keras.layers.GaussianNoise,
-    keras.layers.GaussianDropout,
-    keras.layers.Identity,
-    keras.layers.MaxPooling2D,
-    keras.layers.AveragePooling2D,
-    keras.layers.GlobalAveragePooling2D,
-    keras.layers.GlobalMaxPooling2D,
-    keras.layers.ZeroPadding2D,
-    keras.layers.Cropping2D,
-    keras.layers.UpSampling2D,
-    keras.layers.Rescaling,
-    keras.layers.DepthwiseConv2D,
-)
-MERGES = (
-    keras.layers.Add,
-    keras.layers.Subtract,
-    keras.layers.Multiply,
-    keras.layers.Maximum,
-    keras.layers.Minimum,
-    keras.layers.Average,
-)
-# f(0) == 0, so a zeroed (pruned) channel stays zero through these activations.
-ZERO_PRESERVING_ACTIVATIONS = {
-    "relu", "relu6", "linear", "tanh", "elu", "selu", "gelu", "silu", "swish",
-    "hard_silu", "hard_swish", "leaky_relu", "mish",
-}
 
 
 @dataclasses.dataclass
@@ -105,6 +73,8 @@ class ChannelGroup:
         producers: layers whose output channels are this group (sliced on output).
         carriers: per-channel layers on the group (BN, depthwise, ... sliced).
         consumers: layers reading the group as input channels (sliced on input).
+        granule: channels are removed in aligned runs of this many (1: one by one;
+            C/G where a GroupNormalization with G groups normalizes the space).
     """
 
     index: int
@@ -114,6 +84,7 @@ class ChannelGroup:
     producers: list
     carriers: list
     consumers: list
+    granule: int = 1
 
 
 class GraphAnalysisError(ValueError):
@@ -140,78 +111,53 @@ class _UnionFind:
             self.parent[max(ri, rj)] = min(ri, rj)
 
 
-def _activation_name(layer):
-    if isinstance(layer, keras.layers.Activation):
-        fn = layer.activation
-        return getattr(fn, "__name__", str(fn))
-    if isinstance(layer, keras.layers.ReLU):
-        return "relu" if float(layer.threshold) == 0.0 else "relu_threshold"
-    if isinstance(layer, (keras.layers.LeakyReLU, keras.layers.PReLU, keras.layers.ELU)):
-        return "leaky_relu"
-    return None
-
-
-def keeps_zero(layer):
-    """Whether a pruned (all-zero) channel is still zero after ``layer``."""
-    if isinstance(layer, (keras.layers.BatchNormalization, keras.layers.Normalization,
-                          keras.layers.Rescaling)):
-        return False
-    if isinstance(layer, keras.layers.DepthwiseConv2D):
-        return not layer.use_bias and layer.activation in (None, keras.activations.linear)
-    name = _activation_name(layer)
-    if name is not None:
-        return name in ZERO_PRESERVING_ACTIVATIONS
-    return True
-
-
-def _spatial(shape):
-    size = 1
-    for d in shape[1:-1]:
-        if d is None:
-            raise GraphAnalysisError(
-                "FLOPs need a static input size: build the model with a fixed (height, width)"
-            )
-        size *= int(d)
-    return size
-
-
 class ChannelGraph:
-    """The channel spaces, groups and costs of a built functional Keras model.
+    """The channel spaces, groups and costs of a built Keras model.
 
     Args:
-        model: a functional ``keras.Model`` with static input shapes.
+        model: a functional or Sequential ``keras.Model`` with static input shapes;
+            nested functional/Sequential sub-models are analysed through (the graph
+            is read from :func:`pn_tf.graph.replay.flatten`, available as ``model``).
         strict: bool. Raise if a gate cannot be made equivalent to removing
             channels (default); otherwise the gate's group is dropped with a warning.
 
     Attributes:
+        model: the flat functional model the analysis read (``model`` itself when it
+            was flat already).
         groups: list of :class:`ChannelGroup`, one per ChannelGate, in graph order.
         costs: list of :class:`CostTerm`, one per conv/depthwise/dense call.
         atoms: list of :class:`Atom`.
+        opaque: names of the operations without a rule (their channels stay).
+        warnings: messages about opaque layers and dropped gates.
     """
 
     def __init__(self, model, strict=True):
-        if not hasattr(model, "_nodes_by_depth"):
-            raise GraphAnalysisError(
-                f"{model.name} is not a functional Keras model; build it with keras.Model(inputs, outputs)"
-            )
-        self.model = model
+        from pn_tf.graph.replay import flatten
+
+        self.model = flatten(model)
         self.strict = strict
         self.atoms = []
         self.costs = []
         self.warnings = []
+        self.opaque_layers = []
         self._uf = _UnionFind()
         self._segments = {}  # id(tensor) -> tuple of atom indices
         self._masked = {}  # id(tensor) -> frozenset of gate names zeroing it
         self._gate_atom = {}  # gate name -> atom index
         self._reads = []  # (layer name, role, atoms, masked gate names)
-        self._layer_atoms = {}  # layer name -> (in atoms, out atoms)
+        self._layer_atoms = {}  # operation name -> (in atoms, out atoms) of its first call
+        self._operations = {}  # operation name -> operation
+        self._labels = {}  # id(operation) -> its name here (keras.ops nodes may share names)
+        self._taken = {layer.name for layer in self.model.layers}
         self._read_tensors = []  # the tensor of each entry of _reads
+        self._granule = {}  # atom index -> channels removable only together (GroupNormalization)
+        self._keeps_zero = {}  # id(node) -> bool
         self.birth = {}  # atom index -> the first tensor made of that atom alone
         for node in self._topological_nodes():
             self._visit(node)
-        for tensor in keras.tree.flatten(model.outputs):
+        for tensor in keras.tree.flatten(self.model.outputs):
             self._read(f"model output {tensor.name}", "output", tensor)
-            self._fix(self._segments[id(tensor)], "reaches the model output")
+            self.fix(self._segments[id(tensor)], "reaches the model output")
         self.groups = self._resolve_groups()
 
     # -- traversal ---------------------------------------------------------------
@@ -220,21 +166,67 @@ class ChannelGraph:
         for depth in sorted(self.model._nodes_by_depth, reverse=True):
             yield from self.model._nodes_by_depth[depth]
 
-    def _new_atom(self, size, origin, fixed_reason=""):
+    def _visit(self, node):
+        op = node.operation
+        if node.is_input or isinstance(op, keras.layers.InputLayer):
+            for t in node.output_tensors:
+                self.set(t, [self.new_atom(t.shape[-1] or 1, op.name, "model input")])
+            return
+        rules.rule_for(op).flow(self, op, node)
+
+    def name_of(self, op):
+        """The name of ``op`` in this graph (a layer's own name; keras.ops nodes made unique)."""
+        label = self._labels.get(id(op))
+        if label is None:
+            label = op.name
+            if not isinstance(op, keras.layers.Layer):
+                k = 1
+                while label in self._taken:
+                    k += 1
+                    label = f"{op.name}_{k}"
+                self._taken.add(label)
+            self._labels[id(op)] = label
+        return label
+
+    def operation(self, name):
+        """The layer or keras.ops operation called ``name`` here."""
+        return self._operations[name]
+
+    def keeps_zero(self, node):
+        """Whether ``node``'s operation keeps an all-zero channel zero (its rule, cached)."""
+        key = id(node)
+        if key not in self._keeps_zero:
+            self._keeps_zero[key] = rules.rule_for(node.operation).keeps_zero(node.operation, node)
+        return self._keeps_zero[key]
+
+    # -- primitives the rules use (pn_tf.graph.rules) -------------------------------
+
+    def new_atom(self, size, origin, fixed_reason=""):
+        """A new channel space of ``size`` channels created by ``origin``."""
         index = self._uf.add()
-        self.atoms.append(Atom(index, int(size), origin, fixed_reason))
+        self.atoms.append(Atom(index, int(size), getattr(origin, "name", origin), fixed_reason))
         return index
 
-    def _fix(self, atoms, reason):
+    def fix(self, atoms, reason):
+        """Marks ``atoms`` unprunable, with ``reason`` (the first reason given is kept)."""
         for a in atoms:
             if not self.atoms[a].fixed_reason:
                 self.atoms[a].fixed_reason = reason
 
-    def _set(self, tensor, atoms, masked=frozenset()):
+    def set(self, tensor, atoms, masked=frozenset()):
+        """Declares ``tensor``'s channel axis as ``atoms`` side by side, zeroed by ``masked`` gates."""
         self._segments[id(tensor)] = tuple(atoms)
         self._masked[id(tensor)] = frozenset(masked)
         if len(atoms) == 1:
             self.birth.setdefault(tuple(atoms)[0], tensor)
+
+    def read(self, op, role, tensor):
+        """Records that ``op`` reads ``tensor``'s channels as ``role``; returns its atoms.
+
+        Roles: ``"conv"``/``"dense"`` (mix channels: must read a gated group through its
+        gate), ``"depthwise"`` (carries them), ``"couple"``, ``"opaque"``, ``"output"``.
+        """
+        return self._read(self.name_of(op) if not isinstance(op, str) else op, role, tensor)
 
     def _read(self, layer_name, role, tensor):
         atoms = self._segments[id(tensor)]
@@ -251,159 +243,95 @@ class ChannelGraph:
         return self._masked[id(tensor)]
 
     def reads(self):
-        """``(layer name, role, atoms, tensor)`` for every layer call that reads channels.
-
-        Roles: ``"conv"``/``"dense"`` (mix channels: must read a gated group through
-        its gate), ``"depthwise"`` (carries them), ``"opaque"``, ``"output"``.
-        """
+        """``(layer name, role, atoms, tensor)`` for every call that reads channels (see :meth:`read`)."""
         return [(name, role, atoms, t) for (name, role, atoms, _), t in zip(self._reads, self._read_tensors)]
 
-    def _visit(self, node):
-        layer = node.operation
-        inputs = list(node.input_tensors)
-        outputs = list(node.output_tensors)
-        if node.is_input or isinstance(layer, keras.layers.InputLayer):
-            for t in outputs:
-                self._set(t, [self._new_atom(t.shape[-1], layer.name, "model input")])
+    def add_cost(self, op, kind, coef, in_atoms, out_atoms=(), linear=False):
+        """MACs of one call: ``coef * c_in * c_out`` (``coef * c_in`` when ``linear``)."""
+        self.costs.append(CostTerm(self.name_of(op), kind, float(coef), tuple(in_atoms),
+                                   tuple(out_atoms), linear))
+
+    def tie(self, a, b):
+        """Ties two atoms into one space (removing channel k of one removes it of the other)."""
+        self._uf.union(a, b)
+
+    def tie_all(self, segment_lists):
+        """Ties equal-length runs of atoms position by position; False if they do not line up."""
+        if not segment_lists:
+            return True
+        reference = segment_lists[0]
+        for s in segment_lists[1:]:
+            if len(s) != len(reference) or any(self.atoms[a].size != self.atoms[b].size
+                                               for a, b in zip(s, reference)):
+                return False
+        for s in segment_lists[1:]:
+            for a, b in zip(s, reference):
+                self.tie(a, b)
+        return True
+
+    def set_granule(self, atom, channels):
+        """Channels of ``atom``'s space go in aligned runs of ``channels`` (GroupNormalization)."""
+        previous = self._granule.get(atom, 1)
+        self._granule[atom] = previous * channels // math.gcd(previous, channels)
+
+    def record(self, op, in_atoms, out_atoms, shares=True):
+        """The channel axes of ``op``'s call (extraction slices its weights by them).
+
+        A layer called several times (a shared layer, a sub-model used twice) holds one
+        set of weights, so with ``shares`` its later calls are tied to its first one.
+        """
+        name = self.name_of(op)
+        first = self._layer_atoms.get(name)
+        if first is None:
+            self._layer_atoms[name] = (tuple(in_atoms), tuple(out_atoms))
+            self._operations[name] = op
             return
-        in_atoms = [self._segments[id(t)] for t in inputs]
-        name = layer.name
-        if isinstance(layer, ChannelGate):
-            (atoms,) = in_atoms
-            if len(atoms) != 1:
-                raise GraphAnalysisError(f"{name}: a gate must sit on the output of one layer, not a concatenation")
-            previous = self._gate_atom.setdefault(name, atoms[0])
-            self._uf.union(previous, atoms[0])
-            self._set(outputs[0], atoms, self._masked[id(inputs[0])] | {name})
-            self._layer_atoms.setdefault(name, (atoms, atoms))
-        elif isinstance(layer, keras.layers.SeparableConv2D):
-            self._separable(layer, inputs[0], outputs[0])
-        elif isinstance(layer, keras.layers.DepthwiseConv2D):
-            self._depthwise(layer, inputs[0], outputs[0])
-        elif isinstance(layer, keras.layers.Conv2D):
-            self._conv(layer, inputs[0], outputs[0])
-        elif isinstance(layer, keras.layers.Dense):
-            self._dense(layer, inputs[0], outputs[0])
-        elif isinstance(layer, PER_CHANNEL):
-            (atoms,) = in_atoms
-            masked = self._masked[id(inputs[0])] if keeps_zero(layer) else frozenset()
-            self._set(outputs[0], atoms, masked)
-            self._layer_atoms.setdefault(name, (atoms, atoms))
-        elif isinstance(layer, MERGES):
-            self._merge(layer, inputs, outputs[0])
-        elif isinstance(layer, keras.layers.Concatenate) and layer.axis in (-1, len(outputs[0].shape) - 1):
-            masked = frozenset().union(*(self._masked[id(t)] for t in inputs))
-            atoms = tuple(a for seg in in_atoms for a in seg)
-            self._set(outputs[0], atoms, masked)
-            self._layer_atoms.setdefault(name, (atoms, atoms))
-        elif isinstance(layer, (keras.layers.Flatten, keras.layers.Reshape)) and self._keeps_channel_axis(inputs[0], outputs[0]):
-            self._set(outputs[0], in_atoms[0], self._masked[id(inputs[0])])
-            self._layer_atoms.setdefault(name, (in_atoms[0], in_atoms[0]))
-        elif isinstance(layer, ChannelZeroPad):
-            (atoms,) = in_atoms
-            pad = [self._new_atom(n, name, "zero padding") for n in (layer.before, layer.after) if n]
-            front = pad[:1] if layer.before else []
-            back = pad[-1:] if layer.after else []
-            self._set(outputs[0], tuple(front) + tuple(atoms) + tuple(back), self._masked[id(inputs[0])])
+        if not shares:
+            return
+        for old, new in zip(first, (tuple(in_atoms), tuple(out_atoms))):
+            if not self.tie_all([old, new]):
+                self.fix(old + new, f"shared layer '{name}' is called on channels that do not line up")
+
+    def opaque(self, op, node, reason=""):
+        """``op``'s inputs and outputs stay unpruned.
+
+        Without a ``reason`` the operation is unknown: a warning names it and says how
+        to register a rule for it.
+        """
+        name = self.name_of(op)
+        if reason:
+            reason = f"{type(op).__name__} {reason}"
         else:
-            self._opaque(layer, inputs, outputs, known=isinstance(layer, (ChannelSplit, ChannelShuffle)))
-
-    def _keeps_channel_axis(self, x, y):
-        return x.shape[-1] == y.shape[-1] and all(d == 1 for d in x.shape[1:-1]) and all(
-            d == 1 for d in y.shape[1:-1]
-        )
-
-    def _opaque(self, layer, inputs, outputs, known=False):
-        reason = f"passes through {type(layer).__name__} '{layer.name}', which mixes or reorders channels"
-        if not known:
-            reason = f"passes through {type(layer).__name__} '{layer.name}', which pn-tf cannot analyse"
-            message = f"layer '{layer.name}' ({type(layer).__name__}) is opaque to channel analysis; its channels are left unpruned"
+            kind = type(op).__name__
+            reason = f"passes through {kind} '{name}', which pn-tf cannot analyse"
+            if isinstance(op, keras.Model):
+                hint = "a subclassed model: pn-tf reads functional and Sequential models"
+            else:
+                hint = (f"register a rule for it with pn_tf.graph.register_rule({kind}, ...) "
+                        "(docs/autoprune.md)")
+            message = (f"layer '{name}' ({kind}) is opaque to channel analysis; its channels are "
+                       f"left unpruned; {hint}")
             self.warnings.append(message)
+            self.opaque_layers.append(name)
             log.warning(message)
-        for t in inputs:
-            self._fix(self._read(layer.name, "opaque", t), reason)
-        for t in outputs:
+        for t in node.input_tensors:
+            self.fix(self._read(name, "opaque", t), reason)
+        for t in node.output_tensors:
             channels = t.shape[-1] if len(t.shape) else 1
-            self._set(t, [self._new_atom(channels or 1, layer.name, reason)])
+            self.set(t, [self.new_atom(channels or 1, name, reason)])
 
-    def _merge(self, layer, inputs, output):
-        segments = [self._segments[id(t)] for t in inputs]
-        widths = [t.shape[-1] for t in inputs]
-        wide = [s for s, w in zip(segments, widths) if w != 1]
-        for s, w in zip(segments, widths):
-            if w == 1 and output.shape[-1] != 1:
-                self._fix(s, f"broadcast across channels in '{layer.name}'")
-        reference = wide[0] if wide else segments[0]
-        aligned = all(
-            len(s) == len(reference) and all(self.atoms[a].size == self.atoms[b].size for a, b in zip(s, reference))
-            for s in wide
-        )
-        if aligned:
-            for s in wide[1:]:
-                for a, b in zip(s, reference):
-                    self._uf.union(a, b)
-        else:
-            for s in wide:
-                self._fix(s, f"inputs of '{layer.name}' are split into channel runs that do not line up")
-        masks = [self._masked[id(t)] for t in inputs]
-        if isinstance(layer, keras.layers.Multiply):
-            masked = frozenset().union(*masks)  # 0 * x == 0
-        else:
-            masked = frozenset.intersection(*masks)  # 0 + 0 == 0
-        self._set(output, reference, masked)
-        self._layer_atoms.setdefault(layer.name, (reference, reference))
-
-    def _conv(self, layer, x, y):
-        in_atoms = self._read(layer.name, "conv", x)
-        kh, kw = layer.kernel_size
-        out_atom = self._new_atom(layer.filters, layer.name)
-        coef = kh * kw * _spatial(y.shape) / layer.groups
-        if layer.groups != 1:
-            reason = f"grouped convolution '{layer.name}'"
-            self._fix(in_atoms, reason)
-            self._fix([out_atom], reason)
-        self.costs.append(CostTerm(layer.name, "conv", coef, in_atoms, (out_atom,)))
-        self._set(y, [out_atom])
-        self._layer_atoms.setdefault(layer.name, (in_atoms, (out_atom,)))
-
-    def _depthwise(self, layer, x, y):
-        in_atoms = self._segments[id(x)]
-        kh, kw = layer.kernel_size
-        coef = kh * kw * _spatial(y.shape)
-        if layer.depth_multiplier != 1:
-            self._read(layer.name, "conv", x)
-            out_atom = self._new_atom(y.shape[-1], layer.name)
-            self._fix(in_atoms, f"depthwise convolution '{layer.name}' with depth_multiplier > 1")
-            self._fix([out_atom], f"depthwise convolution '{layer.name}' with depth_multiplier > 1")
-            self.costs.append(CostTerm(layer.name, "depthwise", coef * layer.depth_multiplier, in_atoms, linear=True))
-            self._set(y, [out_atom])
-            self._layer_atoms.setdefault(layer.name, (in_atoms, (out_atom,)))
-            return
-        self._read(layer.name, "depthwise", x)
-        self.costs.append(CostTerm(layer.name, "depthwise", coef, in_atoms, linear=True))
-        masked = self._masked[id(x)] if keeps_zero(layer) else frozenset()
-        self._set(y, in_atoms, masked)
-        self._layer_atoms.setdefault(layer.name, (in_atoms, in_atoms))
-
-    def _separable(self, layer, x, y):
-        in_atoms = self._read(layer.name, "conv", x)
-        kh, kw = layer.kernel_size
-        spatial = _spatial(y.shape)
-        if layer.depth_multiplier != 1:
-            self._fix(in_atoms, f"separable convolution '{layer.name}' with depth_multiplier > 1")
-        out_atom = self._new_atom(layer.filters, layer.name)
-        self.costs.append(CostTerm(layer.name, "depthwise", kh * kw * spatial * layer.depth_multiplier, in_atoms, linear=True))
-        self.costs.append(CostTerm(layer.name, "conv", spatial * layer.depth_multiplier, in_atoms, (out_atom,)))
-        self._set(y, [out_atom])
-        self._layer_atoms.setdefault(layer.name, (in_atoms, (out_atom,)))
-
-    def _dense(self, layer, x, y):
-        in_atoms = self._read(layer.name, "dense", x)
-        out_atom = self._new_atom(layer.units, layer.name)
-        positions = _spatial(y.shape) if len(y.shape) > 2 else 1
-        self.costs.append(CostTerm(layer.name, "dense", positions, in_atoms, (out_atom,)))
-        self._set(y, [out_atom])
-        self._layer_atoms.setdefault(layer.name, (in_atoms, (out_atom,)))
+    def gate(self, op, node):
+        """A ChannelGate call: its input's space is the gate's group."""
+        name = self.name_of(op)
+        x, y = node.input_tensors[0], node.output_tensors[0]
+        atoms = self.segments(x)
+        if len(atoms) != 1:
+            raise GraphAnalysisError(f"{name}: a gate must sit on the output of one layer, not a concatenation")
+        previous = self._gate_atom.setdefault(name, atoms[0])
+        self.tie(previous, atoms[0])
+        self.set(y, atoms, self.masked_by(x) | {name})
+        self._layer_atoms.setdefault(name, (atoms, atoms))
+        self._operations.setdefault(name, op)
 
     # -- groups ------------------------------------------------------------------
 
@@ -471,7 +399,12 @@ class ChannelGraph:
                 consumers.append(layer_name)
             elif touches_in and touches_out and layer_name != gate:
                 carriers.append(layer_name)
-        return ChannelGroup(index, gate, self.atoms[root].size, members, producers, carriers, consumers)
+        granule = 1
+        for a in members:
+            g = self._granule.get(a, 1)
+            granule = granule * g // math.gcd(granule, g)
+        return ChannelGroup(index, gate, self.atoms[root].size, members, producers, carriers, consumers,
+                            granule)
 
     def prunable_spaces(self, min_size=2):
         """Every channel space that could be pruned, gated or not, in graph order.
@@ -500,6 +433,10 @@ class ChannelGraph:
     def layer_atoms(self, layer_name):
         """(input atoms, output atoms) of a layer's first call."""
         return self._layer_atoms[layer_name]
+
+    def recorded(self):
+        """``{name: (operation, in atoms, out atoms)}`` for every call the rules recorded."""
+        return {name: (self._operations[name],) + atoms for name, atoms in self._layer_atoms.items()}
 
     def group_of_atom(self, atom):
         root = self.root(atom)

@@ -1,0 +1,843 @@
+"""What each layer type means for channels: one rule per type, in one registry.
+
+A :class:`ChannelRule` says everything pn-tf needs to know about a layer type (or a
+``keras.ops`` operation recorded in a functional graph):
+
+* ``flow``: how channel spaces go through it (analysis, :class:`~pn_tf.graph.ChannelGraph`),
+  what it reads and what its MACs are (the FLOPs model T(a));
+* ``keeps_zero``: whether an all-zero (pruned) channel is still zero after it, which decides
+  where gates may sit (a gate must come after the last op that can revive a zero);
+* ``weight_axes`` / ``narrow_config`` / ``narrow_arguments``: how extraction slices its
+  weights, rewrites its config and slices constants for the kept channels;
+* ``filter_norms``: per-output-channel L1 norms for the magnitude criterion.
+
+The graph engine, gate insertion, extraction and channel selection only ask this
+registry. A user's own layer is supported by registering a rule for its class::
+
+    from pn_tf.graph import rules
+
+    rules.register_rule(MyScale, rules.Carry(weights=("gamma",), keeps_zero=True))
+
+An unregistered layer is *opaque*: its channels are left unpruned, with a warning that
+names it and points here. Lookup follows the class's MRO, so subclasses inherit a rule.
+"""
+
+import dataclasses
+import math
+
+import keras
+import numpy as np
+
+# Rule kinds, as the engine and the policies see them.
+MIX = "mix"  # creates new channels from all input channels (conv, dense)
+CARRY = "carry"  # keeps the channel axis, channel by channel (BN, activations, pooling)
+MERGE = "merge"  # element-wise op of several tensors of one space (Add, Multiply)
+CONCAT = "concat"  # lays spaces side by side
+COUPLE = "couple"  # every channel's output depends on all channels (LayerNormalization)
+OPAQUE = "opaque"  # unknown to pn-tf
+
+
+@dataclasses.dataclass
+class Narrowing:
+    """Kept channel positions on a layer's input and output channel axes."""
+
+    in_index: np.ndarray
+    out_index: np.ndarray
+    in_size: int
+    out_size: int
+
+    @property
+    def changed(self):
+        return len(self.in_index) != self.in_size or len(self.out_index) != self.out_size
+
+
+def spatial_size(shape, what="FLOPs"):
+    """Product of the non-batch, non-channel dimensions of ``shape``."""
+    size = 1
+    for d in shape[1:-1]:
+        if d is None:
+            from pn_tf.graph.channels import GraphAnalysisError
+
+            raise GraphAnalysisError(
+                f"{what} need a static input size: build the model with fixed spatial dimensions"
+            )
+        size *= int(d)
+    return size
+
+
+def _zeros_like(tensor):
+    shape = [1 if d is None else int(d) for d in tensor.shape]
+    return np.zeros(shape, dtype=keras.backend.standardize_dtype(tensor.dtype))
+
+
+def zero_in_zero_out(op, node):
+    """Runs ``op`` on all-zero inputs (with the node's own constants): are the outputs zero?
+
+    Exact for operations without weights (activations, pooling, ``x * 6``, ``x + 3``).
+    """
+    zeros = {id(t): _zeros_like(t) for t in node.input_tensors}
+    try:
+        args, kwargs = node.arguments.fill_in(zeros)
+        if getattr(op, "_call_has_training_arg", False):
+            kwargs = dict(kwargs, training=False)
+        outputs = keras.tree.flatten(op(*args, **kwargs))
+    except Exception:  # noqa: BLE001 - an op that fails on zeros is not known to keep them
+        return False
+    return all(np.all(np.asarray(keras.ops.convert_to_numpy(y)) == 0) for y in outputs)
+
+
+def _activation_keeps_zero(fn):
+    if fn is None:
+        return True
+    try:
+        return bool(np.all(keras.ops.convert_to_numpy(fn(keras.ops.zeros((1, 2)))) == 0))
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def _activation_is_nonlinear(fn):
+    return fn is not None and getattr(fn, "__name__", "") not in ("linear", "")
+
+
+def _channel_axis_is_last(axis, rank):
+    axes = axis if isinstance(axis, (list, tuple)) else [axis]
+    return [a % rank for a in axes] == [rank - 1]
+
+
+class ChannelRule:
+    """How one layer type treats the channel (last) axis. Base class of every rule.
+
+    Subclasses override the methods below; the defaults describe a layer with no
+    weights on channels and no channel-dependent config.
+
+    Attributes:
+        kind: one of ``"mix"``, ``"carry"``, ``"merge"``, ``"concat"``, ``"couple"``,
+            ``"opaque"``.
+        elementwise: an element-wise function of each value (an activation): gates may
+            move past it, so that they sit after BN-ReLU as in the zoo.
+    """
+
+    kind = OPAQUE
+    elementwise = False
+
+    def flow(self, graph, op, node):
+        """Sets the channel spaces of ``node``'s outputs on ``graph`` (a ChannelGraph).
+
+        Rules use the graph's primitives: ``segments``, ``masked_by``, ``read``,
+        ``new_atom``, ``fix``, ``set``, ``add_cost``, ``record``, ``tie``, ``opaque``.
+        """
+        graph.opaque(op, node)
+
+    def keeps_zero(self, op, node):
+        """Whether an all-zero input channel gives an all-zero output channel."""
+        return False
+
+    def nonlinear(self, op):
+        """Whether it applies a non-linearity (the ``prune_linear`` policy rule)."""
+        return False
+
+    def shares_channels(self, op):
+        """Whether every call must keep the same channels (channel weights or config)."""
+        return bool(self.weight_axes(op))
+
+    def weight_axes(self, layer):
+        """One dict per ``layer.get_weights()`` entry: ``{axis: "in" | "out"}``; None: unknown."""
+        return [] if not getattr(layer, "weights", None) else None
+
+    def narrow_config(self, layer, config, change):
+        """``layer``'s config for the narrowed copy (``change``: a :class:`Narrowing`)."""
+        return config
+
+    def narrow_arguments(self, node, args, kwargs, change):
+        """The node's call arguments for the narrowed copy (constants on channels sliced)."""
+        return args, kwargs
+
+    def filter_norms(self, layer):
+        """L1 norm of each output channel's filter, or None (not a producer with a kernel)."""
+        return None
+
+
+class Opaque(ChannelRule):
+    """Unknown channel semantics: what it reads and writes stays unpruned.
+
+    Args:
+        reason: str. Why (shown in reports); empty for an unregistered layer, which
+            also logs a warning naming it.
+    """
+
+    def __init__(self, reason=""):
+        self.reason = reason
+
+    def flow(self, graph, op, node):
+        graph.opaque(op, node, self.reason)
+
+
+class Carry(ChannelRule):
+    """Acts on each channel separately and keeps the channel count (BN, activations, pools).
+
+    Args:
+        weights: which weights hold one value per channel on their last axis:
+            ``"auto"`` (every weight whose last axis has the channel count), a tuple of
+            weight-name suffixes (e.g. ``("gamma",)``), or ``()`` for none.
+        keeps_zero: bool, a callable ``(op, node) -> bool``, or None: decide by running the
+            op on zeros if it has no weights, else False.
+        nonlinear: bool or callable ``op -> bool``.
+        config_channels: config keys that hold the channel count (e.g. ``"projection_dim"``).
+    """
+
+    kind = CARRY
+
+    def __init__(self, weights="auto", keeps_zero=None, nonlinear=False, config_channels=()):
+        self.weights = weights
+        self._keeps_zero = keeps_zero
+        self._nonlinear = nonlinear
+        self.config_channels = tuple(config_channels)
+
+    def flow(self, graph, op, node):
+        if len(node.input_tensors) != 1 or len(node.output_tensors) != 1 or (
+                node.input_tensors[0].shape[-1] != node.output_tensors[0].shape[-1]):
+            graph.opaque(op, node, f"'{op.name}' changes the channel count or has several inputs")
+            return
+        x, y = node.input_tensors[0], node.output_tensors[0]
+        atoms = graph.segments(x)
+        graph.set(y, atoms, graph.masked_by(x) if graph.keeps_zero(node) else frozenset())
+        graph.record(op, atoms, atoms, shares=self.shares_channels(op))
+
+    def keeps_zero(self, op, node):
+        if callable(self._keeps_zero):
+            return bool(self._keeps_zero(op, node))
+        if self._keeps_zero is not None:
+            return bool(self._keeps_zero)
+        if getattr(op, "weights", None):
+            return False
+        return zero_in_zero_out(op, node)
+
+    def nonlinear(self, op):
+        return bool(self._nonlinear(op)) if callable(self._nonlinear) else bool(self._nonlinear)
+
+    def weight_axes(self, layer):
+        weights = getattr(layer, "weights", [])
+        if not weights:
+            return []
+        channels = _channel_count(layer)
+        axes = []
+        for w in weights:
+            name = w.path if hasattr(w, "path") else w.name
+            if self.weights == "auto":
+                per_channel = len(w.shape) >= 1 and channels is not None and w.shape[-1] == channels
+            else:
+                per_channel = any(name.endswith(suffix) for suffix in self.weights)
+            axes.append({len(w.shape) - 1: "in"} if per_channel and len(w.shape) else {})
+        return axes
+
+    def narrow_config(self, layer, config, change):
+        for key in self.config_channels:
+            config[key] = len(change.in_index)
+        return config
+
+
+def _channel_count(layer):
+    """The channel count of ``layer``'s first call (None if it was never called)."""
+    nodes = getattr(layer, "_inbound_nodes", None)
+    if not nodes or not nodes[0].input_tensors:
+        return None
+    return nodes[0].input_tensors[0].shape[-1]
+
+
+class Activation(Carry):
+    """An activation layer: per channel; keeps zeros iff f(0) == 0 (run on zeros)."""
+
+    elementwise = True
+
+    def __init__(self):
+        super().__init__(weights="auto", nonlinear=True)
+
+    def flow(self, graph, op, node):
+        name = getattr(getattr(op, "activation", None), "__name__", "")
+        if name in ("softmax", "log_softmax"):
+            Couple(f"{name} normalizes across channels").flow(graph, op, node)
+            return
+        super().flow(graph, op, node)
+
+    def nonlinear(self, op):
+        fn = getattr(op, "activation", None)
+        return fn is None or _activation_is_nonlinear(fn)
+
+    def keeps_zero(self, op, node):
+        if getattr(op, "weights", None):  # PReLU: alpha * min(x, 0) is 0 at 0
+            return True
+        return zero_in_zero_out(op, node)
+
+
+class BatchNorm(Carry):
+    """Batch normalization over the last axis: per channel, revives zeros (beta, mean)."""
+
+    def __init__(self):
+        super().__init__(weights="auto", keeps_zero=False)
+
+    def flow(self, graph, op, node):
+        if not _channel_axis_is_last(op.axis, len(node.input_tensors[0].shape)):
+            graph.opaque(op, node, f"'{op.name}' normalizes over axis {op.axis}, not the channels")
+            return
+        super().flow(graph, op, node)
+
+    def weight_axes(self, layer):
+        return [{0: "in"} for _ in layer.weights]
+
+
+class Normalization(Carry):
+    """Preprocessing normalization: per channel (mean, variance in weights and config)."""
+
+    def __init__(self):
+        super().__init__(weights="auto", keeps_zero=False)
+
+    def weight_axes(self, layer):
+        return [{len(w.shape) - 1: "in"} if len(w.shape) and w.shape[-1] > 1 else {} for w in layer.weights]
+
+    def narrow_config(self, layer, config, change):
+        for key in ("mean", "variance"):
+            if config.get(key) is not None:
+                values = np.broadcast_to(np.asarray(config[key], dtype="float32"), (change.in_size,))
+                config[key] = values[change.in_index].tolist()
+        return config
+
+
+class Couple(ChannelRule):
+    """Every output channel depends on all input channels of the space (LayerNormalization).
+
+    Removing a channel would change the others (their mean and variance), so the spaces it
+    reads are fixed with ``reason``; it is understood, not opaque.
+    """
+
+    kind = COUPLE
+
+    def __init__(self, reason="normalizes across its channels"):
+        self.reason = reason
+
+    def flow(self, graph, op, node):
+        for t in node.input_tensors:
+            graph.fix(graph.read(op, "couple", t), f"{type(op).__name__} '{op.name}' {self.reason}")
+        x, y = node.input_tensors[0], node.output_tensors[0]
+        atoms = graph.segments(x)
+        if x.shape[-1] != y.shape[-1] or len(node.output_tensors) != 1:
+            atoms = (graph.new_atom(y.shape[-1] or 1, op.name, "output of a coupling layer"),)
+        graph.set(y, atoms)
+        graph.record(op, graph.segments(x), atoms)
+
+
+class AxisNormalization(ChannelRule):
+    """LayerNormalization / RMSNormalization: couples channels iff it normalizes over them."""
+
+    def flow(self, graph, op, node):
+        axis = getattr(op, "axis", -1)
+        rank = len(node.input_tensors[0].shape)
+        axes = [a % rank for a in (axis if isinstance(axis, (list, tuple)) else [axis])]
+        if rank - 1 in axes:
+            Couple("normalizes across its channels (removing one changes the others' mean and "
+                   "variance)").flow(graph, op, node)
+        else:  # statistics over other axes: channel by channel, weights not on channels
+            Carry(weights=(), keeps_zero=False).flow(graph, op, node)
+
+    def weight_axes(self, layer):
+        return [{} for _ in layer.weights]
+
+
+class GroupNorm(Carry):
+    """GroupNormalization: statistics per group of C/G channels; whole groups removable."""
+
+    def __init__(self):
+        super().__init__(weights="auto", keeps_zero=False)
+
+    def flow(self, graph, op, node):
+        x = node.input_tensors[0]
+        channels = x.shape[-1]
+        groups = channels if op.groups == -1 else op.groups
+        if not _channel_axis_is_last(op.axis, len(x.shape)):
+            graph.opaque(op, node, f"'{op.name}' normalizes over axis {op.axis}, not the channels")
+            return
+        super().flow(graph, op, node)
+        atoms = graph.segments(x)
+        if groups == 1:
+            graph.fix(atoms, f"GroupNormalization '{op.name}' with one group normalizes across all its channels")
+        elif len(atoms) != 1:
+            graph.fix(atoms, f"GroupNormalization '{op.name}' reads several spaces side by side")
+        else:
+            graph.set_granule(atoms[0], channels // groups)
+
+    def weight_axes(self, layer):
+        return [{0: "in"} for _ in layer.weights]
+
+    def narrow_config(self, layer, config, change):
+        if config["groups"] != -1:
+            config["groups"] = len(change.in_index) // (change.in_size // config["groups"])
+        return config
+
+
+class Convolution(ChannelRule):
+    """ConvND (``transpose=False``) or ConvNDTranspose: a new space from all input channels.
+
+    MACs: ``prod(kernel) * C_in/groups * C_out * positions``, where positions are the
+    output's (a convolution) or the input's (a transposed one: each input position
+    scatters a full kernel).
+    """
+
+    kind = MIX
+
+    def __init__(self, transpose=False):
+        self.transpose = transpose
+
+    def flow(self, graph, op, node):
+        x, y = node.input_tensors[0], node.output_tensors[0]
+        in_atoms = graph.read(op, "conv", x)
+        out_atom = graph.new_atom(op.filters, op.name)
+        groups = getattr(op, "groups", 1)
+        if groups != 1:
+            reason = f"grouped convolution '{op.name}'"
+            graph.fix(in_atoms, reason)
+            graph.fix([out_atom], reason)
+        positions = spatial_size(x.shape if self.transpose else y.shape)
+        graph.add_cost(op, "conv", math.prod(op.kernel_size) * positions / groups, in_atoms, (out_atom,))
+        graph.set(y, [out_atom])
+        graph.record(op, in_atoms, (out_atom,))
+
+    def nonlinear(self, op):
+        return _activation_is_nonlinear(getattr(op, "activation", None))
+
+    def shares_channels(self, op):
+        return True
+
+    def weight_axes(self, layer):
+        if self.transpose:
+            kernel = {-2: "out", -1: "in"}
+        else:
+            kernel = {-1: "out"} if getattr(layer, "groups", 1) != 1 else {-2: "in", -1: "out"}
+        return [kernel] + ([{0: "out"}] if layer.use_bias else [])
+
+    def narrow_config(self, layer, config, change):
+        config["filters"] = len(change.out_index)
+        return config
+
+    def filter_norms(self, layer):
+        kernel = np.asarray(layer.kernel)
+        kernel = np.moveaxis(kernel, -2, -1) if self.transpose else kernel
+        return np.abs(kernel).reshape(-1, kernel.shape[-1]).sum(axis=0)
+
+
+class Dense(ChannelRule):
+    """Dense on the last axis (also of a feature map: ConvNeXt's pointwise MLP)."""
+
+    kind = MIX
+
+    def flow(self, graph, op, node):
+        x, y = node.input_tensors[0], node.output_tensors[0]
+        in_atoms = graph.read(op, "dense", x)
+        out_atom = graph.new_atom(op.units, op.name)
+        positions = spatial_size(y.shape) if len(y.shape) > 2 else 1
+        graph.add_cost(op, "dense", positions, in_atoms, (out_atom,))
+        graph.set(y, [out_atom])
+        graph.record(op, in_atoms, (out_atom,))
+
+    def nonlinear(self, op):
+        return _activation_is_nonlinear(getattr(op, "activation", None))
+
+    def shares_channels(self, op):
+        return True
+
+    def weight_axes(self, layer):
+        return [{0: "in", 1: "out"}] + ([{0: "out"}] if layer.use_bias else [])
+
+    def narrow_config(self, layer, config, change):
+        config["units"] = len(change.out_index)
+        return config
+
+    def filter_norms(self, layer):
+        return np.abs(np.asarray(layer.kernel)).sum(axis=0)
+
+
+class Depthwise(ChannelRule):
+    """DepthwiseConv1D/2D: carries the space (multiplier 1); MACs linear in its width."""
+
+    kind = CARRY
+
+    def flow(self, graph, op, node):
+        x, y = node.input_tensors[0], node.output_tensors[0]
+        in_atoms = graph.segments(x)
+        coef = math.prod(op.kernel_size) * spatial_size(y.shape)
+        if op.depth_multiplier != 1:
+            graph.read(op, "conv", x)
+            out_atom = graph.new_atom(y.shape[-1], op.name)
+            reason = f"depthwise convolution '{op.name}' with depth_multiplier > 1"
+            graph.fix(in_atoms, reason)
+            graph.fix([out_atom], reason)
+            graph.add_cost(op, "depthwise", coef * op.depth_multiplier, in_atoms, linear=True)
+            graph.set(y, [out_atom])
+            graph.record(op, in_atoms, (out_atom,))
+            return
+        graph.read(op, "depthwise", x)
+        graph.add_cost(op, "depthwise", coef, in_atoms, linear=True)
+        graph.set(y, in_atoms, graph.masked_by(x) if graph.keeps_zero(node) else frozenset())
+        graph.record(op, in_atoms, in_atoms)
+
+    def keeps_zero(self, op, node):
+        return not op.use_bias and _activation_keeps_zero(getattr(op, "activation", None))
+
+    def nonlinear(self, op):
+        return _activation_is_nonlinear(getattr(op, "activation", None))
+
+    def shares_channels(self, op):
+        return True
+
+    def weight_axes(self, layer):
+        return [{-2: "in"}] + ([{0: "in"}] if layer.use_bias else [])
+
+
+class Separable(ChannelRule):
+    """SeparableConv1D/2D: a depthwise then a pointwise kernel; a new space on output."""
+
+    kind = MIX
+
+    def flow(self, graph, op, node):
+        x, y = node.input_tensors[0], node.output_tensors[0]
+        in_atoms = graph.read(op, "conv", x)
+        if op.depth_multiplier != 1:
+            graph.fix(in_atoms, f"separable convolution '{op.name}' with depth_multiplier > 1")
+        out_atom = graph.new_atom(op.filters, op.name)
+        positions = spatial_size(y.shape)
+        graph.add_cost(op, "depthwise", math.prod(op.kernel_size) * positions * op.depth_multiplier,
+                       in_atoms, linear=True)
+        graph.add_cost(op, "conv", positions * op.depth_multiplier, in_atoms, (out_atom,))
+        graph.set(y, [out_atom])
+        graph.record(op, in_atoms, (out_atom,))
+
+    def nonlinear(self, op):
+        return _activation_is_nonlinear(getattr(op, "activation", None))
+
+    def shares_channels(self, op):
+        return True
+
+    def weight_axes(self, layer):
+        return [{-2: "in"}, {-2: "in", -1: "out"}] + ([{0: "out"}] if layer.use_bias else [])
+
+    def narrow_config(self, layer, config, change):
+        config["filters"] = len(change.out_index)
+        return config
+
+    def filter_norms(self, layer):
+        kernel = np.asarray(layer.pointwise_kernel)
+        return np.abs(kernel).reshape(-1, kernel.shape[-1]).sum(axis=0)
+
+
+class Merge(ChannelRule):
+    """Element-wise op of several tensors: ties their spaces (residual adds, SE scaling).
+
+    Args:
+        zero: how a zero survives: ``"all"`` (``0 + 0``: zero only where every input is),
+            ``"any"`` (``0 * x``: zero where any input is) or ``"first"`` (``0 / y``).
+    """
+
+    kind = MERGE
+
+    def __init__(self, zero="all"):
+        self.zero = zero
+
+    @property
+    def additive(self):
+        return self.zero == "all"
+
+    def flow(self, graph, op, node):
+        inputs, output = list(node.input_tensors), node.output_tensors[0]
+        if len(inputs) == 1:  # a keras.ops call with a constant operand
+            ElementwiseOp().flow(graph, op, node)
+            return
+        segments = [graph.segments(t) for t in inputs]
+        widths = [t.shape[-1] for t in inputs]
+        wide = [s for s, w in zip(segments, widths) if w != 1]
+        for s, w in zip(segments, widths):
+            if w == 1 and output.shape[-1] != 1:
+                graph.fix(s, f"broadcast across channels in '{op.name}'")
+        reference = wide[0] if wide else segments[0]
+        if not graph.tie_all(wide):
+            for s in wide:
+                graph.fix(s, f"inputs of '{op.name}' are split into channel runs that do not line up")
+        masks = [graph.masked_by(t) for t in inputs]
+        if self.zero == "any":
+            masked = frozenset().union(*masks)
+        elif self.zero == "first":
+            masked = masks[0]
+        else:
+            masked = frozenset.intersection(*masks)
+        graph.set(output, reference, masked)
+        graph.record(op, reference, reference, shares=False)
+
+    def keeps_zero(self, op, node):
+        return True
+
+
+class Concat(ChannelRule):
+    """Concatenation on the channel axis: spaces side by side (any other axis: opaque)."""
+
+    kind = CONCAT
+
+    def flow(self, graph, op, node):
+        output = node.output_tensors[0]
+        axis = getattr(op, "axis", None)
+        if axis is None:
+            axis = node.arguments.kwargs.get("axis", node.arguments.args[1] if len(node.arguments.args) > 1 else 0)
+        if axis not in (-1, len(output.shape) - 1):
+            graph.opaque(op, node, f"'{op.name}' concatenates along axis {axis}, not the channels")
+            return
+        inputs = node.input_tensors
+        masked = frozenset().union(*(graph.masked_by(t) for t in inputs))
+        atoms = tuple(a for t in inputs for a in graph.segments(t))
+        graph.set(output, atoms, masked)
+        graph.record(op, atoms, atoms, shares=False)
+
+    def keeps_zero(self, op, node):
+        return True
+
+
+def channel_repeats(x_shape, y_shape):
+    """How often a reshape from ``x_shape`` to ``y_shape`` repeats the channels along y's last axis.
+
+    Reshapes keep row-major order, so when y's last axis is a multiple k of x's channel
+    count C, y's last axis is k runs of the same C channels (Flatten: k = the spatial
+    positions; a (1, 1, C) <-> (C,) move: k = 1). None when channels are split apart.
+    """
+    channels, last = x_shape[-1], y_shape[-1]
+    if channels is None or last is None or last % channels:
+        return None
+    return last // channels
+
+
+class Reshape(ChannelRule):
+    """Flatten/Reshape: channels stay the fastest-moving index, maybe repeated k times.
+
+    ``Flatten`` of an (H, W, C) map is H*W runs of the C channels, so pruning channel c
+    removes the rows ``p * C + c`` of the dense layer that reads it, for every position p.
+    """
+
+    kind = CARRY
+
+    def flow(self, graph, op, node):
+        x, y = node.input_tensors[0], node.output_tensors[0]
+        repeats = channel_repeats(x.shape, y.shape)
+        if repeats is None:
+            graph.opaque(op, node, f"'{op.name}' moves channels into other axes")
+            return
+        atoms = tuple(graph.segments(x))
+        graph.set(y, atoms * repeats, graph.masked_by(x))
+        graph.record(op, atoms, atoms * repeats, shares=isinstance(op, keras.layers.Reshape))
+
+    def keeps_zero(self, op, node):
+        return True
+
+    def narrow_config(self, layer, config, change):
+        target = config.get("target_shape")
+        if target is not None and target[-1] == change.out_size:
+            config["target_shape"] = tuple(target[:-1]) + (len(change.out_index),)
+        return config
+
+
+class ElementwiseOp(Carry):
+    """A ``keras.ops`` element-wise call on one tensor, maybe with constants (``x + 3.0``).
+
+    Constants with one value per channel (last axis = the channel count) are sliced at
+    extraction; a constant that widens the channel axis makes the op opaque.
+    """
+
+    elementwise = True
+
+    def __init__(self, nonlinear=False):
+        super().__init__(weights=(), nonlinear=nonlinear)
+
+    def flow(self, graph, op, node):
+        tensors = node.input_tensors
+        if len(tensors) > 1:
+            Merge(_MERGE_ZERO.get(type(op).__name__, "all")).flow(graph, op, node)
+            return
+        super().flow(graph, op, node)
+
+    def keeps_zero(self, op, node):
+        return zero_in_zero_out(op, node)
+
+    def shares_channels(self, op):
+        return False
+
+    def narrow_arguments(self, node, args, kwargs, change):
+        def narrow(value):
+            if isinstance(value, np.ndarray) and value.ndim and value.shape[-1] == change.in_size > 1:
+                return np.take(value, change.in_index, axis=-1)
+            return value
+
+        return [narrow(a) for a in args], {k: narrow(v) for k, v in kwargs.items()}
+
+
+_MERGE_ZERO = {"Multiply": "any", "Divide": "first", "TrueDivide": "first"}
+
+
+class Gate(ChannelRule):
+    """pn-tf's ChannelGate: declares a prunable group; its zeros survive until revived."""
+
+    kind = CARRY
+
+    def flow(self, graph, op, node):
+        graph.gate(op, node)
+
+    def keeps_zero(self, op, node):
+        return True
+
+    def weight_axes(self, layer):
+        return [{0: "in"} for _ in layer.weights]
+
+
+class ZeroPad(ChannelRule):
+    """pn-tf's ChannelZeroPad (option-A shortcut): new zero channels around the space."""
+
+    kind = CARRY
+
+    def flow(self, graph, op, node):
+        x, y = node.input_tensors[0], node.output_tensors[0]
+        atoms = graph.segments(x)
+        front = [graph.new_atom(op.before, op.name, "zero padding")] if op.before else []
+        back = [graph.new_atom(op.after, op.name, "zero padding")] if op.after else []
+        graph.set(y, tuple(front) + tuple(atoms) + tuple(back), graph.masked_by(x))
+
+    def keeps_zero(self, op, node):
+        return True
+
+
+# -- the registry -------------------------------------------------------------------
+
+_RULES = {}
+
+
+def register_rule(cls, rule):
+    """Makes ``rule`` (a :class:`ChannelRule`) describe ``cls`` and its subclasses.
+
+    Registering a class again replaces its rule (a user may override a built-in one).
+    """
+    if not isinstance(cls, type):
+        raise TypeError(f"register_rule needs a class, got {cls!r}")
+    if not isinstance(rule, ChannelRule):
+        raise TypeError(f"register_rule needs a ChannelRule, got {type(rule).__name__}")
+    _RULES[cls] = rule
+    return rule
+
+
+def unregister_rule(cls):
+    """Removes the rule registered for exactly ``cls`` (no-op if there is none)."""
+    _RULES.pop(cls, None)
+
+
+_DEFAULT = Opaque()
+
+
+def rule_for(op):
+    """The rule for ``op`` (a layer or ``keras.ops`` operation), by its class's MRO."""
+    for cls in type(op).__mro__:
+        rule = _RULES.get(cls)
+        if rule is not None:
+            return rule
+    return _DEFAULT
+
+
+def is_registered(op):
+    return rule_for(op) is not _DEFAULT
+
+
+def _register_builtins():
+    L = keras.layers
+    carry = Carry()
+    for cls in (L.Dropout, L.SpatialDropout1D, L.SpatialDropout2D, L.SpatialDropout3D,
+                L.GaussianNoise, L.GaussianDropout, L.AlphaDropout, L.Identity, L.Rescaling,
+                L.MaxPooling1D, L.MaxPooling2D, L.MaxPooling3D, L.AveragePooling1D,
+                L.AveragePooling2D, L.AveragePooling3D, L.GlobalAveragePooling1D,
+                L.GlobalAveragePooling2D, L.GlobalAveragePooling3D, L.GlobalMaxPooling1D,
+                L.GlobalMaxPooling2D, L.GlobalMaxPooling3D, L.ZeroPadding1D, L.ZeroPadding2D,
+                L.ZeroPadding3D, L.Cropping1D, L.Cropping2D, L.Cropping3D, L.UpSampling1D,
+                L.UpSampling2D, L.UpSampling3D):
+        register_rule(cls, carry)
+    for name in ("AdaptiveAveragePooling1D", "AdaptiveAveragePooling2D", "AdaptiveAveragePooling3D",
+                 "AdaptiveMaxPooling1D", "AdaptiveMaxPooling2D", "AdaptiveMaxPooling3D"):
+        if hasattr(L, name):
+            register_rule(getattr(L, name), carry)
+    activation = Activation()
+    for cls in (L.Activation, L.ReLU, L.LeakyReLU, L.PReLU, L.ELU):
+        register_rule(cls, activation)
+    register_rule(L.Softmax, Couple("normalizes across channels (softmax)"))
+    register_rule(L.BatchNormalization, BatchNorm())
+    register_rule(L.Normalization, Normalization())
+    register_rule(L.GroupNormalization, GroupNorm())
+    register_rule(L.LayerNormalization, AxisNormalization())
+    if hasattr(L, "RMSNormalization"):
+        register_rule(L.RMSNormalization, AxisNormalization())
+    register_rule(L.UnitNormalization, Couple("normalizes across its channels (unit norm)"))
+    for cls in (L.Conv1D, L.Conv2D, L.Conv3D):
+        register_rule(cls, Convolution())
+    for cls in (L.Conv1DTranspose, L.Conv2DTranspose, L.Conv3DTranspose):
+        register_rule(cls, Convolution(transpose=True))
+    register_rule(L.Dense, Dense())
+    for cls in (L.DepthwiseConv1D, L.DepthwiseConv2D):
+        register_rule(cls, Depthwise())
+    for cls in (L.SeparableConv1D, L.SeparableConv2D):
+        register_rule(cls, Separable())
+    for cls in (L.Add, L.Subtract, L.Average, L.Maximum, L.Minimum):
+        register_rule(cls, Merge("all"))
+    register_rule(L.Multiply, Merge("any"))
+    register_rule(L.Concatenate, Concat())
+    register_rule(L.Flatten, Reshape())
+    register_rule(L.Reshape, Reshape())
+    _register_ops()
+    _register_applications()
+    _register_pn_tf()
+
+
+# Element-wise keras.ops recorded as graph nodes (``x + 3.0``, ``ops.relu(x)``, ``a * b``).
+_OPS_ELEMENTWISE = ("Add", "Subtract", "Multiply", "Divide", "TrueDivide", "Maximum", "Minimum",
+                    "Power", "Negative", "Abs", "Absolute", "Square", "Sqrt", "Exp", "Expm1",
+                    "Log", "Log1p", "Clip", "Sign", "Round", "Floor", "Ceil", "Reciprocal",
+                    "Tanh", "Sin", "Cos", "Sinh", "Cosh", "Arctan", "Arcsinh", "Copy")
+_OPS_ACTIVATIONS = ("Relu", "Relu6", "Sigmoid", "HardSigmoid", "Silu", "HardSilu", "Gelu", "Elu",
+                    "Selu", "LeakyRelu", "Softplus", "Softsign", "Celu", "LogSigmoid", "HardTanh",
+                    "SoftShrink", "HardShrink", "TanhShrink", "Squareplus", "SparsePlus",
+                    "SparseSigmoid", "Threshold")
+
+
+def _register_ops():
+    from keras.src.ops import nn as ops_nn
+    from keras.src.ops import numpy as ops_numpy
+
+    for name in _OPS_ELEMENTWISE:
+        if hasattr(ops_numpy, name):
+            register_rule(getattr(ops_numpy, name), ElementwiseOp())
+    for name in _OPS_ACTIVATIONS:
+        if hasattr(ops_nn, name):
+            register_rule(getattr(ops_nn, name), ElementwiseOp(nonlinear=True))
+    for name in ("Softmax", "LogSoftmax"):
+        if hasattr(ops_nn, name):
+            register_rule(getattr(ops_nn, name), Couple("normalizes across channels (softmax)"))
+    if hasattr(ops_numpy, "Concatenate"):
+        register_rule(ops_numpy.Concatenate, Concat())
+
+
+def _register_applications():
+    """The keras.applications families' own layers (ConvNeXt, InceptionResNetV2)."""
+    try:
+        from keras.src.applications import convnext, inception_resnet_v2
+    except ImportError:  # pragma: no cover - a Keras without them
+        return
+    register_rule(convnext.LayerScale, Carry(weights="auto", keeps_zero=True,
+                                             config_channels=("projection_dim",)))
+    register_rule(inception_resnet_v2.CustomScaleLayer, Merge("all"))
+
+
+def _register_pn_tf():
+    from pn_tf.layers import ChannelGate, ChannelShuffle, ChannelSplit, ChannelZeroPad
+
+    register_rule(ChannelGate, Gate())
+    register_rule(ChannelZeroPad, ZeroPad())
+    register_rule(ChannelSplit, Opaque("splits the channel axis into parts"))
+    register_rule(ChannelShuffle, Opaque("reorders channels (shuffle)"))
+
+
+_register_builtins()
