@@ -90,13 +90,17 @@ def export_keras(model, path):
 
 
 def input_spec(model):
-    """The serving input: float32 ``[None, H, W, C]`` with the model's static H, W, C."""
+    """The serving input: float32 ``[None, H, W, C]`` with the model's static H, W, C.
+
+    Models of other ranks (a 1-D ``[None, T, C]`` audio model, a 3-D one) are served with
+    their own static shape, as ``inputs``.
+    """
     import tensorflow as tf
 
     shape = tuple(model.input.shape)
-    if len(shape) != 4 or any(d is None for d in shape[1:]):
-        raise ValueError(f"export needs a fixed [None, H, W, C] input, got {shape}")
-    return tf.TensorSpec((None,) + shape[1:], tf.float32, name="images")
+    if len(shape) < 2 or any(d is None for d in shape[1:]):
+        raise ValueError(f"export needs a fixed input shape apart from the batch axis, got {shape}")
+    return tf.TensorSpec((None,) + shape[1:], tf.float32, name="images" if len(shape) == 4 else "inputs")
 
 
 def _write_saved_model(model, directory):
