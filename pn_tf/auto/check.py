@@ -125,4 +125,6 @@ def check_model(model, target=0.4, seed=0, policy="all", round_to=1, tflite=True
     if tflite:
         row["tflite"], detail = _tflite_check(narrow, x)
         row["tflite_max_abs_diff" if row["tflite"] else "tflite_error"] = detail
+        if not row["tflite"]:  # is it pruning, or does the original not convert either?
+            row["tflite_original"] = _tflite_check(model, x)[0]
     return row

@@ -108,7 +108,7 @@ def groupnorm_cnn(size=96, classes=10):
     """A CNN normalized with GroupNormalization (whole groups of channels go together)."""
     inputs = keras.Input((size, size, 3))
     x = layers.Rescaling(1 / 255.0)(inputs)
-    for filters, groups in ((32, 8), (64, 8), (128, 16)):
+    for filters, groups in ((32, 16), (64, 32), (64, 16), (128, 32)):
         x = layers.Conv2D(filters, 3, strides=2, padding="same")(x)
         x = layers.GroupNormalization(groups)(x)
         x = layers.Activation("swish")(x)

@@ -26,9 +26,11 @@ def prune(model, dataset, target_flops_reduction=0.5, search_epochs=5, batch_siz
     """Prunes a functional Keras model physically with the PN search.
 
     Args:
-        model: a built functional keras.Model that takes float pixels 0..255 and
-            outputs class logits (a softmax output is accepted but degrades the
-            search, which assumes logits).
+        model: a built Keras model (functional or Sequential; nested sub-models such
+            as a backbone inside a classifier are pruned through) that takes float
+            pixels 0..255 and outputs class logits (a softmax output is accepted but
+            degrades the search, which assumes logits). The pruned model is one flat
+            functional model whose layers keep their original names.
         dataset: a TFDS name (``"cifar10"``: the search runs on its ``holdout``
             split), a folder of class sub-folders of images, or a ``tf.data``
             dataset of ``(images, integer labels)`` batches.
@@ -64,6 +66,9 @@ def prune(model, dataset, target_flops_reduction=0.5, search_epochs=5, batch_siz
     size = image_size or data_lib.model_image_size(gated)
     if isinstance(dataset, tf.data.Dataset):
         train = dataset
+    elif size is None:
+        raise ValueError(f"{model.name} does not take square images; pass a tf.data.Dataset of "
+                         "(inputs, labels) batches for its search")
     elif isinstance(dataset, (str, os.PathLike)) and os.path.isdir(dataset):
         train = image_folder_dataset(dataset, (size, size), batch_size, seed=seed, take=take)
     else:

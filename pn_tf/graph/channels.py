@@ -290,7 +290,12 @@ class ChannelGraph:
             return
         for old, new in zip(first, (tuple(in_atoms), tuple(out_atoms))):
             if not self.tie_all([old, new]):
-                self.fix(old + new, f"shared layer '{name}' is called on channels that do not line up")
+                reason = (f"shared layer '{name}' is called on channels that do not line up (its "
+                          "calls hold one set of weights, so their channels stay)")
+                self.fix(old + new, reason)
+                if reason not in self.warnings:
+                    self.warnings.append(reason)
+                    log.warning(reason)
 
     def opaque(self, op, node, reason=""):
         """``op``'s inputs and outputs stay unpruned.
