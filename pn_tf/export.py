@@ -61,7 +61,7 @@ log = logging.getLogger(__name__)
 QUANTIZATIONS = ("float32", "float16", "int8")
 INT8_IO_TYPES = ("float32", "int8", "uint8")
 SERVING_ENDPOINT = "serve"
-_MAC_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
+_MAC_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CONV", "CONV_3D")
 
 
 def _write_bytes(path, content):
@@ -433,8 +433,10 @@ def tflite_macs(path):
     """Multiply-accumulates of one image, counted from the ``.tflite`` graph itself.
 
     Sums CONV_2D (``H_out W_out C_out k_h k_w C_in/groups``, the filter being
-    ``[C_out, k_h, k_w, C_in/groups]``), DEPTHWISE_CONV_2D (``H_out W_out C k_h k_w``) and
-    FULLY_CONNECTED (``rows * units * in``) over the interpreter's op list
+    ``[C_out, k_h, k_w, C_in/groups]``), DEPTHWISE_CONV_2D (``H_out W_out C k_h k_w``),
+    FULLY_CONNECTED (``rows * units * in``), TRANSPOSE_CONV (``H_in W_in C_in k_h k_w C_out``,
+    the filter ``[C_out, k_h, k_w, C_in]``) and CONV_3D (``D_out H_out W_out C_out k_d k_h k_w
+    C_in``, the filter ``[k_d, k_h, k_w, C_in, C_out]``) over the interpreter's op list
     (``Interpreter._get_ops_details``, the only op-level listing ai-edge-litert 2.3 exposes
     in Python) with tensor shapes at batch 1 -- the convention of :mod:`pn_tf.graph.flops`.
     ``path`` may also be an interpreter already loaded (it is resized to batch 1 if its batch
@@ -448,12 +450,19 @@ def tflite_macs(path):
               for t in interpreter.get_tensor_details()}
     total = 0
     for op in interpreter._get_ops_details():
-        if op["op_name"] not in _MAC_OPS:
+        name = op["op_name"]
+        if name not in _MAC_OPS:
             continue
         weights, out = shapes[op["inputs"][1]], shapes[op["outputs"][0]]
-        per_output = weights[-1] if op["op_name"] == "FULLY_CONNECTED" else weights[1] * weights[2]
-        if op["op_name"] == "CONV_2D":
-            per_output *= weights[3]
+        if name == "TRANSPOSE_CONV":  # each input value scatters one full kernel
+            total += int(np.prod(shapes[op["inputs"][2]])) * int(np.prod(weights[:3]))
+            continue
+        if name == "FULLY_CONNECTED":
+            per_output = weights[-1]
+        elif name == "CONV_3D":
+            per_output = int(np.prod(weights[:4]))
+        else:
+            per_output = weights[1] * weights[2] * (weights[3] if name == "CONV_2D" else 1)
         total += int(np.prod(out)) * per_output
     return total // batch
 

@@ -38,10 +38,11 @@ def test_user_pattern_prunes_equivalently(name):
     if name in FAST_TFLITE:
         assert row["tflite"], row.get("tflite_error")
         assert row["tflite_max_abs_diff"] <= 1e-4 * max(1.0, row["output_scale"])
+        assert row["tflite_macs"] == row["pruned_flops"]  # MACs recounted from the TFLite graph
 
 
 def test_flops_of_1d_and_transposed_convolutions():
-    model = autoencoder_conv1d(frames=96, channels=8)
+    model = autoencoder_conv1d(size=96, channels=8)
     flops = FlopsModel(model)
     # Conv1D: k * C_in * C_out * T_out; Conv1DTranspose: k * C_in * C_out * T_in.
     expected = [5 * 8 * 32 * 48, 5 * 32 * 64 * 24, 5 * 64 * 32 * 24, 5 * 32 * 32 * 48, 3 * 32 * 8 * 96]

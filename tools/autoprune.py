@@ -64,56 +64,19 @@ def _fail(message):
 
 
 def check_application(name, input_size, target, classes=10, seed=0, policy="all", round_to=1):
-    """The JSON report of the keras.applications check (see the module docstring)."""
+    """The JSON report of the keras.applications check (see the module docstring).
+
+    Raises KeyError for a name keras.applications does not have.
+    """
     import keras
-    import numpy as np
 
-    from pn_tf import auto
-    from pn_tf.extract import set_gate_masks
-    from pn_tf.graph import FlopsModel, count_params
-    from pn_tf.layers import set_gate_mode
+    from pn_tf.auto.check import check_model, randomize_batchnorm
+    from pn_tf.auto.patterns import application
 
-    builder = getattr(keras.applications, name, None)
-    if builder is None or not callable(builder):
-        raise KeyError(name)
     keras.utils.set_random_seed(seed)
-    model = builder(weights=None, input_shape=(input_size, input_size, 3), classes=classes,
-                    classifier_activation=None)
-    rng = np.random.RandomState(seed)
-    for layer in model.layers:  # non-trivial BN statistics, so a revived channel would show
-        if isinstance(layer, keras.layers.BatchNormalization):
-            gamma, beta, mean, var = layer.get_weights()
-            layer.set_weights([rng.uniform(0.5, 1.5, gamma.shape), rng.randn(*beta.shape) * 0.3,
-                               rng.randn(*mean.shape) * 0.3, rng.uniform(0.5, 1.5, var.shape)])
-    analysis = auto.analyse(model, policy=policy)
-    gated = auto.insert_gates(model, analysis.groups, policy=policy)
-    x = rng.uniform(0, 255, (2, input_size, input_size, 3)).astype("float32")
-    original = np.asarray(model(x))
-    identity_diff = float(np.abs(original - np.asarray(gated(x))).max())
-    auto.random_gate_logits(gated, seed)
-    narrow, selection, graph = auto.extract_at(gated, target, round_to=round_to)
-    set_gate_masks(gated, selection.keep, graph)
-    set_gate_mode(gated, "mask")
-    reference, pruned = np.asarray(gated(x)), np.asarray(narrow(x))
-    return {
-        "application": name,
-        "input_size": input_size,
-        "groups": len(graph.groups),
-        "group_widths": [int(g.size) for g in graph.groups],
-        "kept_widths": selection.widths,
-        "flops": selection.total_flops,
-        "pruned_flops": selection.flops,
-        "pruned_flops_recount": FlopsModel(narrow).total,
-        "target_flops_reduction": target,
-        "flops_reduction": selection.reduction,
-        "params": count_params(model),
-        "pruned_params": count_params(narrow),
-        "max_abs_diff": float(np.abs(reference - pruned).max()),
-        "output_scale": float(np.abs(reference).max()),
-        "identity_max_abs_diff": identity_diff,
-        "excluded": analysis.excluded,
-        "warnings": analysis.warnings + list(selection.notes),
-    }
+    model = randomize_batchnorm(application(name, input_size, classes), seed)
+    report = check_model(model, target, seed=seed, policy=policy, round_to=round_to, tflite=False)
+    return dict(report, application=name, input_size=input_size)
 
 
 def main(argv=None):

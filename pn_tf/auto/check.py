@@ -50,17 +50,17 @@ def _is_keras_own(op):
 
 
 def _tflite_check(narrow, x):
-    """(converts, max abs difference to Keras) for the float32 TFLite conversion."""
-    from pn_tf.export import export_tflite, tflite_predict
+    """(converts, max abs difference to Keras or the error, MACs counted in the TFLite graph)."""
+    from pn_tf.export import export_tflite, tflite_macs, tflite_predict
 
     with tempfile.TemporaryDirectory(prefix="pn_tf_check_") as tmp:
         path = os.path.join(tmp, "pruned.tflite")
         try:
             export_tflite(narrow, path, "float32")
         except Exception as err:  # noqa: BLE001 - reported, not raised
-            return False, f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+            return False, f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}", None
         diff = np.abs(tflite_predict(path, x) - np.asarray(narrow(x, training=False)))
-        return True, float(diff.max())
+        return True, float(diff.max()), tflite_macs(path)
 
 
 def check_model(model, target=0.4, seed=0, policy="all", round_to=1, tflite=True, x=None):
@@ -78,7 +78,9 @@ def check_model(model, target=0.4, seed=0, policy="all", round_to=1, tflite=True
         cost depends on a pruned group), ``opaque`` (Keras's own layers/ops left opaque),
         ``opaque_custom``, ``identity_max_abs_diff``, ``max_abs_diff``, ``output_scale``,
         ``flops``, ``pruned_flops``, ``flops_reduction``, ``landing_error``, ``params``,
-        ``pruned_params``, ``tflite`` and ``tflite_max_abs_diff``, ``excluded``, ``warnings``.
+        ``pruned_params``, ``tflite`` and ``tflite_max_abs_diff`` (or ``tflite_error``),
+        ``tflite_macs`` (the pruned model's MACs counted from the TFLite graph, an
+        independent recount of ``pruned_flops``), ``excluded``, ``warnings``.
     """
     x = sample_inputs(model, seed=seed) if x is None else x
     analysis = analyse(model, policy=policy)
@@ -123,7 +125,7 @@ def check_model(model, target=0.4, seed=0, policy="all", round_to=1, tflite=True
     }
     row["equivalent"] = row["max_abs_diff"] <= 1e-4 * max(1.0, row["output_scale"])
     if tflite:
-        row["tflite"], detail = _tflite_check(narrow, x)
+        row["tflite"], detail, row["tflite_macs"] = _tflite_check(narrow, x)
         row["tflite_max_abs_diff" if row["tflite"] else "tflite_error"] = detail
         if not row["tflite"]:  # is it pruning, or does the original not convert either?
             row["tflite_original"] = _tflite_check(model, x)[0]

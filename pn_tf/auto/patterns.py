@@ -1,7 +1,8 @@
 """Models built the way users build them, for the coverage table and the tests.
 
-Each builder returns an untrained Keras model with 10-12 outputs, written as a user
-would write it (Sequential, a nested backbone, 1-D audio convolutions, a U-Net, ...).
+Each builder returns an untrained Keras model, written as a user would write it
+(Sequential, a nested backbone, 1-D audio convolutions, a U-Net, ...); its ``size`` is
+the image side, or the number of frames of a 1-D model.
 ``PATTERNS`` maps a row name of ``tools/coverage.py`` to ``(builder, description)``.
 """
 
@@ -42,10 +43,10 @@ def nested_mobilenetv2(size=96, classes=10, alpha=0.35):
     return keras.Model(inputs, layers.Dense(classes)(x), name="nested_mobilenetv2")
 
 
-def kws_conv1d(frames=96, features=40, classes=12):
+def kws_conv1d(size=96, features=40, classes=12):
     """Keyword spotting on (frames, MFCC) features: Conv1D, SeparableConv1D, DepthwiseConv1D,
     a residual add and 1-D pooling, padding, cropping and upsampling."""
-    inputs = keras.Input((frames, features))
+    inputs = keras.Input((size, features))
     x = layers.Conv1D(64, 3, padding="same", use_bias=False)(inputs)
     x = layers.BatchNormalization()(x)
     x = layers.ReLU()(x)
@@ -70,9 +71,9 @@ def kws_conv1d(frames=96, features=40, classes=12):
     return keras.Model(inputs, layers.Dense(classes)(x), name="kws_conv1d")
 
 
-def autoencoder_conv1d(frames=96, channels=8):
+def autoencoder_conv1d(size=96, channels=8):
     """A 1-D denoising autoencoder: strided Conv1D down, Conv1DTranspose up."""
-    inputs = keras.Input((frames, channels))
+    inputs = keras.Input((size, channels))
     x = layers.Conv1D(32, 5, strides=2, padding="same", activation="relu")(inputs)
     x = layers.Conv1D(64, 5, strides=2, padding="same", activation="relu")(x)
     x = layers.Conv1DTranspose(32, 5, strides=2, padding="same", activation="relu")(x)
@@ -145,7 +146,7 @@ def ops_cnn(size=96, classes=10):
     return keras.Model(inputs, layers.Dense(classes)(x), name="ops_cnn")
 
 
-def video_conv3d(frames=8, size=48, classes=10):
+def video_conv3d(size=96, frames=8, classes=10):
     """A small video classifier: Conv3D and 3-D pooling."""
     inputs = keras.Input((frames, size, size, 3))
     x = layers.Conv3D(16, 3, padding="same", activation="relu")(inputs)
@@ -168,3 +169,33 @@ PATTERNS = {
     "ops_cnn": (ops_cnn, "keras.ops nodes: h-swish, per-channel constant, Flatten->Dense"),
     "video_conv3d": (video_conv3d, "Conv3D video classifier"),
 }
+
+
+# One architecture per keras.applications family (the coverage table's rows).
+APPLICATIONS = {
+    "ConvNeXt": "ConvNeXtTiny",
+    "DenseNet": "DenseNet121",
+    "EfficientNet": "EfficientNetB0",
+    "EfficientNetV2": "EfficientNetV2B0",
+    "InceptionV3": "InceptionV3",
+    "InceptionResNetV2": "InceptionResNetV2",
+    "MobileNet": "MobileNet",
+    "MobileNetV2": "MobileNetV2",
+    "MobileNetV3": "MobileNetV3Small",
+    "NASNetMobile": "NASNetMobile",
+    "ResNet": "ResNet50",
+    "ResNetV2": "ResNet50V2",
+    "VGG": "VGG16",
+    "Xception": "Xception",
+}
+
+
+def application(name, size=96, classes=10):
+    """``keras.applications.<name>`` with random weights, logits out, at ``size`` pixels.
+
+    Raises KeyError for a name keras.applications does not have.
+    """
+    builder = getattr(keras.applications, name, None)
+    if builder is None or not callable(builder) or name.startswith("_"):
+        raise KeyError(name)
+    return builder(weights=None, input_shape=(size, size, 3), classes=classes, classifier_activation=None)
