@@ -438,14 +438,20 @@ def tflite_macs(path):
     the filter ``[C_out, k_h, k_w, C_in]``) and CONV_3D (``D_out H_out W_out C_out k_d k_h k_w
     C_in``, the filter ``[k_d, k_h, k_w, C_in, C_out]``) over the interpreter's op list
     (``Interpreter._get_ops_details``, the only op-level listing ai-edge-litert 2.3 exposes
-    in Python) with tensor shapes at batch 1 -- the convention of :mod:`pn_tf.graph.flops`.
+    in Python) with tensor shapes at batch 1, after one run on zeros (so that shapes computed
+    at run time are known) -- the convention of :mod:`pn_tf.graph.flops`.
     ``path`` may also be an interpreter already loaded (it is resized to batch 1 if its batch
     is dynamic).
     """
     interpreter = _interpreter(path)
     if _fixed_batch(interpreter) is None:
         _set_batch(interpreter, 1)
-    batch = int(interpreter.get_input_details()[0]["shape"][0])
+    detail = interpreter.get_input_details()[0]
+    batch = int(detail["shape"][0])
+    # Shapes computed at run time (a Dense on a feature map reshapes by the input's shape)
+    # are only known once the graph ran.
+    interpreter.set_tensor(detail["index"], quantize(np.zeros(detail["shape"], np.float32), detail))
+    interpreter.invoke()
     shapes = {t["index"]: tuple(int(d) for d in t["shape"])
               for t in interpreter.get_tensor_details()}
     total = 0

@@ -373,7 +373,39 @@ class GroupNorm(Carry):
         return config
 
 
-class Convolution(ChannelRule):
+class Producer(ChannelRule):
+    """Creates a new space from all of its input channels: the base of conv and dense rules.
+
+    Attributes:
+        units_key: the config key holding the output channel count.
+    """
+
+    kind = MIX
+    units_key = "filters"
+
+    def produce(self, graph, op, node, role, costs):
+        """Reads the input as ``role``, makes the output a new space; ``costs``: (kind, coef, linear)."""
+        x, y = node.input_tensors[0], node.output_tensors[0]
+        in_atoms = graph.read(op, role, x)
+        out_atom = graph.new_atom(y.shape[-1], op.name)
+        for kind, coef, linear in costs:
+            graph.add_cost(op, kind, coef, in_atoms, () if linear else (out_atom,), linear)
+        graph.set(y, [out_atom])
+        graph.record(op, in_atoms, (out_atom,))
+        return in_atoms, out_atom
+
+    def nonlinear(self, op):
+        return _activation_is_nonlinear(getattr(op, "activation", None))
+
+    def shares_channels(self, op):
+        return True
+
+    def narrow_config(self, layer, config, change):
+        config[self.units_key] = len(change.out_index)
+        return config
+
+
+class Convolution(Producer):
     """ConvND (``transpose=False``) or ConvNDTranspose: a new space from all input channels.
 
     MACs: ``prod(kernel) * C_in/groups * C_out * positions``, where positions are the
@@ -381,30 +413,19 @@ class Convolution(ChannelRule):
     scatters a full kernel).
     """
 
-    kind = MIX
-
     def __init__(self, transpose=False):
         self.transpose = transpose
 
     def flow(self, graph, op, node):
         x, y = node.input_tensors[0], node.output_tensors[0]
-        in_atoms = graph.read(op, "conv", x)
-        out_atom = graph.new_atom(op.filters, op.name)
         groups = getattr(op, "groups", 1)
+        positions = spatial_size(x.shape if self.transpose else y.shape)
+        in_atoms, out_atom = self.produce(graph, op, node, "conv",
+                                          [("conv", math.prod(op.kernel_size) * positions / groups, False)])
         if groups != 1:
             reason = f"grouped convolution '{op.name}'"
             graph.fix(in_atoms, reason)
             graph.fix([out_atom], reason)
-        positions = spatial_size(x.shape if self.transpose else y.shape)
-        graph.add_cost(op, "conv", math.prod(op.kernel_size) * positions / groups, in_atoms, (out_atom,))
-        graph.set(y, [out_atom])
-        graph.record(op, in_atoms, (out_atom,))
-
-    def nonlinear(self, op):
-        return _activation_is_nonlinear(getattr(op, "activation", None))
-
-    def shares_channels(self, op):
-        return True
 
     def weight_axes(self, layer):
         if self.transpose:
@@ -413,45 +434,47 @@ class Convolution(ChannelRule):
             kernel = {-1: "out"} if getattr(layer, "groups", 1) != 1 else {-2: "in", -1: "out"}
         return [kernel] + ([{0: "out"}] if layer.use_bias else [])
 
-    def narrow_config(self, layer, config, change):
-        config["filters"] = len(change.out_index)
-        return config
-
     def filter_norms(self, layer):
         kernel = np.asarray(layer.kernel)
         kernel = np.moveaxis(kernel, -2, -1) if self.transpose else kernel
         return np.abs(kernel).reshape(-1, kernel.shape[-1]).sum(axis=0)
 
 
-class Dense(ChannelRule):
+class Dense(Producer):
     """Dense on the last axis (also of a feature map: ConvNeXt's pointwise MLP)."""
 
-    kind = MIX
+    units_key = "units"
 
     def flow(self, graph, op, node):
-        x, y = node.input_tensors[0], node.output_tensors[0]
-        in_atoms = graph.read(op, "dense", x)
-        out_atom = graph.new_atom(op.units, op.name)
+        y = node.output_tensors[0]
         positions = spatial_size(y.shape) if len(y.shape) > 2 else 1
-        graph.add_cost(op, "dense", positions, in_atoms, (out_atom,))
-        graph.set(y, [out_atom])
-        graph.record(op, in_atoms, (out_atom,))
-
-    def nonlinear(self, op):
-        return _activation_is_nonlinear(getattr(op, "activation", None))
-
-    def shares_channels(self, op):
-        return True
+        self.produce(graph, op, node, "dense", [("dense", positions, False)])
 
     def weight_axes(self, layer):
         return [{0: "in", 1: "out"}] + ([{0: "out"}] if layer.use_bias else [])
 
-    def narrow_config(self, layer, config, change):
-        config["units"] = len(change.out_index)
-        return config
-
     def filter_norms(self, layer):
         return np.abs(np.asarray(layer.kernel)).sum(axis=0)
+
+
+class Separable(Producer):
+    """SeparableConv1D/2D: a depthwise then a pointwise kernel; a new space on output."""
+
+    def flow(self, graph, op, node):
+        positions = spatial_size(node.output_tensors[0].shape)
+        multiplier = op.depth_multiplier
+        in_atoms, _ = self.produce(graph, op, node, "conv", [
+            ("depthwise", math.prod(op.kernel_size) * positions * multiplier, True),
+            ("conv", positions * multiplier, False)])
+        if multiplier != 1:
+            graph.fix(in_atoms, f"separable convolution '{op.name}' with depth_multiplier > 1")
+
+    def weight_axes(self, layer):
+        return [{-2: "in"}, {-2: "in", -1: "out"}] + ([{0: "out"}] if layer.use_bias else [])
+
+    def filter_norms(self, layer):
+        kernel = np.asarray(layer.pointwise_kernel)
+        return np.abs(kernel).reshape(-1, kernel.shape[-1]).sum(axis=0)
 
 
 class Depthwise(ChannelRule):
@@ -489,42 +512,6 @@ class Depthwise(ChannelRule):
 
     def weight_axes(self, layer):
         return [{-2: "in"}] + ([{0: "in"}] if layer.use_bias else [])
-
-
-class Separable(ChannelRule):
-    """SeparableConv1D/2D: a depthwise then a pointwise kernel; a new space on output."""
-
-    kind = MIX
-
-    def flow(self, graph, op, node):
-        x, y = node.input_tensors[0], node.output_tensors[0]
-        in_atoms = graph.read(op, "conv", x)
-        if op.depth_multiplier != 1:
-            graph.fix(in_atoms, f"separable convolution '{op.name}' with depth_multiplier > 1")
-        out_atom = graph.new_atom(op.filters, op.name)
-        positions = spatial_size(y.shape)
-        graph.add_cost(op, "depthwise", math.prod(op.kernel_size) * positions * op.depth_multiplier,
-                       in_atoms, linear=True)
-        graph.add_cost(op, "conv", positions * op.depth_multiplier, in_atoms, (out_atom,))
-        graph.set(y, [out_atom])
-        graph.record(op, in_atoms, (out_atom,))
-
-    def nonlinear(self, op):
-        return _activation_is_nonlinear(getattr(op, "activation", None))
-
-    def shares_channels(self, op):
-        return True
-
-    def weight_axes(self, layer):
-        return [{-2: "in"}, {-2: "in", -1: "out"}] + ([{0: "out"}] if layer.use_bias else [])
-
-    def narrow_config(self, layer, config, change):
-        config["filters"] = len(change.out_index)
-        return config
-
-    def filter_norms(self, layer):
-        kernel = np.asarray(layer.pointwise_kernel)
-        return np.abs(kernel).reshape(-1, kernel.shape[-1]).sum(axis=0)
 
 
 class Merge(ChannelRule):
