@@ -85,8 +85,12 @@ def measure(only=None, size=96, target=0.4, seed=0, tflite=True, progress=sys.st
         start = time.perf_counter()
         keras.utils.set_random_seed(seed)
         model = randomize_batchnorm(build(size), seed)
-        row = dict(check_model(model, target, seed=seed, tflite=tflite), row=name, kind=kind)
-        row["failed"] = bars(row, target)
+        try:
+            row = dict(check_model(model, target, seed=seed, tflite=tflite), row=name, kind=kind)
+            row["failed"] = bars(row, target)
+        except ValueError as err:  # no prunable group
+            row = {"row": name, "kind": kind, "groups": 0, "failed": [str(err)], "max_abs_diff": float("nan"),
+                   "flops_reduction": 0.0}
         row["seconds"] = round(time.perf_counter() - start, 1)
         rows.append(row)
         print(f"[{k}/{len(todo)}] {name}: {row['groups']} groups, diff {row['max_abs_diff']:.1e}, "
@@ -137,6 +141,9 @@ def markdown(rows, command, target):
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
+        if "identity_max_abs_diff" not in r:  # no prunable group at all
+            lines.append(f"| {r['row']} | {r['kind']} | 0 | {r['failed'][0]} | | | | | | |")
+            continue
         opaque = ", ".join(r["opaque"] + [f"{n} (custom)" for n in r["opaque_custom"]]) or "none"
         identity = "exact" if r["identity_max_abs_diff"] == 0 else f"{r['identity_max_abs_diff']:.1e}"
         lines.append(

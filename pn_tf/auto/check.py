@@ -63,6 +63,11 @@ def _tflite_check(narrow, x):
         return True, float(diff.max()), tflite_macs(path)
 
 
+def _recount(narrow):
+    with _quiet():  # its warnings were reported for the original model
+        return FlopsModel(narrow).total
+
+
 def check_model(model, target=0.4, seed=0, policy="all", round_to=1, tflite=True, x=None):
     """One coverage row for ``model`` (see the module docstring). Nothing is trained.
 
@@ -72,6 +77,9 @@ def check_model(model, target=0.4, seed=0, policy="all", round_to=1, tflite=True
         seed: seeds the gate logits and the inputs.
         tflite: also convert the pruned model to TFLite float32 and compare.
         x: inputs to compare on (default: :func:`sample_inputs`).
+
+    Raises:
+        ValueError: the model has no prunable channel group (the message says why).
 
     Returns:
         A JSON-able dict: ``groups``, ``prunable_share`` (share of MACs in layers whose
@@ -85,6 +93,9 @@ def check_model(model, target=0.4, seed=0, policy="all", round_to=1, tflite=True
     x = sample_inputs(model, seed=seed) if x is None else x
     analysis = analyse(model, policy=policy)
     graph = analysis.graph
+    if not analysis.groups:
+        raise ValueError(f"{model.name} has no prunable channel groups: "
+                         + ("; ".join(analysis.warnings) or "every channel space is fixed"))
     gated = insert_gates(model, analysis.groups, policy=policy)
     original = np.asarray(model(x, training=False))
     identity_diff = float(np.abs(original - np.asarray(gated(x, training=False))).max())
@@ -112,7 +123,7 @@ def check_model(model, target=0.4, seed=0, policy="all", round_to=1, tflite=True
         "output_scale": float(np.abs(reference).max()),
         "flops": selection.total_flops,
         "pruned_flops": selection.flops,
-        "pruned_flops_recount": FlopsModel(narrow).total,
+        "pruned_flops_recount": _recount(narrow),
         "target_flops_reduction": target,
         "flops_reduction": selection.reduction,
         "landing_error": abs(selection.reduction - target),

@@ -198,6 +198,8 @@ def select_channels(flops, scores, target_reduction=None, round_to=1):
     sizes = [int(w) for w in flops.widths]
     if [len(s) for s in scores] != sizes:
         raise ValueError(f"scores have widths {[len(s) for s in scores]}, the groups {sizes}")
+    if not sizes and target_reduction is not None:
+        raise ValueError("the model has no prunable channel groups: there is nothing to remove")
     granules = [g.granule for g in flops.graph.groups]
     scores = [_granule_scores(s, n) for s, n in zip(scores, granules)]
     round_to = [m * n // math.gcd(m, n) for m, n in zip(_multiples(round_to, sizes), granules)]

@@ -75,7 +75,7 @@ def copy_model(model, substitute=clone_layer, rewrite=None, copy_weights=_same_w
 
     copy = replay(model, fresh, rewrite, name=name)
     for old, new in pairs:
-        if new.weights:
+        if getattr(new, "weights", None):
             copy_weights(old, new)
     return copy
 
@@ -121,14 +121,14 @@ def extract_model(model, keep, graph=None, name=None):
     def substitute(op):
         if isinstance(op, ChannelGate):
             return keras.layers.Identity(name=op.name)
-        if id(op) in plan and isinstance(op, keras.layers.Layer):
+        if id(op) in plan:  # a layer, or a keras.ops operation whose config holds a width
             change = plan[id(op)][1]
             return op.__class__.from_config(rule_for(op).narrow_config(op, op.get_config(), change))
         return clone_layer(op)
 
     def rewrite(node, op, args, kwargs):
         entry = plan.get(id(node.operation))
-        if entry is None or isinstance(node.operation, keras.layers.Layer):
+        if entry is None:
             return args, kwargs
         return rule_for(node.operation).narrow_arguments(node, args, kwargs, entry[1])
 

@@ -297,15 +297,20 @@ class ChannelGraph:
                     self.warnings.append(reason)
                     log.warning(reason)
 
-    def opaque(self, op, node, reason=""):
+    def opaque(self, op, node, reason="", warn=False):
         """``op``'s inputs and outputs stay unpruned.
 
         Without a ``reason`` the operation is unknown: a warning names it and says how
-        to register a rule for it.
+        to register a rule for it. With ``warn`` the reason is logged too.
         """
         name = self.name_of(op)
         if reason:
             reason = f"{type(op).__name__} {reason}"
+            if warn:
+                message = f"layer '{name}' ({type(op).__name__}): {reason}; its channels are left unpruned"
+                if message not in self.warnings:
+                    self.warnings.append(message)
+                    log.warning(message)
         else:
             kind = type(op).__name__
             reason = f"passes through {kind} '{name}', which pn-tf cannot analyse"

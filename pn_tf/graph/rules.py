@@ -158,18 +158,20 @@ class ChannelRule:
 
 
 class Opaque(ChannelRule):
-    """Unknown channel semantics: what it reads and writes stays unpruned.
+    """What it reads and writes stays unpruned.
 
     Args:
-        reason: str. Why (shown in reports); empty for an unregistered layer, which
-            also logs a warning naming it.
+        reason: str. Why (kept with the fixed spaces); empty for an unregistered layer,
+            which also logs a warning naming it and saying how to add a rule.
+        warn: bool. Also log the reason (a known layer pn-tf does not prune, e.g. an LSTM).
     """
 
-    def __init__(self, reason=""):
+    def __init__(self, reason="", warn=False):
         self.reason = reason
+        self.warn = warn
 
     def flow(self, graph, op, node):
-        graph.opaque(op, node, self.reason)
+        graph.opaque(op, node, self.reason, warn=self.warn)
 
 
 class Carry(ChannelRule):
@@ -619,10 +621,52 @@ class Reshape(ChannelRule):
         return True
 
     def narrow_config(self, layer, config, change):
-        target = config.get("target_shape")
-        if target is not None and target[-1] == change.out_size:
-            config["target_shape"] = tuple(target[:-1]) + (len(change.out_index),)
+        for key in ("target_shape", "newshape"):  # keras.layers.Reshape, keras.ops.reshape
+            target = config.get(key)
+            if target is not None and len(target) and target[-1] == change.out_size:
+                config[key] = tuple(target[:-1]) + (len(change.out_index),)
         return config
+
+
+class AxisOp(Carry):
+    """A reduction, transpose or pad whose ``axis`` decides whether it keeps the channel axis.
+
+    Args:
+        keeps: ``(op, rank) -> bool``: whether the channel axis stays the last one, whole.
+        what: what it does to channels otherwise (the fixed spaces' reason).
+    """
+
+    def __init__(self, keeps, what):
+        super().__init__(weights=())
+        self.keeps = keeps
+        self.what = what
+
+    def flow(self, graph, op, node):
+        if not self.keeps(op, len(node.input_tensors[0].shape)):
+            graph.opaque(op, node, f"'{op.name}' {self.what}")
+            return
+        super().flow(graph, op, node)
+
+
+def _reduces_other_axes(op, rank):
+    axis = getattr(op, "axis", None)
+    if axis is None:
+        return False
+    axes = axis if isinstance(axis, (list, tuple)) else [axis]
+    return (rank - 1) not in [a % rank for a in axes]
+
+
+def _keeps_last_axis(op, rank):
+    dims = getattr(op, "dims", None)  # keras.layers.Permute: 1-based, batch excluded
+    if dims is not None:
+        return dims[-1] == rank - 1
+    axes = getattr(op, "axes", None)
+    return axes is not None and axes[-1] % rank == rank - 1
+
+
+def _pads_other_axes(op, rank):
+    widths = getattr(op, "pad_width", None)
+    return widths is not None and [int(w) for w in widths[-1]] == [0, 0]
 
 
 class ElementwiseOp(Carry):
@@ -719,8 +763,14 @@ def unregister_rule(cls):
 _DEFAULT = Opaque()
 
 
+_CHANNELS_FIRST = Opaque("works on channels_first data; pn-tf reads channels on the last axis",
+                         warn=True)
+
+
 def rule_for(op):
     """The rule for ``op`` (a layer or ``keras.ops`` operation), by its class's MRO."""
+    if getattr(op, "data_format", None) == "channels_first":
+        return _CHANNELS_FIRST
     for cls in type(op).__mro__:
         rule = _RULES.get(cls)
         if rule is not None:
@@ -745,9 +795,23 @@ def _register_builtins():
                 L.UpSampling2D, L.UpSampling3D):
         register_rule(cls, carry)
     for name in ("AdaptiveAveragePooling1D", "AdaptiveAveragePooling2D", "AdaptiveAveragePooling3D",
-                 "AdaptiveMaxPooling1D", "AdaptiveMaxPooling2D", "AdaptiveMaxPooling3D"):
-        if hasattr(L, name):
+                 "AdaptiveMaxPooling1D", "AdaptiveMaxPooling2D", "AdaptiveMaxPooling3D",
+                 "RepeatVector", "ActivityRegularization", "Resizing", "CenterCrop", "RandomFlip",
+                 "RandomRotation", "RandomZoom", "RandomTranslation", "RandomCrop", "RandomContrast",
+                 "RandomBrightness"):
+        if hasattr(L, name):  # spatial or per-value ops: channels pass through
             register_rule(getattr(L, name), carry)
+    register_rule(L.Permute, AxisOp(_keeps_last_axis, "moves the channel axis"))
+    for name, what in (("LSTM", "is recurrent"), ("GRU", "is recurrent"), ("SimpleRNN", "is recurrent"),
+                       ("RNN", "is recurrent"), ("Bidirectional", "is recurrent"),
+                       ("ConvLSTM1D", "is recurrent"), ("ConvLSTM2D", "is recurrent"),
+                       ("ConvLSTM3D", "is recurrent"), ("TimeDistributed", "wraps another layer"),
+                       ("MultiHeadAttention", "is attention"), ("Attention", "is attention"),
+                       ("AdditiveAttention", "is attention"), ("Embedding", "is an embedding"),
+                       ("Masking", "masks time steps by all their channels"),
+                       ("SpectralNormalization", "wraps another layer")):
+        if hasattr(L, name):
+            register_rule(getattr(L, name), Opaque(f"{what}: pn-tf does not prune it", warn=True))
     activation = Activation()
     for cls in (L.Activation, L.ReLU, L.LeakyReLU, L.PReLU, L.ELU):
         register_rule(cls, activation)
@@ -805,6 +869,18 @@ def _register_ops():
             register_rule(getattr(ops_nn, name), Couple("normalizes across channels (softmax)"))
     if hasattr(ops_numpy, "Concatenate"):
         register_rule(ops_numpy.Concatenate, Concat())
+    for name in ("Reshape", "ExpandDims", "Squeeze"):
+        register_rule(getattr(ops_numpy, name), Reshape())
+    for name in ("Mean", "Max", "Min", "Sum", "Amax", "Amin"):
+        if hasattr(ops_numpy, name):
+            register_rule(getattr(ops_numpy, name), AxisOp(_reduces_other_axes, "reduces over channels"))
+    register_rule(ops_numpy.Transpose, AxisOp(_keeps_last_axis, "moves the channel axis"))
+    register_rule(ops_numpy.Pad, AxisOp(_pads_other_axes, "pads the channel axis"))
+    from keras.src.ops import core as ops_core
+    from keras.src.ops import image as ops_image
+
+    register_rule(ops_core.Cast, ElementwiseOp())
+    register_rule(ops_image.Resize, Carry(weights=()))
 
 
 def _register_applications():
