@@ -15,7 +15,7 @@ from pn_tf.graph import ChannelGraph, FlopsModel, GraphAnalysisError, flatten, r
 from pn_tf.layers import gate_layers
 
 # Pattern -> also convert the pruned model to TFLite here (the others: tools/coverage.py).
-FAST_TFLITE = {"kws_conv1d", "autoencoder_conv1d", "unet", "sequential_cnn", "ops_cnn"}
+FAST_TFLITE = {"kws_conv1d", "autoencoder_conv1d", "unet"}
 
 
 def _pattern(name):

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from pn_tf.models import build_model
 from tests.conftest import REPO_ROOT, tfds_data_dir
@@ -31,6 +32,7 @@ def test_reference_builds_pn_tfs_resnet56():
     assert len(reference.losses) == len(reference.trainable_weights)
 
 
+@pytest.mark.slow  # a yardstick tool, not pn-tf's code path; ~60 s
 def test_reference_smoke_run(tmp_path):
     out = tmp_path / "reference.json"
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", TFDS_DATA_DIR=tfds_data_dir())
