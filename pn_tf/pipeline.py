@@ -8,6 +8,7 @@ resume from their epoch backups (``keras.callbacks.BackupAndRestore``).
 
 import dataclasses
 import json
+import math
 import os
 import time
 
@@ -72,6 +73,12 @@ class RunConfig:
     tflite_runs: int = 100
 
 
+def _check_workdir_path(workdir):
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+        raise PipelineError(f"--workdir={workdir} is a file, not a folder; pass a folder (it is "
+                            "created if missing)")
+
+
 def _round_to(value):
     """``--round_to``: "tile" or a positive integer (given as int or string)."""
     if value == "tile":
@@ -94,6 +101,32 @@ def _positive(config, *names, allow_zero=()):
             raise PipelineError(f"--{name} must be {'>= 0' if name in allow_zero else '> 0'}, got {value}")
 
 
+def _check_finite(config):
+    """Every number flag must be a finite number (``--finetune_lr=nan`` would fail stages later)."""
+    for field in dataclasses.fields(config):
+        value = getattr(config, field.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise PipelineError(f"--{field.name} must be a finite number, got {value}")
+
+
+def check_tf_config(text):
+    """Parses ``TF_CONFIG`` or raises a PipelineError saying what is wrong with it."""
+    try:
+        config = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise PipelineError(f"TF_CONFIG is not valid JSON ({err}); it should look like "
+                            '{"cluster": {"worker": ["host1:port", "host2:port"]}, '
+                            '"task": {"type": "worker", "index": 0}}') from None
+    cluster, task = (config.get("cluster"), config.get("task")) if isinstance(config, dict) else (None, None)
+    if not isinstance(cluster, dict) or not cluster or not isinstance(task, dict):
+        raise PipelineError("TF_CONFIG needs a 'cluster' with at least one job and this host's 'task', "
+                            '{"cluster": {"worker": [...]}, "task": {"type": "worker", "index": 0}}')
+    jobs = cluster.get(task.get("type"))
+    if not isinstance(jobs, list) or not isinstance(task.get("index"), int) or not 0 <= task["index"] < len(jobs):
+        raise PipelineError(f"TF_CONFIG's task {task} does not name one of its cluster's hosts {cluster}")
+    return config
+
+
 def make_strategy(name, cpu_replicas=0):
     """The tf.distribute strategy for ``--strategy`` (created before other TF work)."""
     import tensorflow as tf
@@ -104,6 +137,7 @@ def make_strategy(name, cpu_replicas=0):
         if not os.environ.get("TF_CONFIG"):
             raise PipelineError("--strategy=multi_worker needs TF_CONFIG describing the cluster "
                                 "(see https://www.tensorflow.org/guide/distributed_training)")
+        check_tf_config(os.environ["TF_CONFIG"])
         return tf.distribute.MultiWorkerMirroredStrategy()
     gpus = tf.config.list_physical_devices("GPU")
     if gpus:
@@ -133,6 +167,8 @@ class Pipeline:
         if not values.get("workdir"):
             raise PipelineError("--workdir is required: the folder that holds this run")
         config = RunConfig(**values)
+        _check_finite(config)
+        _check_workdir_path(config.workdir)
         strategy = make_strategy(config.strategy, config.cpu_replicas)
         pipeline = cls(config, strategy)
         pipeline.validate()
@@ -144,6 +180,8 @@ class Pipeline:
         from pn_tf.models import ARCHITECTURES
 
         c = self.config
+        _check_finite(c)
+        _check_workdir_path(c.workdir)
         unknown = [s for s in c.stages if s not in STAGES]
         if unknown:
             raise PipelineError(f"unknown --stages {unknown}; choose from {', '.join(STAGES)}")
@@ -195,7 +233,11 @@ class Pipeline:
         from pn_tf.graph import FlopsModel
 
         c = self.config
-        flops = FlopsModel(self.build_model())
+        try:
+            model = self.build_model()
+        except ValueError as err:
+            raise PipelineError(f"--arch={c.arch} cannot be built at --input_size={c.input_size}: {err}") from err
+        flops = FlopsModel(model)
         try:
             p = c.p if c.p is not None else flops.p_for_reduction(c.target_flops_reduction)
         except ValueError as err:

@@ -1,6 +1,7 @@
 """The pn-tf pipeline: data -> baseline -> PN search -> extraction -> fine-tuning -> export -> report.
 
     python -m pn_tf.train --flagfile=configs/quickstart.flags --workdir=runs/quickstart
+    pn-tf --flagfile=configs/quickstart.flags --workdir=runs/quickstart    # the same, installed
 
 Everything of one run lives in ``--workdir``: one sub-folder per stage, each finished
 stage marked by its ``<stage>.json``. Running the same command again skips finished
@@ -121,6 +122,11 @@ def main(argv):
     return 0
 
 
-if __name__ == "__main__":
+def run():
+    """The ``pn-tf`` console command: the same flags as ``python -m pn_tf.train``."""
     define_flags()
     app.run(lambda argv: sys.exit(main(argv)))
+
+
+if __name__ == "__main__":
+    run()

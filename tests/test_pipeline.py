@@ -2,6 +2,7 @@
 
 import json
 import os
+import pathlib
 import signal
 import subprocess
 import sys
@@ -25,9 +26,9 @@ def _command(workdir, data_dir, *extra):
     return [sys.executable, "-m", "pn_tf.train", *TINY, f"--workdir={workdir}", f"--data_dir={data_dir}", *extra]
 
 
-def _run(workdir, data_dir, *extra, timeout=900):
+def _run(workdir, data_dir, *extra, timeout=900, env=None):
     return subprocess.run(_command(workdir, data_dir, *extra), cwd=REPO_ROOT, capture_output=True,
-                          text=True, timeout=timeout)
+                          text=True, timeout=timeout, env=None if env is None else {**os.environ, **env})
 
 
 def test_quickstart_end_to_end_tiny(tmp_path, data_dir):
@@ -173,11 +174,33 @@ def _validate(config):
     (dict(baseline_init="/nonexistent/w.weights.h5"), "--baseline_init=/nonexistent/w.weights.h5: no such file"),
     (dict(baseline_init="shipped", baseline_weights="shipped"), "pass only one of them"),
     (dict(dataset="cifar100"), "cifar100"),
+    (dict(finetune_lr=float("nan")), "--finetune_lr must be a finite number, got nan"),
+    (dict(target_flops_reduction=float("inf")), "--target_flops_reduction must be a finite number"),
+    (dict(input_size=4), "--arch=resnet56 cannot be built at --input_size=4"),
 ])
 def test_bad_inputs_stop_before_work(tmp_path, data_dir, overrides, message):
     with pytest.raises(PipelineError, match=message.replace("(", r"\(").replace("-", r"\-")):
         _validate(_config(tmp_path, data_dir, **overrides))
     assert not (tmp_path / "w" / "baseline").exists()
+
+
+def test_workdir_that_is_a_file_is_refused(tmp_path, data_dir):
+    (tmp_path / "w").write_text("not a folder")
+    with pytest.raises(PipelineError, match="is a file, not a folder"):
+        _validate(_config(tmp_path, data_dir))
+
+
+@pytest.mark.parametrize("text,message", [
+    ("{cluster: 1", "TF_CONFIG is not valid JSON"),
+    ('{"task": {"type": "worker", "index": 0}}', "needs a 'cluster'"),
+    ('{"cluster": {"worker": ["a:1"]}, "task": {"type": "worker", "index": 3}}', "does not name one"),
+])
+def test_malformed_tf_config_is_explained(text, message):
+    from pn_tf.pipeline import check_tf_config
+
+    with pytest.raises(PipelineError, match=message):
+        check_tf_config(text)
+    check_tf_config('{"cluster": {"worker": ["a:1", "b:2"]}, "task": {"type": "worker", "index": 1}}')
 
 
 def test_missing_dataset_names_the_data_dir(tmp_path):
@@ -245,6 +268,20 @@ def test_cli_exit_code_and_message(tmp_path, data_dir):
     assert out.returncode == 2
     assert "unknown --arch=vgg7" in out.stderr
     assert not (tmp_path / "run" / "baseline").exists()
+    env = {"TF_CONFIG": "{not json"}
+    out = _run(tmp_path / "run", data_dir, "--strategy=multi_worker", env=env)
+    assert out.returncode == 2 and "TF_CONFIG is not valid JSON" in out.stderr
+    out = _run(tmp_path / "run", data_dir, "--finetune_lr=nan")
+    assert out.returncode == 2 and "--finetune_lr must be a finite number" in out.stderr
+    assert not (tmp_path / "run" / "baseline").exists()
+
+
+def test_console_command(tmp_path, data_dir):
+    command = pathlib.Path(sys.executable).with_name("pn-tf")  # installed by tools/setup.sh
+    assert command.exists(), "pn-tf is not installed: run bash tools/setup.sh"
+    out = subprocess.run([str(command), "--arch=vgg7", f"--workdir={tmp_path / 'run'}",
+                          f"--data_dir={data_dir}"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2 and "unknown --arch=vgg7" in out.stderr
 
 
 def test_nan_loss_stops_with_message_and_keeps_backup(tmp_path):

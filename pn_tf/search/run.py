@@ -14,7 +14,7 @@ import numpy as np
 import tensorflow as tf
 
 from pn_tf import data as data_lib
-from pn_tf.io import atomic_path, write_json
+from pn_tf.io import atomic_path
 from pn_tf.search.search_model import PNSearch
 from pn_tf.training import resume_seed, standard_callbacks
 
@@ -111,8 +111,9 @@ def run_search(network, dataset, workdir, config, data_dir=None, strategy=None, 
     """Searches the gate logits of ``network`` (whose weights are the baseline).
 
     Returns:
-        dict summary (also written to ``<workdir>/search.json``); the network with
-        its searched logits is saved as ``<workdir>/searched.weights.h5``.
+        dict summary; the network with its searched logits is saved as
+        ``<workdir>/searched.weights.h5``. The stage's completion marker
+        (``search.json``) is the runner's to write, once the summary is complete.
     """
     strategy = strategy or tf.distribute.get_strategy()
     os.makedirs(workdir, exist_ok=True)
@@ -167,5 +168,4 @@ def run_search(network, dataset, workdir, config, data_dir=None, strategy=None, 
     }
     with atomic_path(os.path.join(workdir, "searched.weights.h5")) as tmp:
         network.save_weights(tmp)
-    write_json(os.path.join(workdir, "search.json"), summary)
     return summary
