@@ -10,6 +10,7 @@ import dataclasses
 import json
 import math
 import os
+import sys
 import time
 
 from absl import logging
@@ -38,7 +39,7 @@ class RunConfig:
     cpu_replicas: int = 0
     train_take: int = None
     eval_take: int = None
-    verbose: int = 2
+    verbose: int = None  # None: a progress bar on a terminal, one line per epoch otherwise
     baseline_weights: str = ""
     baseline_init: str = ""
     baseline_epochs: int = 200
@@ -182,6 +183,8 @@ class Pipeline:
         c = self.config
         _check_finite(c)
         _check_workdir_path(c.workdir)
+        if c.verbose is None:
+            c.verbose = 1 if sys.stdout.isatty() else 2
         unknown = [s for s in c.stages if s not in STAGES]
         if unknown:
             raise PipelineError(f"unknown --stages {unknown}; choose from {', '.join(STAGES)}")

@@ -39,7 +39,8 @@ def define_flags(flag_values=flags.FLAGS):
     flags.DEFINE_integer("cpu_replicas", 0, "With --strategy=mirrored and no GPU: logical CPU devices.", **fv)
     flags.DEFINE_integer("train_take", None, "Use only this many training images (smoke runs).", **fv)
     flags.DEFINE_integer("eval_take", None, "Use only this many images per evaluation split.", **fv)
-    flags.DEFINE_integer("verbose", 2, "Keras progress output: 0 silent, 1 bar, 2 one line per epoch.", **fv)
+    flags.DEFINE_integer("verbose", None, "Keras progress output: 0 silent, 1 a progress bar, 2 one "
+                         "line per epoch (default: 1 when stdout is a terminal, else 2).", **fv)
 
     # Baseline.
     flags.DEFINE_string("baseline_weights", "", "'' trains a baseline, 'shipped' loads the one in "

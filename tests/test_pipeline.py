@@ -336,3 +336,16 @@ def test_onednn_kernels_default_on_unless_opted_out(preset, expected):
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                          check=True)
     assert out.stdout.strip() == expected
+
+
+def test_progress_output_follows_the_terminal(tmp_path, data_dir, monkeypatch):
+    config = _config(tmp_path, data_dir)
+    _validate(config)
+    assert config.verbose == 2  # captured stdout: one line per epoch
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+    config = _config(tmp_path, data_dir)
+    _validate(config)
+    assert config.verbose == 1  # a terminal: a progress bar while the epoch runs
+    config = _config(tmp_path, data_dir, verbose=0)
+    _validate(config)
+    assert config.verbose == 0
