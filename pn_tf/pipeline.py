@@ -13,8 +13,6 @@ import os
 import sys
 import time
 
-from absl import logging
-
 STAGES = ("baseline", "search", "extract", "finetune", "export", "report")
 CONFIG_KEYS_FIXED = ("arch", "dataset", "input_size", "num_classes", "target_flops_reduction", "seed")
 
@@ -364,8 +362,8 @@ class Pipeline:
     # -- running -------------------------------------------------------------------
 
     def run(self):
-        logging.info("pn-tf pipeline: %s on %s, stages %s, workdir %s", self.config.arch,
-                     self.config.dataset, ",".join(self.config.stages), self.workdir)
+        print(f"[pn-tf] {self.config.arch} on {self.config.dataset}, stages "
+              f"{','.join(self.config.stages)}, workdir {self.workdir}", flush=True)
         for stage in self.config.stages:
             if os.path.exists(self.summary_path(stage)):
                 print(f"[pn-tf] stage {stage}: already finished ({self.summary_path(stage)})", flush=True)

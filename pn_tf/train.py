@@ -39,6 +39,9 @@ def define_flags(flag_values=flags.FLAGS):
     flags.DEFINE_integer("cpu_replicas", 0, "With --strategy=mirrored and no GPU: logical CPU devices.", **fv)
     flags.DEFINE_integer("train_take", None, "Use only this many training images (smoke runs).", **fv)
     flags.DEFINE_integer("eval_take", None, "Use only this many images per evaluation split.", **fv)
+    flags.DEFINE_enum("log_level", "warning", ["debug", "info", "warning", "error"],
+                      "Log messages shown: 'warning' (default) hides TensorFlow's and TFDS's INFO "
+                      "lines; 'info' or 'debug' brings them back.", **fv)
     flags.DEFINE_integer("verbose", None, "Keras progress output: 0 silent, 1 a progress bar, 2 one "
                          "line per epoch (default: 1 when stdout is a terminal, else 2).", **fv)
 
@@ -110,9 +113,24 @@ def define_flags(flag_values=flags.FLAGS):
     flags.DEFINE_integer("tflite_runs", 100, "Timed batch-1 runs per model for the latency.", **fv)
 
 
+def set_log_level(level):
+    """Python-side log verbosity (absl, TensorFlow, TFDS) and, before TensorFlow loads, its C++ one.
+
+    TensorFlow's C++ code logs a few lines while it loads, before its logging is set up, which
+    no setting hides (abseil/abseil-cpp#1957); everything after that follows ``level``.
+    """
+    import logging as py_logging
+
+    logging.set_verbosity(level)
+    py_logging.getLogger("tensorflow").setLevel(level.upper())
+    if "tensorflow" not in sys.modules:
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0" if level in ("debug", "info") else "2"
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    set_log_level(FLAGS.log_level)
     try:
         pipeline = Pipeline.from_flags(FLAGS)
         pipeline.run()

@@ -274,6 +274,10 @@ def test_cli_exit_code_and_message(tmp_path, data_dir):
     out = _run(tmp_path / "run", data_dir, "--finetune_lr=nan")
     assert out.returncode == 2 and "--finetune_lr must be a finite number" in out.stderr
     assert not (tmp_path / "run" / "baseline").exists()
+    quiet = _run(tmp_path / "run", data_dir, "--target_flops_reduction=1.5")
+    chatty = _run(tmp_path / "run", data_dir, "--target_flops_reduction=1.5", "--log_level=info")
+    assert quiet.returncode == chatty.returncode == 2
+    assert "Load dataset info" not in quiet.stderr and "Load dataset info" in chatty.stderr
 
 
 def test_console_command(tmp_path, data_dir):
