@@ -1,17 +1,13 @@
 """Image-folder input for :func:`pn_tf.auto.prune`."""
 
-import os
-
-import keras
-
 
 def image_folder_dataset(directory, image_size, batch_size, seed=0, take=None):
-    """Labelled images from ``directory/<class>/*`` as float pixels 0..255."""
-    if not os.path.isdir(directory):
-        raise FileNotFoundError(f"image folder {directory!r} does not exist")
-    ds = keras.utils.image_dataset_from_directory(
-        directory, labels="inferred", label_mode="int", image_size=tuple(image_size),
-        batch_size=batch_size, shuffle=True, seed=seed)
-    if take is not None:
-        ds = ds.unbatch().take(take).batch(batch_size)
-    return ds
+    """Labelled, augmented images of ``directory/<class>/*`` as float pixels 0..255.
+
+    Read by :mod:`pn_tf.image_folder` (the pipeline's reader): unreadable files are skipped
+    with a warning; a folder with fewer than two classes or no readable image is refused.
+    """
+    from pn_tf.image_folder import folder_dataset, scan
+
+    return folder_dataset(scan(directory), "train", batch_size, int(image_size[0]), training=True,
+                          seed=seed, take=take)
