@@ -35,6 +35,7 @@ import numpy as np
 
 from pn_tf.io import write_json
 from pn_tf.layers import gate_layers
+from pn_tf.losses import classification_loss
 
 SCHEDULES = ("step", "cosine", "constant")
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
@@ -292,21 +293,10 @@ def compile_classifier(model, config, steps_per_epoch):
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
     model.compile(
         optimizer=optimizer,
-        loss=(_smoothed_loss(config.label_smoothing) if config.label_smoothing
-              else keras.losses.SparseCategoricalCrossentropy(from_logits=True)),
+        loss=classification_loss(model, config.label_smoothing),
         metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
     )
     return model
-
-
-def _smoothed_loss(smoothing):
-    def loss(y_true, logits):
-        classes = keras.ops.shape(logits)[-1]
-        one_hot = keras.ops.one_hot(keras.ops.cast(keras.ops.reshape(y_true, (-1,)), "int32"), classes)
-        return keras.losses.categorical_crossentropy(one_hot, logits, from_logits=True,
-                                                     label_smoothing=smoothing)
-
-    return loss
 
 
 def fit_classifier(model, train_ds, config, workdir, stage, validation_ds=None,
@@ -355,8 +345,8 @@ def fit_classifier(model, train_ds, config, workdir, stage, validation_ds=None,
 
 
 def evaluate_accuracy(model, dataset):
-    """Top-1 accuracy of ``model`` (logits) over a batched dataset."""
-    model.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    """Top-1 accuracy of ``model`` (logits or probabilities) over a batched dataset."""
+    model.compile(loss=classification_loss(model),
                   metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
     return float(model.evaluate(dataset, verbose=0, return_dict=True)["accuracy"])
 

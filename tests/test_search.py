@@ -126,3 +126,28 @@ def test_single_device_and_mirrored_steps_match():
     assert result["gate_diff"] < 1e-5, result
     assert result["predictor_diff"] < 1e-5, result
     assert result["memory_diff"] < 1e-5, result
+
+
+def test_softmax_models_use_the_probability_loss():
+    from pn_tf import auto
+    from pn_tf.losses import outputs_probabilities
+    from pn_tf.training import evaluate_accuracy
+
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.Conv2D(8, 3, padding="same", activation="relu", name="c1")(inputs)
+    logits = keras.layers.Dense(4, name="head")(keras.layers.GlobalAveragePooling2D()(x))
+    logit_model = keras.Model(inputs, logits)
+    prob_model = keras.Model(inputs, keras.layers.Softmax()(logits))
+    assert not outputs_probabilities(logit_model) and outputs_probabilities(prob_model)
+    rng = np.random.RandomState(0)
+    x = rng.uniform(0, 255, (16, 8, 8, 3)).astype("float32")
+    y = rng.randint(0, 4, 16).astype("int32")
+    ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(16)
+    losses = []
+    for model in (logit_model, prob_model):
+        search = PNSearch(auto.insert_gates(model), predictor="none", target_reduction=0.3)
+        search.compile(gate_optimizer=keras.optimizers.AdamW(1e-2))
+        losses.append(search.evaluate(ds, verbose=0, return_dict=True)["loss"])
+        evaluate_accuracy(model, ds)
+    assert losses[0] == pytest.approx(losses[1], rel=1e-4)  # the same cross-entropy
+    assert np.isfinite(losses).all()

@@ -5,18 +5,12 @@ import os
 import keras
 import numpy as np
 
-from pn_tf.auto._util import _layer_of, log
+from pn_tf.auto._util import log
 from pn_tf.auto.data import image_folder_dataset
 from pn_tf.auto.extract import extract_at
 from pn_tf.auto.insert import insert_gates
 from pn_tf.graph import count_params
 from pn_tf.layers import gate_layers, set_gate_mode
-
-
-def _softmax_output(model):
-    layer = _layer_of(keras.tree.flatten(model.outputs)[0])
-    activation = getattr(layer, "activation", None)
-    return getattr(activation, "__name__", "") == "softmax"
 
 
 def prune(model, dataset, target_flops_reduction=0.5, search_epochs=5, batch_size=64,
@@ -28,9 +22,10 @@ def prune(model, dataset, target_flops_reduction=0.5, search_epochs=5, batch_siz
     Args:
         model: a built Keras model (functional or Sequential; nested sub-models such
             as a backbone inside a classifier are pruned through) that takes float
-            pixels 0..255 and outputs class logits (a softmax output is accepted but
-            degrades the search, which assumes logits). The pruned model is one flat
-            functional model whose layers keep their original names.
+            pixels 0..255 and outputs class logits or softmax probabilities (the search
+            uses the matching cross-entropy; the pruned model keeps the output it had).
+            The pruned model is one flat functional model whose layers keep their
+            original names.
         dataset: a TFDS name (``"cifar10"``: the search runs on its ``holdout``
             split), a folder of class sub-folders of images, or a ``tf.data``
             dataset of ``(images, integer labels)`` batches.
@@ -58,8 +53,6 @@ def prune(model, dataset, target_flops_reduction=0.5, search_epochs=5, batch_siz
         raise ValueError(f"target_flops_reduction must be in (0, 1), got {target_flops_reduction}")
     if not flops_reg_weight > 0:
         raise ValueError(f"flops_reg_weight must be positive, got {flops_reg_weight}")
-    if _softmax_output(model):
-        log.warning("%s ends in a softmax; the PN search expects logits", model.name)
     gated = insert_gates(model, policy=policy, exclude=exclude, **overrides)
     if not gate_layers(gated):
         raise ValueError(f"{model.name} has no prunable channel groups")

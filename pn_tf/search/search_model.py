@@ -30,6 +30,7 @@ import tensorflow as tf
 from pn_tf.graph import FlopsModel
 from pn_tf.layers import gate_layers, set_gate_mode
 from pn_tf.layers.gates import gumbel_noise
+from pn_tf.losses import outputs_probabilities
 from pn_tf.search.memory import EpisodicMemory
 from pn_tf.search.predictor import PREDICTOR_KINDS, build_predictor
 
@@ -89,6 +90,7 @@ class PNSearch(keras.Model):
         for layer in network.layers:
             layer.trainable = any(layer is g for g in self.gates)
         set_gate_mode(network, "soft")
+        self.from_logits = not outputs_probabilities(network)  # a softmax model: probabilities
         self.flops = FlopsModel(network)
         names = [g.gate for g in self.flops.graph.groups]
         if names != [g.name for g in self.gates]:
@@ -177,7 +179,7 @@ class PNSearch(keras.Model):
         with tf.GradientTape(persistent=True) as tape:
             a_soft = [g.soft_values() for g in self.gates]
             outputs = self.network(x, training=False)
-            per_example = keras.losses.sparse_categorical_crossentropy(y, outputs, from_logits=True)
+            per_example = keras.losses.sparse_categorical_crossentropy(y, outputs, from_logits=self.from_logits)
             cls_local = tf.reduce_sum(per_example) / global_batch
             a_hard = [g.hard_values(n) for g, n in zip(self.gates, hard_noise)]
             flops_value = self.flops(a_hard)
@@ -246,7 +248,7 @@ class PNSearch(keras.Model):
         finally:
             for gate in self.gates:
                 gate.mode = "soft"
-        loss = tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(y, outputs, from_logits=True))
+        loss = tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(y, outputs, from_logits=self.from_logits))
         acc = tf.reduce_mean(tf.cast(tf.equal(tf.argmax(outputs, -1, output_type=tf.int32),
                                               tf.cast(y, tf.int32)), tf.float32))
         ratio = self.flops([g.hard_values(tf.zeros_like(g.noise)) for g in self.gates]) / self.flops.total
