@@ -202,6 +202,14 @@ def test_cli_errors(tmp_path, capsys):
                  f"--output={tmp_path / 'out.keras'}"]) != 0
     assert "does not exist" in capsys.readouterr().err
     assert main(["--keras_application=ResNet50", "--target_flops_reduction=1.5"]) != 0
+    corrupt = tmp_path / "corrupt.keras"
+    corrupt.write_bytes(b"PK but not really a zip archive")
+    assert main([f"--model={corrupt}", "--dataset=cifar10", f"--output={tmp_path / 'out.keras'}"]) == 2
+    assert "not a valid .keras file" in capsys.readouterr().err
+    (tmp_path / "one_class" / "cats").mkdir(parents=True)
+    assert main([f"--model={corrupt}", f"--image_dir={tmp_path / 'one_class'}",
+                 f"--output={tmp_path / 'out.keras'}"]) == 2
+    assert "at least two class sub-folders" in capsys.readouterr().err
 
 
 def test_pn_tf_exports_prune_lazily():

@@ -98,3 +98,23 @@ def test_make_image_folder_tool(tmp_path, data_dir):
     folder = scan(out)
     assert len(folder.class_names) == 10 and len(folder.files) == 30 and not folder.skipped
     assert tool.main(["--dataset=nosuchset", f"--out={out}", f"--data_dir={data_dir}"]) == 2
+
+
+def test_model_files_are_checked_with_a_clear_message(tmp_path):
+    import keras
+
+    from pn_tf.model_file import ModelFileError, load_model
+
+    cases = {"absent.keras": None, "corrupt.keras": b"not a zip", "corrupt.h5": b"not hdf5",
+             "model.txt": b"text"}
+    messages = {"absent.keras": "does not exist", "corrupt.keras": "not a valid .keras file",
+                "corrupt.h5": "not a valid HDF5 file", "model.txt": "neither a .keras nor a .h5"}
+    for name, content in cases.items():
+        if content is not None:
+            (tmp_path / name).write_bytes(content)
+        with pytest.raises(ModelFileError, match=messages[name]):
+            load_model(tmp_path / name)
+    inputs = keras.Input((8, 8, 3))
+    model = keras.Model(inputs, keras.layers.Conv2D(2, 3)(inputs))
+    model.save(tmp_path / "good.keras")
+    assert load_model(tmp_path / "good.keras").output_shape == (None, 6, 6, 2)

@@ -100,20 +100,21 @@ def main(argv=None):
                 print(f"warning: {message}")
         return 0
 
-    if not os.path.isfile(args.model):
-        return _fail(f"model file {args.model!r} does not exist")
     if not (args.dataset or args.image_dir):
         return _fail("--model needs --dataset or --image_dir for the search")
-    if args.image_dir and not os.path.isdir(args.image_dir):
-        return _fail(f"image folder {args.image_dir!r} does not exist")
     if not args.output:
         return _fail("--model needs --output for the pruned model")
-    import keras
-
     from pn_tf import auto
+    from pn_tf.image_folder import ImageFolderError, scan
     from pn_tf.io import atomic_path
+    from pn_tf.model_file import ModelFileError, load_model
 
-    model = keras.saving.load_model(args.model, compile=False)
+    try:
+        if args.image_dir:
+            scan(args.image_dir, check=False)  # the layout; unreadable files are skipped later
+        model = load_model(args.model)
+    except (ImageFolderError, ModelFileError) as err:
+        return _fail(str(err))
     pruned, summary = auto.prune(
         model, args.image_dir or args.dataset, target_flops_reduction=args.target_flops_reduction,
         search_epochs=args.search_epochs, batch_size=args.batch_size, predictor=args.predictor,
