@@ -166,8 +166,6 @@ class Pipeline:
         if not values.get("workdir"):
             raise PipelineError("--workdir is required: the folder that holds this run")
         config = RunConfig(**values)
-        _check_finite(config)
-        _check_workdir_path(config.workdir)
         strategy = make_strategy(config.strategy, config.cpu_replicas)
         pipeline = cls(config, strategy)
         pipeline.validate()

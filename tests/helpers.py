@@ -3,6 +3,7 @@
 import numpy as np
 import keras
 
+from pn_tf.auto.check import randomize_batchnorm  # noqa: F401 -- shared with the tests
 from pn_tf.layers import ChannelGate
 
 
@@ -43,17 +44,6 @@ def save_load(model, tmp_path):
     path = tmp_path / f"{model.name}.keras"
     model.save(path)
     return keras.saving.load_model(path)
-
-
-def randomize_batchnorm(model, seed=0):
-    """Non-trivial BN statistics, so that a revived pruned channel would show."""
-    rng = np.random.RandomState(seed)
-    for layer in model.layers:
-        if isinstance(layer, keras.layers.BatchNormalization):
-            gamma, beta, mean, var = layer.get_weights()
-            layer.set_weights([rng.uniform(0.5, 1.5, gamma.shape), rng.randn(*beta.shape) * 0.3,
-                               rng.randn(*mean.shape) * 0.3, rng.uniform(0.5, 1.5, var.shape)])
-    return model
 
 
 def real_images(data_dir, name, size, count=8):

@@ -101,9 +101,7 @@ def _rebuild(model, graph, groups, points, name):
     for g in groups:
         base = f"{g.producers[0]}_gate" if g.producers else f"space{g.index}_gate"
         gates[graph.root(g.atoms[0])] = ChannelGate(name=_unique_name(base, taken))
-    raw, mask_parts = {}, {}
-    for x in model.inputs:
-        raw[id(x)] = None  # inputs are never gated or births of prunable spaces
+    raw, mask_parts = {}, {}  # raw: the ungated new tensor of each original one
 
     def ones_part(atom, rank):
         key = (atom, rank)
@@ -117,17 +115,13 @@ def _rebuild(model, graph, groups, points, name):
             raise ValueError(f"no tensor holds channel space {atom} alone; cannot build its mask")
         source = raw[id(birth)]
         k = len(mask_parts)
+        y = source
         if len(source.shape) > 2:
-            spatial = tuple(range(1, len(source.shape) - 1))
-            y = _global_pool(source, spatial, keepdims=rank == len(source.shape), name=_unique_name(f"pn_pool_{k}", taken))
-            if rank != len(source.shape) and rank > 2:
-                y = keras.layers.Reshape((1,) * (rank - 2) + (source.shape[-1],),
-                                         name=_unique_name(f"pn_reshape_{k}", taken))(y)
-        else:
-            y = source
-            if rank > 2:
-                y = keras.layers.Reshape((1,) * (rank - 2) + (source.shape[-1],),
-                                         name=_unique_name(f"pn_reshape_{k}", taken))(y)
+            y = _global_pool(source, keepdims=rank == len(source.shape),
+                             name=_unique_name(f"pn_pool_{k}", taken))
+        if rank > 2 and len(y.shape) != rank:
+            y = keras.layers.Reshape((1,) * (rank - 2) + (source.shape[-1],),
+                                     name=_unique_name(f"pn_reshape_{k}", taken))(y)
         y = keras.layers.Rescaling(0.0, offset=1.0, name=_unique_name(f"pn_ones_{k}", taken))(y)
         gate = gates.get(graph.root(atom))
         if gate is not None:
@@ -154,17 +148,11 @@ def _rebuild(model, graph, groups, points, name):
     return replay(model, after=after, name=name)
 
 
-def _global_pool(source, spatial, keepdims, name):
+def _global_pool(source, keepdims, name):
     """Global average pooling of a 1-D, 2-D or 3-D feature map (a standard Keras layer)."""
     pools = {1: keras.layers.GlobalAveragePooling1D, 2: keras.layers.GlobalAveragePooling2D,
              3: keras.layers.GlobalAveragePooling3D}
-    return pools[len(spatial)](keepdims=keepdims, name=name)(source)
-
-
-def _private_copy(model):
-    from pn_tf.extract.surgery import copy_model
-
-    return copy_model(model)
+    return pools[len(source.shape) - 2](keepdims=keepdims, name=name)(source)
 
 
 def insert_gates(model, groups=None, policy="all", exclude=(), gate_depthwise=True, **overrides):
@@ -186,7 +174,9 @@ def insert_gates(model, groups=None, policy="all", exclude=(), gate_depthwise=Tr
     """
     if gate_layers(model):
         model = _strip_gates(model)
-    copy = _private_copy(model)
+    from pn_tf.extract.surgery import copy_model
+
+    copy = copy_model(model)  # a private copy: the caller's model keeps its layers
     analysis = analyse(copy, policy=policy, exclude=exclude, **overrides)
     graph = analysis.graph
     if groups is None:

@@ -202,7 +202,7 @@ def select_channels(flops, scores, target_reduction=None, round_to=1):
         raise ValueError("the model has no prunable channel groups: there is nothing to remove")
     granules = [g.granule for g in flops.graph.groups]
     scores = [_granule_scores(s, n) for s, n in zip(scores, granules)]
-    round_to = [m * n // math.gcd(m, n) for m, n in zip(_multiples(round_to, sizes), granules)]
+    round_to = [math.lcm(m, n) for m, n in zip(_multiples(round_to, sizes), granules)]
 
     def cost(keep):
         return flops.count([k.sum() for k in keep])

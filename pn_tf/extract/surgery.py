@@ -81,7 +81,7 @@ def copy_model(model, substitute=clone_layer, rewrite=None, copy_weights=_same_w
 
 
 def plan_narrowing(graph, keep):
-    """``{id(operation): (operation, Narrowing)}`` for every call whose channels change."""
+    """``{id(operation): Narrowing}`` for every call whose channels change."""
     kept = _kept_indices(graph, keep)
     plan = {}
     for op, in_atoms, out_atoms in graph.recorded().values():
@@ -89,7 +89,7 @@ def plan_narrowing(graph, keep):
                            sum(graph.atoms[a].size for a in in_atoms),
                            sum(graph.atoms[a].size for a in out_atoms))
         if change.changed and not isinstance(op, ChannelGate):
-            plan[id(op)] = (op, change)
+            plan[id(op)] = change
     return plan
 
 
@@ -122,18 +122,17 @@ def extract_model(model, keep, graph=None, name=None):
         if isinstance(op, ChannelGate):
             return keras.layers.Identity(name=op.name)
         if id(op) in plan:  # a layer, or a keras.ops operation whose config holds a width
-            change = plan[id(op)][1]
-            return op.__class__.from_config(rule_for(op).narrow_config(op, op.get_config(), change))
+            return op.__class__.from_config(rule_for(op).narrow_config(op, op.get_config(), plan[id(op)]))
         return clone_layer(op)
 
     def rewrite(node, op, args, kwargs):
-        entry = plan.get(id(node.operation))
-        if entry is None:
+        change = plan.get(id(node.operation))
+        if change is None:
             return args, kwargs
-        return rule_for(node.operation).narrow_arguments(node, args, kwargs, entry[1])
+        return rule_for(node.operation).narrow_arguments(node, args, kwargs, change)
 
     def copy_weights(old, new):
-        _copy_weights(old, new, plan.get(id(old), (None, None))[1])
+        _copy_weights(old, new, plan.get(id(old)))
 
     return copy_model(graph.model, substitute, rewrite, copy_weights, name=name or f"{model.name}_pruned")
 

@@ -30,7 +30,6 @@ import math
 import keras
 
 from pn_tf.graph import rules
-from pn_tf.graph.rules import spatial_size as _spatial  # noqa: F401 -- kept for callers
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +126,7 @@ class ChannelGraph:
         groups: list of :class:`ChannelGroup`, one per ChannelGate, in graph order.
         costs: list of :class:`CostTerm`, one per conv/depthwise/dense call.
         atoms: list of :class:`Atom`.
-        opaque: names of the operations without a rule (their channels stay).
+        opaque_layers: names of the operations without a rule (their channels stay).
         warnings: messages about opaque layers and dropped gates.
     """
 
@@ -271,8 +270,7 @@ class ChannelGraph:
 
     def set_granule(self, atom, channels):
         """Channels of ``atom``'s space go in aligned runs of ``channels`` (GroupNormalization)."""
-        previous = self._granule.get(atom, 1)
-        self._granule[atom] = previous * channels // math.gcd(previous, channels)
+        self._granule[atom] = math.lcm(self._granule.get(atom, 1), channels)
 
     def record(self, op, in_atoms, out_atoms, shares=True):
         """The channel axes of ``op``'s call (extraction slices its weights by them).
@@ -340,8 +338,7 @@ class ChannelGraph:
         previous = self._gate_atom.setdefault(name, atoms[0])
         self.tie(previous, atoms[0])
         self.set(y, atoms, self.masked_by(x) | {name})
-        self._layer_atoms.setdefault(name, (atoms, atoms))
-        self._operations.setdefault(name, op)
+        self.record(op, atoms, atoms, shares=False)
 
     # -- groups ------------------------------------------------------------------
 
@@ -409,10 +406,7 @@ class ChannelGraph:
                 consumers.append(layer_name)
             elif touches_in and touches_out and layer_name != gate:
                 carriers.append(layer_name)
-        granule = 1
-        for a in members:
-            g = self._granule.get(a, 1)
-            granule = granule * g // math.gcd(granule, g)
+        granule = math.lcm(*(self._granule.get(a, 1) for a in members))
         return ChannelGroup(index, gate, self.atoms[root].size, members, producers, carriers, consumers,
                             granule)
 

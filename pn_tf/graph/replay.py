@@ -26,17 +26,25 @@ def _is_functional(model):
 
 
 def graph_of(model):
-    """The functional graph behind a functional or Sequential model, or None (subclassed)."""
+    """The functional graph behind a functional or Sequential model.
+
+    Raises:
+        GraphAnalysisError: an unbuilt Sequential or a subclassed model (with how to fix it).
+    """
+    from pn_tf.graph.channels import GraphAnalysisError
+
     if isinstance(model, keras.Sequential):
         functional = getattr(model, "_functional", None)
         if functional is None:
-            from pn_tf.graph.channels import GraphAnalysisError
-
             raise GraphAnalysisError(
                 f"Sequential model '{model.name}' is not built: start it with keras.Input(shape) "
                 "or call model.build(input_shape) first")
         return functional
-    return model if _is_functional(model) else None
+    if not _is_functional(model):
+        raise GraphAnalysisError(
+            f"'{model.name}' is a subclassed keras.Model; pn-tf reads functional and Sequential "
+            "models (build it with keras.Model(inputs, outputs) or keras.Sequential)")
+    return model
 
 
 def is_nested_model(op):
@@ -52,9 +60,8 @@ def needs_flattening(model):
     """Whether ``model`` is Sequential or holds a nested model."""
     if isinstance(model, keras.Sequential):
         return True
-    graph = graph_of(model)
-    return graph is not None and any(is_nested_model(node.operation) for nodes in graph._nodes_by_depth.values()
-                                     for node in nodes)
+    return any(is_nested_model(node.operation) for nodes in graph_of(model)._nodes_by_depth.values()
+               for node in nodes)
 
 
 class _Names:
@@ -105,12 +112,6 @@ def replay(model, substitute=None, rewrite=None, after=None, name=None):
         with ``model``.
     """
     graph = graph_of(model)
-    if graph is None:
-        from pn_tf.graph.channels import GraphAnalysisError
-
-        raise GraphAnalysisError(
-            f"'{model.name}' is a subclassed keras.Model; pn-tf reads functional and Sequential "
-            "models (build it with keras.Model(inputs, outputs) or keras.Sequential)")
     memo, names = {}, _Names()
 
     def resolve(op, scope):
@@ -121,13 +122,10 @@ def replay(model, substitute=None, rewrite=None, after=None, name=None):
         return memo[key]
 
     tensors = {}
-    new_inputs = []
     for x in graph.inputs:
         layer = x._keras_history[0]
-        new = keras.Input(batch_shape=tuple(x.shape), dtype=x.dtype, name=layer.name)
+        tensors[id(x)] = keras.Input(batch_shape=tuple(x.shape), dtype=x.dtype, name=layer.name)
         names.owner.setdefault(layer.name, layer)
-        tensors[id(x)] = new
-        new_inputs.append(new)
     _run(graph, tensors, resolve, rewrite, after, training=None, scope="")
     for message in names.messages:
         log.warning(message)
@@ -177,8 +175,4 @@ def flatten(model):
     Sequential models and functional or Sequential models nested inside (a backbone
     inside a classifier) become one graph of the same layer objects, named as before.
     """
-    if not needs_flattening(model):
-        if graph_of(model) is None:
-            replay(model)  # raises the explanation for a subclassed model
-        return model
-    return replay(model)
+    return replay(model) if needs_flattening(model) else model

@@ -51,7 +51,7 @@ class Narrowing:
         return len(self.in_index) != self.in_size or len(self.out_index) != self.out_size
 
 
-def spatial_size(shape, what="FLOPs"):
+def spatial_size(shape):
     """Product of the non-batch, non-channel dimensions of ``shape``."""
     size = 1
     for d in shape[1:-1]:
@@ -59,7 +59,7 @@ def spatial_size(shape, what="FLOPs"):
             from pn_tf.graph.channels import GraphAnalysisError
 
             raise GraphAnalysisError(
-                f"{what} need a static input size: build the model with fixed spatial dimensions"
+                "FLOPs need a static input size: build the model with fixed spatial dimensions"
             )
         size *= int(d)
     return size
@@ -99,9 +99,10 @@ def _activation_is_nonlinear(fn):
     return fn is not None and getattr(fn, "__name__", "") not in ("linear", "")
 
 
-def _channel_axis_is_last(axis, rank):
-    axes = axis if isinstance(axis, (list, tuple)) else [axis]
-    return [a % rank for a in axes] == [rank - 1]
+def _axes(axis, rank):
+    """``axis`` (an int or a list of them, maybe negative) as non-negative axes of a rank-``rank`` tensor."""
+    return [a % rank for a in (axis if isinstance(axis, (list, tuple)) else [axis])]
+
 
 
 class ChannelRule:
@@ -272,16 +273,21 @@ class Activation(Carry):
 
 
 class BatchNorm(Carry):
-    """Batch normalization over the last axis: per channel, revives zeros (beta, mean)."""
+    """Batch normalization over the last axis: per channel, revives zeros (beta, mean).
+
+    ``flow`` returns whether it carried the space (False: another axis, left alone).
+    """
 
     def __init__(self):
         super().__init__(weights="auto", keeps_zero=False)
 
     def flow(self, graph, op, node):
-        if not _channel_axis_is_last(op.axis, len(node.input_tensors[0].shape)):
+        rank = len(node.input_tensors[0].shape)
+        if _axes(op.axis, rank) != [rank - 1]:
             graph.opaque(op, node, f"'{op.name}' normalizes over axis {op.axis}, not the channels")
-            return
+            return False
         super().flow(graph, op, node)
+        return True
 
     def weight_axes(self, layer):
         return [{0: "in"} for _ in layer.weights]
@@ -331,10 +337,8 @@ class AxisNormalization(ChannelRule):
     """LayerNormalization / RMSNormalization: couples channels iff it normalizes over them."""
 
     def flow(self, graph, op, node):
-        axis = getattr(op, "axis", -1)
         rank = len(node.input_tensors[0].shape)
-        axes = [a % rank for a in (axis if isinstance(axis, (list, tuple)) else [axis])]
-        if rank - 1 in axes:
+        if rank - 1 in _axes(getattr(op, "axis", -1), rank):
             Couple("normalizes across its channels (removing one changes the others' mean and "
                    "variance)").flow(graph, op, node)
         else:  # statistics over other axes: channel by channel, weights not on channels
@@ -344,20 +348,15 @@ class AxisNormalization(ChannelRule):
         return [{} for _ in layer.weights]
 
 
-class GroupNorm(Carry):
+class GroupNorm(BatchNorm):
     """GroupNormalization: statistics per group of C/G channels; whole groups removable."""
 
-    def __init__(self):
-        super().__init__(weights="auto", keeps_zero=False)
-
     def flow(self, graph, op, node):
+        if not super().flow(graph, op, node):
+            return False
         x = node.input_tensors[0]
         channels = x.shape[-1]
         groups = channels if op.groups == -1 else op.groups
-        if not _channel_axis_is_last(op.axis, len(x.shape)):
-            graph.opaque(op, node, f"'{op.name}' normalizes over axis {op.axis}, not the channels")
-            return
-        super().flow(graph, op, node)
         atoms = graph.segments(x)
         if groups == 1:
             graph.fix(atoms, f"GroupNormalization '{op.name}' with one group normalizes across all its channels")
@@ -365,9 +364,7 @@ class GroupNorm(Carry):
             graph.fix(atoms, f"GroupNormalization '{op.name}' reads several spaces side by side")
         else:
             graph.set_granule(atoms[0], channels // groups)
-
-    def weight_axes(self, layer):
-        return [{0: "in"} for _ in layer.weights]
+        return True
 
     def narrow_config(self, layer, config, change):
         if config["groups"] != -1:
@@ -535,9 +532,6 @@ class Merge(ChannelRule):
 
     def flow(self, graph, op, node):
         inputs, output = list(node.input_tensors), node.output_tensors[0]
-        if len(inputs) == 1:  # a keras.ops call with a constant operand
-            ElementwiseOp().flow(graph, op, node)
-            return
         segments = [graph.segments(t) for t in inputs]
         widths = [t.shape[-1] for t in inputs]
         wide = [s for s, w in zip(segments, widths) if w != 1]
@@ -569,9 +563,7 @@ class Concat(ChannelRule):
 
     def flow(self, graph, op, node):
         output = node.output_tensors[0]
-        axis = getattr(op, "axis", None)
-        if axis is None:
-            axis = node.arguments.kwargs.get("axis", node.arguments.args[1] if len(node.arguments.args) > 1 else 0)
+        axis = op.axis  # keras.layers.Concatenate and keras.ops.concatenate both hold it
         if axis not in (-1, len(output.shape) - 1):
             graph.opaque(op, node, f"'{op.name}' concatenates along axis {axis}, not the channels")
             return
@@ -650,10 +642,7 @@ class AxisOp(Carry):
 
 def _reduces_other_axes(op, rank):
     axis = getattr(op, "axis", None)
-    if axis is None:
-        return False
-    axes = axis if isinstance(axis, (list, tuple)) else [axis]
-    return (rank - 1) not in [a % rank for a in axes]
+    return axis is not None and (rank - 1) not in _axes(axis, rank)
 
 
 def _keeps_last_axis(op, rank):
@@ -776,10 +765,6 @@ def rule_for(op):
         if rule is not None:
             return rule
     return _DEFAULT
-
-
-def is_registered(op):
-    return rule_for(op) is not _DEFAULT
 
 
 def _register_builtins():
