@@ -2,11 +2,16 @@
 
 The package reads in pipeline order:
 
-* ``pn_tf.data``    -- tf.data input pipelines over TFDS (offline by default).
-* ``pn_tf.models``  -- the architecture zoo (specs + builders) with gate layers.
-* ``pn_tf.layers``  -- the gate layer and small channel ops the zoo needs.
-* ``pn_tf.graph``   -- the channel-dependency engine: groups, FLOPs T(a).
-* ``pn_tf.auto``    -- prune any functional model: ``pn_tf.prune(model, dataset, ...)``.
+* ``pn_tf.pipeline``     -- the command (``python -m pn_tf.train`` / ``pn-tf``): settings,
+  runner, one module per stage.
+* ``pn_tf.data_sources`` -- a run's images: TFDS (``pn_tf.data``) or a folder (``pn_tf.image_folder``).
+* ``pn_tf.models``       -- the architecture zoo (specs + builders) with gate layers.
+* ``pn_tf.layers``       -- the gate layer and small channel ops the zoo needs.
+* ``pn_tf.graph``        -- the channel-dependency engine: one rule per layer type, FLOPs T(a).
+* ``pn_tf.search``       -- PN: the search model and the one search driver.
+* ``pn_tf.extract``      -- channel selection at a budget and the narrow model.
+* ``pn_tf.auto``         -- gates on any model; ``pn_tf.prune(model, data, ...)``.
+* ``pn_tf.training``, ``pn_tf.export`` -- fine-tuning recipes; .keras/SavedModel/TFLite.
 """
 
 import os as _os

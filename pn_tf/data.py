@@ -270,6 +270,20 @@ def model_image_size(model) -> int | None:
     return None
 
 
+def with_cardinality(ds: tf.data.Dataset) -> tuple[tf.data.Dataset, int]:
+    """``(ds, batches per pass)``, counting one pass when tf.data cannot tell the length.
+
+    An image folder's dataset skips files that fail to decode (``ignore_errors``), so its
+    length is unknown until read; a file fails on every pass alike, so one counted pass
+    gives the length of every later one, which training schedules and progress bars need.
+    """
+    steps = int(ds.cardinality())
+    if steps < 0:
+        steps = int(ds.reduce(tf.constant(0, tf.int64), lambda n, _: n + 1))
+        ds = ds.apply(tf.data.experimental.assert_cardinality(steps))
+    return ds, steps
+
+
 def make_dataset(name: str, split: str, batch_size: int, training: bool, *,
                  image_size: int | None = None, data_dir=None, seed: int | None = None,
                  drop_remainder: bool | None = None, repeat: bool = False,

@@ -29,6 +29,7 @@ import json
 import math
 import os
 import time
+import warnings
 
 import keras
 import numpy as np
@@ -325,9 +326,11 @@ def fit_classifier(model, train_ds, config, workdir, stage, validation_ds=None,
     changes = check_resume_precision(workdir, config.precision, stage,
                                      config.allow_precision_change)
     if steps_per_epoch is None:
-        steps_per_epoch = int(train_ds.cardinality())
+        from pn_tf.data import with_cardinality
+
+        train_ds, steps_per_epoch = with_cardinality(train_ds)
         if steps_per_epoch <= 0:
-            raise ValueError(f"{stage}: pass steps_per_epoch for a dataset of unknown length")
+            raise ValueError(f"{stage}: the training data holds no full batch")
     trained = model if config.precision == "float32" else with_precision(model, config.precision)
     for gate in gate_layers(trained):  # gates stay as they are while weights train
         gate.trainable = False
@@ -348,47 +351,49 @@ def evaluate_accuracy(model, dataset):
     """Top-1 accuracy of ``model`` (logits or probabilities) over a batched dataset."""
     model.compile(loss=classification_loss(model),
                   metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
-    return float(model.evaluate(dataset, verbose=0, return_dict=True)["accuracy"])
+    with warnings.catch_warnings():  # an image folder's length is unknown until read to its end
+        warnings.filterwarnings("ignore", message="Your input ran out of data")
+        return float(model.evaluate(dataset, verbose=0, return_dict=True)["accuracy"])
 
 
-def evaluate_splits(model, dataset, data_dir=None, take=None):
-    """Held-out and test accuracy (the test number is for the report only)."""
+def evaluate_splits(model, data, take=None):
+    """Held-out and (when ``data`` has one) test accuracy; ``accuracy`` is the report's one.
+
+    ``data``: a :class:`pn_tf.data_sources.DataSource`. The test number is for the report
+    only; without a test split, ``accuracy`` is the held-out one (``accuracy_split`` says so).
+    """
     from pn_tf import data as data_lib
 
     result = {}
     size = data_lib.model_image_size(model)
-    for split in ("holdout", "test"):
-        ds = data_lib.make_dataset(dataset, split, 256, training=False, data_dir=data_dir, take=take,
-                                   image_size=size)
+    for split in ("holdout", "test") if data.has_test else ("holdout",):
+        ds = data.batches(split, 256, training=False, image_size=size, take=take)
         result[f"{split}_accuracy"] = evaluate_accuracy(model, ds)
-    result["accuracy"] = result["test_accuracy"]
+    result["accuracy"] = result[f"{data.eval_split}_accuracy"]
+    result["accuracy_split"] = data.eval_split
     return result
 
 
-def train_and_evaluate(model, dataset, workdir, config, stage, batch_size=128, data_dir=None,
-                       seed=0, take=None, eval_take=None, verbose=2):
-    """Trains on ``train_main`` (validating on ``holdout``), then evaluates both splits.
+def train_and_evaluate(model, data, workdir, config, stage, batch_size=128, seed=0, take=None,
+                       eval_take=None, verbose=2):
+    """Trains on ``train_main`` of ``data`` (validating on ``holdout``), then evaluates.
 
-    Writes ``<workdir>/<stage>.weights.h5`` atomically and returns a summary dict.
+    The weights stay in ``model`` (the caller saves them); returns a summary dict.
     """
     from pn_tf import data as data_lib
-    from pn_tf.io import atomic_path
 
     size = data_lib.model_image_size(model)
-    train = data_lib.make_dataset(dataset, "train_main", batch_size, training=True, image_size=size,
-                                  data_dir=data_dir, seed=resume_seed(workdir, seed), take=take)
-    holdout = data_lib.make_dataset(dataset, "holdout", 256, training=False, data_dir=data_dir,
-                                    take=eval_take, image_size=size)
+    train = data.batches("train_main", batch_size, training=True, image_size=size,
+                         seed=resume_seed(workdir, seed), take=take)
+    holdout = data.batches("holdout", 256, training=False, image_size=size, take=eval_take)
     start = time.time()
     history = fit_classifier(model, train, config, workdir, stage, validation_ds=holdout,
                              verbose=verbose)
-    summary = evaluate_splits(model, dataset, data_dir, eval_take)
+    summary = evaluate_splits(model, data, eval_take)
     summary.update(train_split="train_main", batch_size=batch_size, recipe=dataclasses.asdict(config),
                    train_seconds_this_run=round(time.time() - start, 1))
     if history.precision_changes:
         summary["precision_changes"] = history.precision_changes
-    with atomic_path(os.path.join(workdir, f"{stage}.weights.h5")) as tmp:
-        model.save_weights(tmp)
     return summary
 
 

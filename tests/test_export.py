@@ -414,7 +414,7 @@ def test_int8_accuracy_within_one_point(data_dir, tmp_path):
     (A briefly trained model made this flaky: its low-margin logits flip under quantization.)
     """
     from pn_tf import data as data_lib
-    from pn_tf.baseline import load_checked, shipped_weights
+    from pn_tf.checkpoints import load_checked, shipped_weights
 
     model = load_checked(build_model("resnet56", **data_lib.normalization_kwargs("cifar10")),
                          shipped_weights("resnet56", "cifar10"))

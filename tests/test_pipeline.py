@@ -60,7 +60,7 @@ def test_quickstart_end_to_end_tiny(tmp_path, data_dir):
     assert search["pn_start_step"] == 32
     assert "the PN terms act in only 0 of the search's 2 steps" in out.stdout
     # Nor do 2 steps close the gates down to the budget, which the run says as well.
-    assert search["reached_budget"] is False and search["recipe"]["reg_weight"] == 4.0
+    assert search["reached_budget"] is False and search["recipe"]["flops_reg_weight"] == 4.0
     assert "above the 0.500 budget" in out.stdout
     # Finished stages are never redone.
     again = _run(tmp_path / "run", data_dir)
@@ -85,7 +85,7 @@ def test_input_size_other_than_the_datasets_reaches_every_stage(tmp_path, data_d
 
 
 def test_report_warns_when_the_latency_timing_shared_the_cpu():
-    from pn_tf.report import markdown
+    from pn_tf.pipeline.stages.report import markdown
 
     side = {"accuracy": 0.9, "holdout_accuracy": 0.9, "flops": 1e6, "params": 10, "tflite_ms": 1.0,
             "tflite_float32_accuracy": None, "tflite_int8_accuracy": None, "widths": [4]}
@@ -313,7 +313,7 @@ def test_nan_loss_stops_with_message_and_keeps_backup(tmp_path):
 def test_every_flagfile_parses_and_validates(flagfile, tmp_path, data_dir):
     from absl import flags
 
-    from pn_tf.baseline import shipped_weights
+    from pn_tf.checkpoints import shipped_weights
     from pn_tf.train import define_flags
 
     path = REPO_ROOT / "configs" / flagfile

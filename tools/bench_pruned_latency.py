@@ -200,7 +200,7 @@ def affine_fit(flops, latency_ms):
 def measure_arch(arch, directory, *, input_size, num_classes=None, targets, round_tos, quantizations, num_threads,
                  runs, min_runs, group_seconds, warmup, block, bn_images, calibration_images,
                  use_shipped, data_dir, seed):
-    from pn_tf.baseline import load_checked, shipped_weights
+    from pn_tf.checkpoints import load_checked, shipped_weights
     from pn_tf.export import tflite_macs
     from pn_tf.extract import extract_model, filter_l1_scores, select_channels
     from pn_tf.graph import ChannelGraph, FlopsModel, count_params

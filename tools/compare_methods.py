@@ -154,7 +154,7 @@ def tflite_latency(rows, workdir, runs):
 
     import pn_tf.layers  # noqa: F401  (custom layers)
     from pn_tf import export
-    from pn_tf.baseline import load_checked
+    from pn_tf.checkpoints import load_checked
     from pn_tf.models import build_model
 
     with open(os.path.join(rows[0]["workdir"], "config.json")) as f:

@@ -66,7 +66,7 @@ def reproduce_command(config, workdir):
 
 def ship(workdir, pretrained_dir, note="", force=False):
     """Checks the run and writes the weights and their record; returns the record."""
-    from pn_tf.baseline import load_checked, record_path
+    from pn_tf.checkpoints import load_checked, record_path
     from pn_tf.data import normalization_kwargs
     from pn_tf.io import atomic_path, write_json
     from pn_tf.models import build_model
@@ -121,7 +121,7 @@ def ship(workdir, pretrained_dir, note="", force=False):
 
 def main(argv):
     del argv
-    from pn_tf.baseline import PRETRAINED_DIR, CheckpointError
+    from pn_tf.checkpoints import PRETRAINED_DIR, CheckpointError
 
     try:
         record = ship(FLAGS.workdir, FLAGS.pretrained_dir or PRETRAINED_DIR, FLAGS.note,

@@ -6,8 +6,10 @@
 Runs as a device would: only ``ai-edge-litert``, numpy and Pillow, no TensorFlow. Each image
 is decoded to RGB, brought to the model's input size (a 32x32 CIFAR model: resized directly;
 a larger one: shorter side resized to ``size / 0.875``, then a centre crop, as the evaluation
-pipeline does) and fed as raw float pixels 0..255 (the model normalises inside; int8 I/O
-models are quantized with their input scale). Prints the top-k classes per file.
+pipeline does) and fed as float pixels 0..255 (the model normalises inside; int8 I/O
+models are quantized with their input scale), or scaled by ``--input_range`` for a model that
+takes 0..1 or -1..1. Class names come from ``--labels``, else from the ``labels.txt`` that the
+pipeline writes beside the exported file. Prints the top-k classes per file.
 """
 
 import glob
@@ -22,9 +24,14 @@ from absl import app, flags  # noqa: E402
 from PIL import Image, UnidentifiedImageError  # noqa: E402
 
 from pn_tf.export import input_size, load_interpreter, run_interpreter  # noqa: E402
+from pn_tf.data_sources import INPUT_SCALES  # noqa: E402
+from pn_tf.pipeline.artifacts import read_labels as labels_beside  # noqa: E402
 
 flags.DEFINE_string("model", None, "Path of the .tflite model.")
-flags.DEFINE_string("labels", None, "Label file (one name per line) or 'cifar10'; indices when unset.")
+flags.DEFINE_string("labels", None, "Label file (one name per line) or 'cifar10'; default: the "
+                    "labels.txt beside --model if there is one, else class indices.")
+flags.DEFINE_enum("input_range", "0_255", ["0_255", "0_1", "-1_1"], "Pixel range the model takes "
+                  "(the pipeline's --input_range).")
 flags.DEFINE_integer("top_k", 5, "Classes printed per image.")
 flags.DEFINE_integer("num_threads", None, "Interpreter threads (LiteRT default when unset).")
 flags.DEFINE_bool("json", False, "Print one JSON object per run instead of text.")
@@ -71,8 +78,11 @@ def load_image(path, height, width):
     return np.asarray(img, dtype=np.float32)
 
 
-def softmax(logits):
-    z = np.exp(logits - logits.max(axis=-1, keepdims=True))
+def probabilities(outputs):
+    """Softmax of logits; outputs that already are probabilities are kept."""
+    if np.all(outputs >= 0) and np.allclose(outputs.sum(axis=-1), 1.0, atol=1e-3):
+        return outputs
+    z = np.exp(outputs - outputs.max(axis=-1, keepdims=True))
     return z / z.sum(axis=-1, keepdims=True)
 
 
@@ -82,12 +92,13 @@ def top_k(probs, k, labels):
              "prob": float(probs[i])} for i in order]
 
 
-def classify(model_path, image_paths, k=5, labels=None, num_threads=None):
+def classify(model_path, image_paths, k=5, labels=None, num_threads=None, input_range="0_255"):
     """``[{"file": ..., "top_k": [{"index", "label", "prob"}, ...]}, ...]`` for the images."""
     interpreter = load_interpreter(model_path, num_threads)
     height, width = input_size(interpreter)
-    images = np.stack([load_image(p, height, width) for p in image_paths])
-    probs = softmax(run_interpreter(interpreter, images))
+    scale, offset = INPUT_SCALES[input_range]
+    images = np.stack([load_image(p, height, width) for p in image_paths]) * scale + offset
+    probs = probabilities(np.asarray(run_interpreter(interpreter, images.astype(np.float32))))
     return [{"file": p, "top_k": top_k(row, k, labels)} for p, row in zip(image_paths, probs)]
 
 
@@ -101,8 +112,11 @@ def main(argv):
         labels = cifar10_labels(FLAGS.data_dir)
     elif FLAGS.labels:
         labels = read_labels(FLAGS.labels)
+    else:
+        labels = labels_beside(FLAGS.model)
     try:
-        results = classify(FLAGS.model, image_paths, FLAGS.top_k, labels, FLAGS.num_threads)
+        results = classify(FLAGS.model, image_paths, FLAGS.top_k, labels, FLAGS.num_threads,
+                           FLAGS.input_range)
     except (OSError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

@@ -192,7 +192,7 @@ def build_keras3_baseline(arch, weights):
         import keras
 
         from pn_tf import data as data_lib
-        from pn_tf.baseline import CheckpointError, load_checked, resolve_weights
+        from pn_tf.checkpoints import CheckpointError, load_checked, resolve_weights
         from pn_tf.models import build_model
     except ImportError as err:
         raise ToolError(f"--mode=dump needs the main venv with Keras 3 and pn_tf (.venv): {err}")

@@ -2,10 +2,8 @@
 
 import os
 
-import keras
 import numpy as np
 
-from pn_tf.auto._util import log
 from pn_tf.auto.data import image_folder_dataset
 from pn_tf.auto.extract import extract_at
 from pn_tf.auto.insert import insert_gates
@@ -46,8 +44,6 @@ def prune(model, dataset, target_flops_reduction=0.5, search_epochs=5, batch_siz
     import tensorflow as tf
 
     from pn_tf import data as data_lib
-    from pn_tf.search import PNSearch
-    from pn_tf.search.run import over_budget_warning
 
     if not 0.0 < target_flops_reduction < 1.0:
         raise ValueError(f"target_flops_reduction must be in (0, 1), got {target_flops_reduction}")
@@ -67,19 +63,14 @@ def prune(model, dataset, target_flops_reduction=0.5, search_epochs=5, batch_siz
     else:
         train = data_lib.make_dataset(str(dataset), "holdout", batch_size, training=True,
                                       image_size=size, data_dir=data_dir, seed=seed, take=take)
-    trainable = {layer.name: layer.trainable for layer in gated.layers}
-    search = PNSearch(gated, predictor=predictor, target_reduction=target_flops_reduction,
-                      pn_noise=pn_noise, reg_weight=flops_reg_weight, seed=seed)
-    search.compile(gate_optimizer=keras.optimizers.AdamW(gate_lr, weight_decay=1e-2))
-    history = search.fit(train, epochs=search_epochs, verbose=verbose)
-    threshold_ratio = search.threshold_flops_ratio
-    over_budget = over_budget_warning(threshold_ratio, search.budget_ratio,
-                                      knobs=("search_epochs", "flops_reg_weight"))
-    if over_budget:
-        log.warning(over_budget)
+    from pn_tf.search import SearchConfig, run_search
+
+    config = SearchConfig(search_epochs=search_epochs, search_batch_size=batch_size, predictor=predictor,
+                          pn_noise=pn_noise, target_flops_reduction=target_flops_reduction,
+                          gate_lr=gate_lr, flops_reg_weight=flops_reg_weight, seed=seed,
+                          knobs=("search_epochs", "flops_reg_weight"))
+    searched = run_search(gated, train, config, verbose=verbose)  # prints its warnings
     set_gate_mode(gated, "identity")
-    for layer in gated.layers:  # the search froze the network; the pruned model is trainable
-        layer.trainable = trainable[layer.name]
     narrow, selection, graph = extract_at(gated, target_flops_reduction, round_to=round_to)
     summary = {
         "groups": len(graph.groups),
@@ -90,11 +81,11 @@ def prune(model, dataset, target_flops_reduction=0.5, search_epochs=5, batch_siz
         "flops_reduction": selection.reduction,
         "params": count_params(model),
         "pruned_params": count_params(narrow),
-        "search_history": {k: [float(v) for v in vs] for k, vs in history.history.items()},
-        "threshold_flops_ratio": threshold_ratio,
-        "reached_budget": over_budget is None,
+        "search_history": searched["history"],
+        "threshold_flops_ratio": searched["threshold_flops_ratio"],
+        "reached_budget": searched["reached_budget"],
         "warnings": list(getattr(gated, "pn_auto_warnings", [])) + list(selection.notes)
-                    + ([over_budget] if over_budget else []),
+                    + searched["warnings"],
     }
     return (narrow, summary) if return_summary else narrow
 

@@ -232,6 +232,7 @@ def select_channels(flops, scores, target_reduction=None, round_to=1):
                 hi = mid
         keep, notes = _at_threshold(scores, candidates[lo], round_to)
         keep = _fill_budget(keep, scores, cost, budget, round_to)
+        keep = _close_gap(keep, scores, cost, budget, round_to, slack=CLOSE_GAP * flops.total)
     for note in notes:
         log.warning(note)
     return Selection(keep, cost(keep), flops.total, notes)
@@ -247,6 +248,45 @@ def _granule_scores(scores, granule):
     if granule <= 1:
         return scores
     return np.repeat(scores.reshape(-1, granule).mean(axis=1), granule)
+
+
+# A selection whose FLOPs stay further than this share of the total below the budget (every
+# single channel costs more than the gap: a small model of few, wide layers) is moved closer.
+CLOSE_GAP = 0.005
+
+
+def _close_gap(keep, scores, cost, budget, multiples, slack):
+    """Trades one step of one group for one step of another while that lands closer to budget.
+
+    Among the trades that stay within budget and cost more than now, the one that comes
+    closest is taken (ties: the larger score gain), until the gap is below ``slack`` or no
+    trade helps. Only coarse models ever need it; others end the greedy fill within slack.
+    """
+    keep = [k.copy() for k in keep]
+    current = cost(keep)
+    while budget - current > slack:
+        best = None
+        for add in range(len(keep)):
+            step = min(multiples[add], int((~keep[add]).sum()))
+            if step == 0:
+                continue
+            grown = _keep_top(scores[add], int(keep[add].sum()) + step)
+            for drop in range(len(keep)):
+                fewer = int(keep[drop].sum()) - multiples[drop]
+                if drop == add or fewer < multiples[drop]:
+                    continue
+                candidate = list(keep)
+                candidate[add], candidate[drop] = grown, _keep_top(scores[drop], fewer)
+                value = cost(candidate)
+                if current < value <= budget:
+                    gain = (np.sort(scores[add][~keep[add]])[::-1][:step].mean()
+                            - np.sort(scores[drop][keep[drop]])[:multiples[drop]].mean())
+                    if best is None or (value, gain) > best[:2]:
+                        best = (value, gain, candidate)
+        if best is None:
+            break
+        current, keep = best[0], best[2]
+    return keep
 
 
 def _fill_budget(keep, scores, cost, budget, multiples):

@@ -13,32 +13,40 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from pn_tf import data as data_lib
-from pn_tf.io import atomic_path
 from pn_tf.search.search_model import PNSearch
-from pn_tf.training import resume_seed, standard_callbacks
+from pn_tf.training import standard_callbacks
 
 
 @dataclasses.dataclass
 class SearchConfig:
-    """The search recipe (defaults: the paper's CIFAR-10 ResNet-56 setting)."""
+    """The search recipe (defaults: the paper's CIFAR-10 ResNet-56 setting).
 
-    epochs: int = 200
-    batch_size: int = 256
+    Fields shared with the pipeline carry its flag names (:mod:`pn_tf.pipeline.config`), so
+    :meth:`of` takes them from a run's config; the rest are the paper's fixed values.
+    """
+
+    search_epochs: int = 200
+    search_batch_size: int = 256
     predictor: str = "gru"
     projection: str = "always"
     pn_noise: float = 15.0
     pn_batch_size: int = 64
-    target_reduction: float = 0.5
+    target_flops_reduction: float = 0.5
     p: float = None
     gate_lr: float = 5e-2
-    reg_weight: float = 2.0
+    flops_reg_weight: float = 2.0
     gate_weight_decay: float = 1e-2
     pn_lr: float = 1e-3
     pn_weight_decay: float = 1e-3
     lr_drop_at: float = 0.8
     seed: int = 0
-    take: int = None
+    knobs: tuple = ("--search_epochs", "--flops_reg_weight")  # how warnings name the two knobs
+
+    @classmethod
+    def of(cls, config):
+        """The recipe of a run's ``config`` (any object with the flag-named attributes)."""
+        return cls(**{f.name: getattr(config, f.name) for f in dataclasses.fields(cls)
+                      if hasattr(config, f.name)})
 
 
 class GateChart(keras.callbacks.Callback):
@@ -106,66 +114,86 @@ def over_budget_warning(threshold_ratio, budget_ratio, tolerance=0.02,
             f"longer ({knobs[0]}) or raise {knobs[1]}")
 
 
-def run_search(network, dataset, workdir, config, data_dir=None, strategy=None, verbose=2,
-               eval_split="holdout", eval_take=None):
-    """Searches the gate logits of ``network`` (whose weights are the baseline).
+def run_search(network, train, config, evaluation=None, workdir=None, strategy=None, verbose=2,
+               eval_split="holdout"):
+    """The one search driver (the pipeline's search stage and :func:`pn_tf.prune` call it).
+
+    Searches the gate logits of ``network`` (a gated model whose weights are the baseline)
+    in place, by ``config``'s recipe: gates AdamW with its learning rate x0.1 after
+    ``lr_drop_at`` of the steps, the PN AdamW, the FLOPs regularizer.
+
+    Args:
+        train: batched ``(images, labels)`` to search on (the held-out split), one pass per epoch.
+        config: a :class:`SearchConfig`.
+        evaluation: optional batches on which the gated network is evaluated after every
+            epoch and at the end (the ``eval_split``).
+        workdir: where the epoch backups (resume after a kill), history.csv and TensorBoard
+            logs go; None: no files.
+        strategy: the tf.distribute strategy whose scope holds ``network``.
 
     Returns:
-        dict summary; the network with its searched logits is saved as
-        ``<workdir>/searched.weights.h5``. The stage's completion marker
-        (``search.json``) is the runner's to write, once the summary is complete.
+        The summary dict. The network keeps its searched logits (the caller saves it) and
+        its layers' ``trainable`` flags as they were before the search.
     """
+    from pn_tf.data import with_cardinality
+
     strategy = strategy or tf.distribute.get_strategy()
-    os.makedirs(workdir, exist_ok=True)
-    size = data_lib.model_image_size(network)
-    train = data_lib.make_dataset(dataset, "holdout", config.batch_size, training=True,
-                                  data_dir=data_dir, seed=resume_seed(workdir, config.seed),
-                                  take=config.take, image_size=size)
-    steps_per_epoch = int(train.cardinality())
-    evaluation = data_lib.make_dataset(dataset, eval_split, 256, training=False, data_dir=data_dir,
-                                       take=eval_take, image_size=size)
+    train, steps_per_epoch = with_cardinality(train)
+    if steps_per_epoch <= 0:
+        raise ValueError("the search data must be a finite dataset of at least one batch")
+    trainable = [(layer, layer.trainable) for layer in network._flatten_layers(include_self=False)]
     with strategy.scope():
-        search = PNSearch(network, predictor=config.predictor, target_reduction=config.target_reduction,
+        search = PNSearch(network, predictor=config.predictor, target_reduction=config.target_flops_reduction,
                           p=config.p, projection=config.projection, pn_noise=config.pn_noise,
-                          pn_batch_size=config.pn_batch_size, reg_weight=config.reg_weight,
+                          pn_batch_size=config.pn_batch_size, reg_weight=config.flops_reg_weight,
                           seed=config.seed)
-        drop = max(1, int(config.epochs * config.lr_drop_at * steps_per_epoch))
+        drop = max(1, int(config.search_epochs * config.lr_drop_at * steps_per_epoch))
         gate_lr = keras.optimizers.schedules.PiecewiseConstantDecay(
             [drop], [config.gate_lr, config.gate_lr * 0.1])
         search.compile(
             gate_optimizer=keras.optimizers.AdamW(gate_lr, weight_decay=config.gate_weight_decay),
             pn_optimizer=keras.optimizers.AdamW(config.pn_lr, weight_decay=config.pn_weight_decay),
         )
-    total_steps = config.epochs * steps_per_epoch
+    total_steps = config.search_epochs * steps_per_epoch
     pn_start = search.pn_start_step
     warning = late_pn_warning(pn_start, total_steps, search.pn_batch_size, search.memory.average_every)
     if warning:
         print(f"[pn-tf] warning: {warning}", flush=True)
-    callbacks = standard_callbacks(workdir, "search", [GateChart(os.path.join(workdir, "tensorboard", "gates"))],
-                                   update_freq=max(1, steps_per_epoch // 4))
-    search.fit(train, epochs=config.epochs, validation_data=evaluation, callbacks=callbacks,
-               verbose=verbose)
-    final = search.evaluate(evaluation, verbose=0, return_dict=True)
+    callbacks = []
+    if workdir:
+        os.makedirs(workdir, exist_ok=True)
+        callbacks = standard_callbacks(workdir, "search",
+                                       [GateChart(os.path.join(workdir, "tensorboard", "gates"))],
+                                       update_freq=max(1, steps_per_epoch // 4))
+    history = search.fit(train, epochs=config.search_epochs, validation_data=evaluation, callbacks=callbacks,
+                         verbose=verbose)
+    if evaluation is not None:
+        final = search.evaluate(evaluation, verbose=0, return_dict=True)
+        threshold_ratio, accuracy = float(final["flops_ratio"]), float(final["accuracy"])
+    else:
+        threshold_ratio, accuracy = float(search.threshold_flops_ratio), None
     kept = search.deterministic_gates()
-    warning = over_budget_warning(float(final["flops_ratio"]), search.budget_ratio)
+    warning = over_budget_warning(threshold_ratio, search.budget_ratio, knobs=config.knobs)
     if warning:
         print(f"[pn-tf] warning: {warning}", flush=True)
-    summary = {
+    for layer, flag in trainable:  # the search froze the network's weights
+        layer.trainable = flag
+    return {
         "predictor": config.predictor,
         "projection": config.projection,
         "p": search.p,
         "budget_flops_ratio": search.budget_ratio,
-        "threshold_flops_ratio": float(final["flops_ratio"]),
+        "threshold_flops_ratio": threshold_ratio,
         "reached_budget": warning is None,
-        f"{eval_split}_accuracy_threshold_gates": float(final["accuracy"]),
+        f"{eval_split}_accuracy_threshold_gates": accuracy,
         "threshold_widths": [int(k.sum()) for k in kept],
         "full_widths": search.widths,
-        "epochs": config.epochs,
+        "epochs": config.search_epochs,
         "steps_per_epoch": steps_per_epoch,
         "memory_entries": int(search.memory.count.numpy()),
         "pn_start_step": pn_start,
-        "recipe": dataclasses.asdict(config),
+        "recipe": {k: v for k, v in dataclasses.asdict(config).items() if k != "knobs"},
+        "history": {k: [float(v) for v in vs] for k, vs in history.history.items()},
+        "warnings": [w for w in (late_pn_warning(pn_start, total_steps, search.pn_batch_size,
+                                                 search.memory.average_every), warning) if w],
     }
-    with atomic_path(os.path.join(workdir, "searched.weights.h5")) as tmp:
-        network.save_weights(tmp)
-    return summary

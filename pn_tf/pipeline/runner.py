@@ -1,9 +1,10 @@
-"""The pipeline's stages, their order, their outputs and their checks.
+"""The run context and the runner: validate everything, then run the stages in order.
 
-Each stage reads what earlier stages wrote in the work directory and writes its own
-sub-folder, ending with ``<stage>/<stage>.json`` (written last, atomically): a
-stage whose JSON exists is finished and never redone. Interrupted training stages
-resume from their epoch backups (``keras.callbacks.BackupAndRestore``).
+Each stage (:mod:`pn_tf.pipeline.stages`) reads what earlier stages wrote in the work
+directory and writes its own sub-folder; the runner writes ``<stage>/<stage>.json``
+(:func:`pn_tf.pipeline.artifacts.summary_file`) last, atomically, once the stage
+returned its summary: a stage whose JSON exists is finished and never redone.
+Interrupted training stages resume from their epoch backups.
 """
 
 import dataclasses
@@ -13,63 +14,13 @@ import os
 import sys
 import time
 
-STAGES = ("baseline", "search", "extract", "finetune", "export", "report")
-CONFIG_KEYS_FIXED = ("arch", "dataset", "input_size", "num_classes", "target_flops_reduction", "seed")
+from pn_tf.pipeline import artifacts
+from pn_tf.pipeline.config import STAGES, TFLITE_VARIANTS, config_from_flags
+from pn_tf.pipeline.errors import PipelineError
 
-
-class PipelineError(Exception):
-    """A problem the user can fix: the message says what and how."""
-
-
-@dataclasses.dataclass
-class RunConfig:
-    """Everything a run depends on, validated (see pn_tf/train.py for the flags)."""
-
-    arch: str
-    dataset: str
-    workdir: str
-    stages: list
-    data_dir: str = None
-    input_size: int = None
-    num_classes: int = None
-    seed: int = 0
-    strategy: str = "default"
-    cpu_replicas: int = 0
-    train_take: int = None
-    eval_take: int = None
-    verbose: int = None  # None: a progress bar on a terminal, one line per epoch otherwise
-    baseline_weights: str = ""
-    baseline_init: str = ""
-    baseline_epochs: int = 200
-    baseline_lr: float = 0.1
-    baseline_schedule: str = "step"
-    batch_size: int = 128
-    weight_decay: float = 1e-4
-    precision: str = "float32"
-    allow_precision_change: bool = False
-    target_flops_reduction: float = 0.5
-    p: float = None
-    search_epochs: int = 200
-    search_batch_size: int = 256
-    predictor: str = "gru"
-    projection: str = "always"
-    pn_noise: float = 15.0
-    gate_lr: float = 5e-2
-    flops_reg_weight: float = 2.0
-    pn_batch_size: int = 64
-    search_take: int = None
-    search_eval_split: str = "holdout"
-    search_eval_take: int = None
-    selection: str = "gates"
-    round_to: object = 1  # an int >= 1, or "tile"
-    finetune_epochs: int = 200
-    finetune_lr: float = 0.1
-    finetune_schedule: str = "step"
-    tflite: list = dataclasses.field(default_factory=lambda: ["float32", "float16", "int8"])
-    calibration_images: int = 512
-    int8_calibration_repair: bool = True
-    tflite_threads: int = 1
-    tflite_runs: int = 100
+# Settings that a work directory's earlier stages depend on: resuming with others is refused.
+CONFIG_KEYS_FIXED = ("arch", "model", "prune_policy", "exclude", "dataset", "image_dir", "input_range",
+                     "input_size", "num_classes", "target_flops_reduction", "seed")
 
 
 def _check_workdir_path(workdir):
@@ -149,33 +100,42 @@ def make_strategy(name, cpu_replicas=0):
     return tf.distribute.MirroredStrategy([f"/cpu:{i}" for i in range(cpu_replicas)])
 
 
+
+def _same(a, b):
+    """Config values equal for resuming (unset, empty and missing are all "not given")."""
+    empty = (None, "", [], ())
+    return (a in empty and b in empty) or a == b
+
+
 class Pipeline:
-    """Runs the stages of one work directory."""
+    """One run: its validated config, data, model, strategy and work directory.
+
+    The stages receive this object as their run context; they read ``config``, ``data``
+    (a :class:`pn_tf.data_sources.DataSource`), ``model`` (a
+    :class:`pn_tf.pipeline.models.ZooModel` or ``FileModel``) and ``strategy``, and use
+    the helpers below for files and summaries.
+    """
 
     def __init__(self, config, strategy):
         self.config = config
         self.strategy = strategy
         self.workdir = os.path.abspath(config.workdir)
+        self.data = self.model = None
+        self.baseline_source = self.baseline_init_source = None
 
     # -- setup and validation ----------------------------------------------------
 
     @classmethod
     def from_flags(cls, flags):
-        names = {f.name for f in dataclasses.fields(RunConfig)}
-        values = {name: flags[name].value for name in names if name in flags}
-        if not values.get("workdir"):
+        config = config_from_flags(flags)
+        if not config.workdir:
             raise PipelineError("--workdir is required: the folder that holds this run")
-        config = RunConfig(**values)
-        strategy = make_strategy(config.strategy, config.cpu_replicas)
-        pipeline = cls(config, strategy)
+        pipeline = cls(config, make_strategy(config.strategy, config.cpu_replicas))
         pipeline.validate()
         return pipeline
 
     def validate(self):
         """Every check that can fail before long work starts."""
-        from pn_tf import data as data_lib
-        from pn_tf.models import ARCHITECTURES
-
         c = self.config
         _check_finite(c)
         _check_workdir_path(c.workdir)
@@ -185,78 +145,156 @@ class Pipeline:
         if unknown:
             raise PipelineError(f"unknown --stages {unknown}; choose from {', '.join(STAGES)}")
         c.stages = [s for s in STAGES if s in c.stages]
-        if c.arch not in ARCHITECTURES:
-            raise PipelineError(f"unknown --arch={c.arch}; known: {', '.join(sorted(ARCHITECTURES))}")
-        try:
-            spec = data_lib.get_spec(c.dataset)
-            data_lib.num_examples(c.dataset, "holdout", c.data_dir)
-        except (ValueError, FileNotFoundError) as err:
-            raise PipelineError(str(err)) from err
-        c.num_classes = c.num_classes or spec.num_classes
-        c.input_size = c.input_size or spec.image_size
+        self._check_sources()
         c.round_to = _round_to(c.round_to)
         _positive(c, "baseline_epochs", "search_epochs", "batch_size", "search_batch_size",
                   "baseline_lr", "finetune_lr", "gate_lr", "flops_reg_weight", "calibration_images",
                   "tflite_threads", "tflite_runs", "pn_batch_size", "train_take", "eval_take", "search_take",
-                  "finetune_epochs", "weight_decay", "pn_noise", "search_eval_take", allow_zero=("finetune_epochs", "weight_decay", "pn_noise"))
+                  "finetune_epochs", "weight_decay", "pn_noise", "search_eval_take",
+                  allow_zero=("baseline_epochs", "finetune_epochs", "weight_decay", "pn_noise"))
         if not 0.0 < c.target_flops_reduction < 1.0:
             raise PipelineError(f"--target_flops_reduction must be in (0, 1), got {c.target_flops_reduction}")
         from pn_tf.extract import SELECTIONS
 
         if c.selection not in SELECTIONS:
             raise PipelineError(f"unknown --selection={c.selection}; choose from {', '.join(SELECTIONS)}")
-        if c.search_eval_split not in ("holdout", "test"):
-            raise PipelineError(f"--search_eval_split must be holdout or test, got {c.search_eval_split}")
-        bad = [q for q in c.tflite if q not in ("float32", "float16", "int8")]
+        if c.search_eval_split == "test" and not self.data.has_test:
+            raise PipelineError("--search_eval_split=test needs a test split: pass --test_dir")
+        bad = [q for q in c.tflite if q not in TFLITE_VARIANTS]
         if bad:
-            raise PipelineError(f"unknown --tflite variants {bad}; choose from float32, float16, int8")
+            raise PipelineError(f"unknown --tflite variants {bad}; choose from {', '.join(TFLITE_VARIANTS)}")
+        self._check_split_sizes()
         self._check_budget()
         self._check_baseline()
         self._check_workdir()
         self._check_resume()
         self._warn_precision()
 
+    def _check_sources(self):
+        """Resolves --arch/--model and --dataset/--image_dir into ``self.model`` and ``self.data``."""
+        from pn_tf.data_sources import DataSourceError, open_data
+        from pn_tf.models import ARCHITECTURES
+        from pn_tf.pipeline.models import FileModel, ZooModel
+
+        c = self.config
+        if c.model and c.arch:
+            raise PipelineError(f"pass --model (your own model) or --arch (a zoo architecture), not "
+                                f"both (got --model={c.model} --arch={c.arch})")
+        if c.image_dir and c.dataset:
+            raise PipelineError(f"pass --image_dir (your own images) or --dataset (TFDS), not both "
+                                f"(got --image_dir={c.image_dir} --dataset={c.dataset})")
+        c.dataset = "" if c.image_dir else (c.dataset or "cifar10")
+        if c.model:
+            zoo_only = [f"--{name}" for name in ("baseline_weights", "baseline_init", "num_classes")
+                        if getattr(c, name)]
+            if zoo_only:
+                raise PipelineError(f"{', '.join(zoo_only)} go with --arch; --model's file holds its "
+                                    "own weights and classes (retrain it with --baseline_epochs)")
+            model = FileModel(c.model, c.prune_policy, c.exclude)
+            if c.input_size and c.input_size != model.input_size:
+                raise PipelineError(f"--input_size={c.input_size}, but --model={c.model} takes "
+                                    f"{model.input_size}x{model.input_size} images; leave it out")
+            c.input_size = model.input_size
+            if c.input_range == "auto" and not model.starts_with_preprocessing:
+                print(f"[pn-tf] warning: --model={c.model} does not start with a Rescaling or "
+                      "Normalization layer; pn-tf feeds it pixels 0..255. If it expects another "
+                      "range, pass --input_range=0_1 or -1_1", flush=True)
+        else:
+            c.arch = c.arch or "resnet56"
+            if c.arch not in ARCHITECTURES:
+                raise PipelineError(f"unknown --arch={c.arch}; known: {', '.join(sorted(ARCHITECTURES))}")
+            given = [f"--{name}" for name in ("exclude",) if getattr(c, name)]
+            if c.prune_policy != "all":
+                given.append("--prune_policy")
+            if given:
+                raise PipelineError(f"{', '.join(given)} go with --model; a zoo architecture "
+                                    "declares its channel groups")
+            if c.input_range not in ("auto", "0_255"):
+                raise PipelineError(f"--input_range={c.input_range}: zoo architectures take pixels "
+                                    "0..255 and normalize them themselves; leave it out")
+        c.input_range = "0_255" if c.input_range == "auto" else c.input_range
+        try:
+            self.data = open_data(c.dataset, c.image_dir, c.test_dir, c.data_dir, c.input_range,
+                                  c.input_size)
+        except DataSourceError as err:
+            raise PipelineError(str(err)) from err
+        if c.model:
+            if model.num_classes != self.data.num_classes:
+                raise PipelineError(
+                    f"--model={c.model} outputs {model.num_classes} class scores, but "
+                    f"{self.data.name} has {self.data.num_classes} classes; give the model a head of "
+                    f"{self.data.num_classes} classes (label k is the k-th sub-folder in sorted order)")
+            c.baseline_epochs = c.baseline_epochs or 0
+        else:
+            c.num_classes = c.num_classes or self.data.num_classes
+            c.input_size = c.input_size or self.data.image_size
+            c.baseline_epochs = 200 if c.baseline_epochs is None else c.baseline_epochs
+            model = ZooModel(c.arch, c.input_size, c.num_classes, self.data.normalization)
+        self.model = model
+
+    def _check_split_sizes(self):
+        """Training drops partial batches: each training split needs one full batch at least."""
+        c = self.config
+        needs = []
+        if "search" in c.stages and c.selection == "gates":
+            needs.append(("holdout", c.search_take, c.search_batch_size, "--search_batch_size"))
+        if "finetune" in c.stages and c.finetune_epochs or "baseline" in c.stages and self.trains_baseline:
+            needs.append(("train_main", c.train_take, c.batch_size, "--batch_size"))
+        for split, take, batch, flag in needs:
+            count = self.data.count(split)
+            count = min(count, take) if take else count
+            if count < batch:
+                raise PipelineError(f"the {split} split of {self.data.name} has {count} images, fewer "
+                                    f"than {flag}={batch}: lower {flag} or add images")
+
     def _warn_precision(self):
         """mixed_bfloat16 on a CPU without bfloat16 instructions is emulated, several times slower."""
         from pn_tf.training import bfloat16_hardware
 
         c = self.config
-        training = "finetune" in c.stages or ("baseline" in c.stages and not c.baseline_weights)
+        training = "finetune" in c.stages or ("baseline" in c.stages and self.trains_baseline)
         if c.precision == "mixed_bfloat16" and training and bfloat16_hardware() is False:
             print("[pn-tf] warning: --precision=mixed_bfloat16 on a CPU without AMX/AVX512-BF16 "
                   "(no amx_bf16 or avx512_bf16 in /proc/cpuinfo): bfloat16 is emulated and "
                   "training is several times slower than --precision=float32 "
                   "(tools/bench_train_speed.py measures both)", flush=True)
 
+    @property
+    def trains_baseline(self):
+        c = self.config
+        return not c.baseline_weights and c.baseline_epochs > 0
+
     def _check_budget(self):
+        from pn_tf.extract.select import min_widths
         from pn_tf.graph import FlopsModel
 
         c = self.config
         try:
-            model = self.build_model()
+            network = self.build_network()
         except ValueError as err:
             raise PipelineError(f"--arch={c.arch} cannot be built at --input_size={c.input_size}: {err}") from err
-        flops = FlopsModel(model)
+        flops = FlopsModel(network)
         try:
             p = c.p if c.p is not None else flops.p_for_reduction(c.target_flops_reduction)
         except ValueError as err:
             raise PipelineError(f"--target_flops_reduction={c.target_flops_reduction}: {err}") from err
         if not p > 0:
             raise PipelineError(f"--p must be > 0, got {c.p}")
-        from pn_tf.extract.select import min_widths
-
         floor = flops.count(min_widths(flops.widths, c.round_to)) / flops.total
         if floor > 1.0 - c.target_flops_reduction:
             raise PipelineError(
                 f"--round_to={c.round_to} cannot remove {c.target_flops_reduction:.0%} of the FLOPs: "
-                f"the narrowest widths it allows still cost {floor:.1%} of the network; lower "
+                f"the narrowest widths it allows still cost {floor:.1%} of the network (layers "
+                "outside the prunable groups included); lower "
                 "--target_flops_reduction or --round_to")
         self.flops_total = flops.total
 
     def _check_baseline(self):
-        from pn_tf.baseline import CheckpointError, load_checked, resolve_weights
+        from pn_tf.checkpoints import CheckpointError, load_checked, resolve_weights
 
         c = self.config
+        if c.model:
+            return
         try:
             if c.baseline_weights and c.baseline_init:
                 raise CheckpointError(
@@ -267,13 +305,13 @@ class Pipeline:
                                                         flag="baseline_init")
             for path in (self.baseline_source, self.baseline_init_source):
                 if path:
-                    load_checked(self.build_model(), path)
+                    load_checked(self.build_network(), path)
         except CheckpointError as err:
             raise PipelineError(str(err)) from err
 
     def _check_workdir(self):
         c = self.config
-        path = os.path.join(self.workdir, "config.json")
+        path = os.path.join(self.workdir, artifacts.CONFIG)
         current = {k: getattr(c, k) for k in CONFIG_KEYS_FIXED}
         if os.path.exists(path):
             try:
@@ -281,7 +319,8 @@ class Pipeline:
                     previous = json.load(f)
             except (OSError, json.JSONDecodeError) as err:
                 raise PipelineError(f"{path} is unreadable ({err}); remove it or use a new --workdir") from err
-            changed = {k: (previous.get(k), v) for k, v in current.items() if previous.get(k) != v}
+            changed = {k: (previous.get(k), v) for k, v in current.items()
+                       if not _same(previous.get(k), v) and (k in previous or v not in (None, "", []))}
             if changed:
                 raise PipelineError(
                     f"--workdir={c.workdir} holds a run with different settings "
@@ -290,7 +329,7 @@ class Pipeline:
         elif self.is_chief:
             from pn_tf.io import write_json
 
-            write_json(path, {**dataclasses.asdict(c), **current})
+            write_json(path, dataclasses.asdict(c))
 
     def _check_resume(self):
         """An interrupted training stage must resume in the precision it started with."""
@@ -311,16 +350,45 @@ class Pipeline:
             return True
         return resolver.task_type in ("chief", None) or (resolver.task_type == "worker" and resolver.task_id == 0)
 
-    # -- helpers -----------------------------------------------------------------
+    # -- helpers for the stages ----------------------------------------------------
 
-    def build_model(self, **kwargs):
-        from pn_tf import data as data_lib
-        from pn_tf.models import build_model
+    @property
+    def title(self):
+        """``<model> on <data>`` for messages and the report."""
+        return f"{self.model.name} on {self.data.name}"
 
-        c = self.config
+    def build_network(self):
+        """The gated network (identity gates) with its initial weights, in the strategy's scope."""
         with self.strategy.scope():
-            return build_model(c.arch, input_size=c.input_size, num_classes=c.num_classes,
-                               **data_lib.normalization_kwargs(c.dataset), **kwargs)
+            return self.model.build()
+
+    def load_network(self, weights):
+        """The gated network with ``weights`` loaded (None: its initial weights)."""
+        from pn_tf.checkpoints import load_checked
+
+        network = self.build_network()
+        return load_checked(network, weights) if weights else network
+
+    def load_keras(self, path):
+        """A ``.keras`` file an earlier stage wrote."""
+        import keras
+
+        import pn_tf.layers  # noqa: F401  (registers the custom layers)
+
+        if not os.path.exists(path):
+            raise PipelineError(f"{path} is missing; rerun the stage that writes it")
+        with self.strategy.scope():
+            return keras.saving.load_model(path, compile=False)
+
+    def images(self, split="holdout", count=64):
+        """The first ``count`` images of ``split`` as one array (for equivalence checks)."""
+        ds = self.data.batches(split, count, training=False, image_size=self.config.input_size, take=count)
+        return next(iter(ds))[0].numpy()
+
+    def batches(self, split, batch_size, training=False, take=None, seed=0):
+        """``self.data.batches`` at the run's input size."""
+        return self.data.batches(split, batch_size, training, image_size=self.config.input_size,
+                                 seed=seed, take=take)
 
     def stage_dir(self, stage):
         path = os.path.join(self.workdir, stage)
@@ -330,7 +398,7 @@ class Pipeline:
         return path
 
     def summary_path(self, stage):
-        return os.path.join(self.workdir, stage, f"{stage}.json")
+        return artifacts.summary_file(self.workdir, stage)
 
     def summary(self, stage):
         path = self.summary_path(stage)
@@ -360,17 +428,17 @@ class Pipeline:
     # -- running -------------------------------------------------------------------
 
     def run(self):
-        print(f"[pn-tf] {self.config.arch} on {self.config.dataset}, stages "
-              f"{','.join(self.config.stages)}, workdir {self.workdir}", flush=True)
+        from pn_tf.pipeline.stages import STAGE_MODULES
+
+        print(f"[pn-tf] {self.title}, stages {','.join(self.config.stages)}, workdir {self.workdir}",
+              flush=True)
         for stage in self.config.stages:
             if os.path.exists(self.summary_path(stage)):
                 print(f"[pn-tf] stage {stage}: already finished ({self.summary_path(stage)})", flush=True)
                 continue
             print(f"[pn-tf] stage {stage}: starting", flush=True)
             start = time.time()
-            from pn_tf import stages
-
-            summary = getattr(stages, stage)(self)
+            summary = STAGE_MODULES[stage].run(self)
             summary["stage_seconds"] = round(time.time() - start, 1)
             self.write_summary(stage, summary)
             print(f"[pn-tf] stage {stage}: done in {summary['stage_seconds']:.0f}s", flush=True)

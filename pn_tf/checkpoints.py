@@ -1,13 +1,6 @@
-"""The baseline stage: train the unpruned network, or load a given or shipped checkpoint.
-
-The baseline is trained on ``train_main`` (the training set minus the held-out split),
-so the held-out images used by the search and for model selection were never seen by
-its weights. Test accuracy is reported, never used to choose anything.
-"""
+"""Weight checkpoints: the baselines shipped in ``pn_tf/pretrained``, given paths, checked loading."""
 
 import os
-
-from pn_tf.training import evaluate_splits, train_and_evaluate
 
 PRETRAINED_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pretrained")
 
@@ -63,27 +56,3 @@ def load_checked(model, path):
             f"cannot load {path} into {model.name}: {type(err).__name__}: {str(err)[:300]}. "
             "Is it a checkpoint of this architecture, input size and class count?") from err
     return model
-
-
-def baseline_stage(model, dataset, workdir, config, weights=None, init=None, batch_size=128,
-                   data_dir=None, seed=0, take=None, eval_take=None, verbose=2):
-    """Loads ``weights`` (then only evaluates) or trains; returns the stage summary.
-
-    ``init``: weights to start training from instead of a random initialization (continuing a
-    trained baseline with a new schedule, e.g. a warm restart). Its shipped record, if any, is
-    kept in the summary under ``init`` so the whole recipe stays on record.
-    """
-    if weights:
-        load_checked(model, weights)
-        summary = evaluate_splits(model, dataset, data_dir, eval_take)
-        summary.update(source=os.path.abspath(weights), trained=False)
-        return summary
-    if init:
-        load_checked(model, init)
-    summary = train_and_evaluate(model, dataset, workdir, config, "baseline", batch_size=batch_size,
-                                 data_dir=data_dir, seed=seed, take=take, eval_take=eval_take,
-                                 verbose=verbose)
-    summary.update(trained=True)
-    if init:
-        summary["init"] = {"weights": os.path.abspath(init), "record": weights_record(init)}
-    return summary

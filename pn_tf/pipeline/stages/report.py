@@ -1,4 +1,4 @@
-"""The report stage: one JSON and one Markdown page summarising a run.
+"""Report: one JSON and one Markdown page summarising a run.
 
 FLOPs reduction is measured on the exported float32 TFLite files (MACs counted from
 their graphs); latency is batch-1 TFLite latency of the baseline and the pruned file,
@@ -8,14 +8,15 @@ measured interleaved in this process.
 import os
 
 from pn_tf.io import atomic_path, write_json
+from pn_tf.pipeline import artifacts
 
 
-def build_report(pipe):
+def run(ctx):
     from pn_tf import export as export_lib
 
-    c = pipe.config
-    base, ext, fine = pipe.summary("baseline"), pipe.summary("extract"), pipe.summary("finetune")
-    exported = pipe.summary("export")
+    c = ctx.config
+    base, ext, fine = ctx.summary("baseline"), ctx.summary("extract"), ctx.summary("finetune")
+    exported = ctx.summary("export")
     files = exported["artifacts"]
     base_tfl = files["baseline"]["tflite_float32"]["path"]
     pruned_tfl = files["pruned"]["tflite_float32"]["path"]
@@ -24,9 +25,15 @@ def build_report(pipe):
     base_macs, pruned_macs = export_lib.tflite_macs(base_tfl), export_lib.tflite_macs(pruned_tfl)
     accuracy = exported["tflite_test_accuracy"]
     report = {
-        "arch": c.arch,
-        "dataset": c.dataset,
+        "arch": ctx.model.name,
+        "dataset": ctx.data.name,
+        "model_file": c.model or None,
         "input_size": c.input_size,
+        "input_range": c.input_range,
+        "accuracy_split": ctx.data.eval_split,
+        "class_names": ctx.data.class_names,
+        "skipped_images": len(ctx.data.skipped),
+        "skipped_image_examples": [f"{path} ({reason})" for path, reason in ctx.data.skipped[:5]],
         "target_flops_reduction": c.target_flops_reduction,
         "flops_reduction": 1.0 - pruned_macs / base_macs,
         "baseline": {
@@ -61,30 +68,36 @@ def build_report(pipe):
                                 for who, kinds in files.items() for kind, info in kinds.items()},
         "artifacts": {f"{who}_{kind}": info["path"] for who, kinds in files.items()
                       for kind, info in kinds.items()},
-        "search": {k: v for k, v in pipe.summary("search").items() if k != "recipe"},
-        "stages_seconds": {s: pipe.summary(s).get("stage_seconds") for s in
+        "labels": exported.get("labels"),
+        "search": {k: v for k, v in ctx.summary("search").items() if k not in ("recipe", "history")},
+        "stages_seconds": {s: ctx.summary(s).get("stage_seconds") for s in
                            ("baseline", "search", "extract", "finetune", "export")},
         "eval_take": c.eval_take,
     }
-    write_json(os.path.join(pipe.workdir, "report.json"), report)
-    with atomic_path(os.path.join(pipe.workdir, "report.md")) as tmp:
+    path = os.path.join(ctx.workdir, artifacts.REPORT_JSON)
+    write_json(path, report)
+    with atomic_path(os.path.join(ctx.workdir, artifacts.REPORT_MD)) as tmp:
         with open(tmp, "w") as f:
             f.write(markdown(report))
-    return {"report": os.path.join(pipe.workdir, "report.json")}
+    return {"report": path}
 
 
 def markdown(r):
     b, p = r["baseline"], r["pruned"]
+    split = r.get("accuracy_split", "test")
+    on = "test" if split == "test" else "held-out"
     rows = [
-        ("test accuracy", f"{b['accuracy']:.4f}", f"{p['accuracy']:.4f}"),
+        (f"{on} accuracy", f"{b['accuracy']:.4f}", f"{p['accuracy']:.4f}"),
         ("held-out accuracy", f"{b['holdout_accuracy']:.4f}", f"{p['holdout_accuracy']:.4f}"),
         ("MACs (TFLite graph)", f"{b['flops'] / 1e6:,.2f}M", f"{p['flops'] / 1e6:,.2f}M"),
         ("parameters", f"{b['params']:,}", f"{p['params']:,}"),
         (f"TFLite float32 batch-1 latency ({r['tflite_threads']} thread)", f"{b['tflite_ms']:.2f} ms",
          f"{p['tflite_ms']:.2f} ms"),
-        ("TFLite float32 test accuracy", _fmt(b["tflite_float32_accuracy"]), _fmt(p["tflite_float32_accuracy"])),
-        ("TFLite int8 test accuracy", _fmt(b["tflite_int8_accuracy"]), _fmt(p["tflite_int8_accuracy"])),
+        (f"TFLite float32 {on} accuracy", _fmt(b["tflite_float32_accuracy"]), _fmt(p["tflite_float32_accuracy"])),
+        (f"TFLite int8 {on} accuracy", _fmt(b["tflite_int8_accuracy"]), _fmt(p["tflite_int8_accuracy"])),
     ]
+    if split != "test":
+        rows = rows[:1] + rows[2:]
     lines = [
         f"# pn-tf report: {r['arch']} on {r['dataset']}",
         "",
@@ -104,9 +117,18 @@ def markdown(r):
     warning = busy_timing_warning(r.get("latency_cpu_share", 1.0))
     if warning:
         lines += ["", f"**Warning:** {warning}."]
+    if split != "test":
+        lines += ["", "No test split (pass --test_dir): accuracies are on the held-out 10% of "
+                  "--image_dir, which also chose the pruned channels."]
+    if r.get("skipped_images"):
+        lines += ["", f"{r['skipped_images']} unreadable image file(s) were skipped, e.g. "
+                  + "; ".join(f"`{e}`" for e in r.get("skipped_image_examples", [])[:3]) + "."]
     if r.get("eval_take"):
         lines += ["", f"Accuracies measured on the first {r['eval_take']} images of each split (--eval_take)."]
-    lines += ["", "Artifacts:", *[f"- {k}: `{v}`" for k, v in r["artifacts"].items()], ""]
+    lines += ["", "Artifacts:", *[f"- {k}: `{v}`" for k, v in r["artifacts"].items()]]
+    if r.get("labels"):
+        lines += [f"- class names: `{r['labels']}`"]
+    lines += [""]
     return "\n".join(lines)
 
 

@@ -1,0 +1,48 @@
+"""Export: the pruned and the baseline model as .keras, SavedModel and TFLite files.
+
+Every file is checked against its Keras model on held-out images; the TFLite files'
+accuracy is measured on the report's split. ``labels.txt`` (class names, label k on
+line k) is written beside the ``.tflite`` files when the data names its classes.
+"""
+
+from pn_tf.pipeline import artifacts
+from pn_tf.pipeline.stages.baseline import weights_of
+
+
+def deployable(network):
+    """The gated network without its gates (identity gates are no-ops): what users deploy."""
+    from pn_tf.auto import simplify, strip_gates
+    from pn_tf.layers import gate_layers
+
+    return simplify(strip_gates(network), {gate.name for gate in gate_layers(network)})
+
+
+def run(ctx):
+    from pn_tf import export as export_lib
+
+    c = ctx.config
+    out = ctx.stage_dir("export")
+    calibration = ctx.batches("train", 32, take=c.calibration_images)
+    images = ctx.images("holdout", 32)
+    repair = c.int8_calibration_repair
+    pruned = ctx.load_keras(ctx.summary("finetune")["model"])
+    artifacts_ = {"pruned": export_lib.export_all(pruned, out, "pruned", calibration, images,
+                                                  quantizations=tuple(c.tflite),
+                                                  repair_calibration=repair)}
+    with ctx.strategy.scope():
+        base = deployable(ctx.load_network(weights_of(ctx)))
+    artifacts_["baseline"] = export_lib.export_all(base, out, "baseline", calibration, images,
+                                                   quantizations=tuple(q for q in c.tflite if q != "float16"),
+                                                   repair_calibration=repair)
+    evaluation = ctx.batches(ctx.data.eval_split, 256, take=c.eval_take)
+    accuracy = {}
+    for who, files in artifacts_.items():
+        for kind, info in files.items():
+            if kind.startswith("tflite_"):
+                accuracy[f"{who}_{kind}"] = export_lib.top1_accuracy(
+                    lambda x, p=info["path"]: export_lib.tflite_predict(p, x), evaluation)
+    summary = {"artifacts": artifacts_, "tflite_test_accuracy": accuracy,
+               "accuracy_split": ctx.data.eval_split, "int8_calibration_repair": repair}
+    if ctx.data.class_names and ctx.is_chief:
+        summary["labels"] = artifacts.write_labels(out, ctx.data.class_names)
+    return summary

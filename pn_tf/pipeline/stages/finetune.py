@@ -1,0 +1,32 @@
+"""Fine-tune: train the extracted narrow model (METHOD.md items 9, 10).
+
+Same recipe family as the baseline (SGD + momentum, weight decay, step or cosine
+schedule), on ``train_main`` with the held-out split for monitoring; the test
+accuracy is measured once at the end, for the report. ``--finetune_epochs=0`` keeps
+the extracted model as it is.
+"""
+
+import os
+
+from pn_tf.pipeline import artifacts
+
+
+def run(ctx):
+    from pn_tf.io import atomic_path
+    from pn_tf.training import evaluate_splits, train_and_evaluate
+
+    c = ctx.config
+    model = ctx.load_keras(ctx.summary("extract")["model"])
+    workdir = ctx.stage_dir("finetune")
+    if c.finetune_epochs == 0:
+        summary = evaluate_splits(model, ctx.data, c.eval_take)
+        summary["trained"] = False
+    else:
+        summary = train_and_evaluate(model, ctx.data, workdir, ctx.train_config("finetune"), "finetune",
+                                     batch_size=c.batch_size, seed=c.seed, take=c.train_take,
+                                     eval_take=c.eval_take, verbose=c.verbose)
+    path = os.path.join(workdir, artifacts.FINETUNED_MODEL)
+    with atomic_path(path) as tmp:
+        model.save(tmp)
+    summary["model"] = path
+    return summary
