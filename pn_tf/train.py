@@ -16,6 +16,7 @@ to change. TensorBoard: ``tensorboard --logdir <workdir>``.
 
 import os
 import sys
+import warnings
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -44,6 +45,9 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     set_log_level(FLAGS.log_level)
+    # An image folder's batches have no known count (unreadable files are dropped as read), so
+    # Keras says "ran out of data" at the end of every evaluation pass; nothing is wrong.
+    warnings.filterwarnings("ignore", message="Your input ran out of data")
     try:
         pipeline = Pipeline.from_flags(FLAGS)
         pipeline.run()

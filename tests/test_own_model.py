@@ -229,3 +229,28 @@ def test_cli_names_a_bad_image_folder(own, tmp_path):
                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
     assert out.returncode == 2 and "at least two class sub-folders" in out.stderr
     assert not (tmp_path / "run" / "baseline").exists()
+
+
+def test_stale_batchnorm_statistics_are_refreshed_after_training():
+    """keras.applications' BN momentum 0.999 averages over 1000 steps: a short run leaves its
+    moving statistics stale; the zoo's 0.9 (10 steps) is left alone."""
+    import keras
+    import tensorflow as tf
+
+    from pn_tf.training import refresh_stale_batchnorm
+
+    rng = np.random.RandomState(0)
+    images = (rng.rand(64, 8, 8, 3) * 255).astype("float32")
+    batches = tf.data.Dataset.from_tensor_slices((images, np.zeros(64, "int32"))).batch(16)
+    for momentum, refreshed in ((0.999, True), (0.9, False)):
+        inputs = keras.Input((8, 8, 3))
+        bn = keras.layers.BatchNormalization(momentum=momentum)
+        model = keras.Model(inputs, bn(keras.layers.Conv2D(4, 3)(inputs)))
+        result = refresh_stale_batchnorm(model, batches, steps=200)
+        assert (result is not None) == refreshed
+        if refreshed:
+            assert result["layers"] == 1 and result["longest_span_steps"] == 1000
+            conv = model.layers[1](images)
+            mean = np.asarray(tf.reduce_mean(conv, axis=(0, 1, 2)))
+            np.testing.assert_allclose(bn.moving_mean.numpy(), mean, rtol=1e-4, atol=1e-3)
+            assert bn.momentum == momentum

@@ -68,6 +68,7 @@ def test_quickstart_end_to_end_tiny(tmp_path, data_dir):
     assert again.stdout.count("already finished") == 6
 
 
+@pytest.mark.slow  # the fast test_own_model end-to-end run feeds a model's own input size too
 def test_input_size_other_than_the_datasets_reaches_every_stage(tmp_path, data_dir):
     """imagenette at --input_size=64 (its default is 224): every stage's data must be 64 px."""
     import tensorflow_datasets as tfds

@@ -36,6 +36,7 @@ import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 from pn_tf.io import atomic_path  # noqa: E402
+from pn_tf.pipeline import artifacts  # noqa: E402
 
 METHODS = {
     "pn": ["--predictor=gru", "--projection=always", "--selection=gates"],
@@ -62,7 +63,7 @@ def define_flags():
 
 
 def _read(workdir, stage):
-    with open(os.path.join(workdir, stage, f"{stage}.json")) as f:
+    with open(artifacts.summary_file(workdir, stage)) as f:
         return json.load(f)
 
 
@@ -81,18 +82,18 @@ def reuse_stages(source, target, stages):
 
     if os.path.exists(target):
         return False
-    missing = [p for p in ["config.json"] + [os.path.join(st, f"{st}.json") for st in stages]
-               if not os.path.isfile(os.path.join(source, p))]
+    needed = [os.path.join(source, artifacts.CONFIG)] + [artifacts.summary_file(source, st) for st in stages]
+    missing = [os.path.relpath(p, source) for p in needed if not os.path.isfile(p)]
     if missing:
         raise ReuseError(f"--reuse_from: {source} has no {', '.join(missing)}; finish those runs "
                          "first or drop --reuse_from")
     tmp = target + ".partial"
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
-    shutil.copyfile(os.path.join(source, "config.json"), os.path.join(tmp, "config.json"))
+    shutil.copyfile(os.path.join(source, artifacts.CONFIG), os.path.join(tmp, artifacts.CONFIG))
     for stage in stages:
         shutil.copytree(os.path.join(source, stage), os.path.join(tmp, stage))
-        path = os.path.join(tmp, stage, f"{stage}.json")
+        path = artifacts.summary_file(tmp, stage)
         with open(path) as f:
             text = f.read()
         with open(path, "w") as f:
@@ -157,7 +158,7 @@ def tflite_latency(rows, workdir, runs):
     from pn_tf.checkpoints import load_checked
     from pn_tf.models import build_model
 
-    with open(os.path.join(rows[0]["workdir"], "config.json")) as f:
+    with open(os.path.join(rows[0]["workdir"], artifacts.CONFIG)) as f:
         config = json.load(f)
     out = os.path.join(workdir, "tflite")
     paths = {"baseline": os.path.join(out, "baseline.tflite")}

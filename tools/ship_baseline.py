@@ -22,6 +22,7 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import pn_tf  # noqa: E402,F401 -- first, so TensorFlow starts with pn-tf's defaults (oneDNN on)
+from pn_tf.pipeline import artifacts  # noqa: E402
 
 from absl import app, flags  # noqa: E402
 
@@ -71,10 +72,10 @@ def ship(workdir, pretrained_dir, note="", force=False):
     from pn_tf.io import atomic_path, write_json
     from pn_tf.models import build_model
 
-    config = _load_json(os.path.join(workdir, "config.json"), "not a pn_tf.train workdir")
-    summary = _load_json(os.path.join(workdir, "baseline", "baseline.json"),
+    config = _load_json(os.path.join(workdir, artifacts.CONFIG), "not a pn_tf.train workdir")
+    summary = _load_json(artifacts.summary_file(workdir, "baseline"),
                          "the baseline stage has not finished here")
-    weights = os.path.join(workdir, "baseline", "baseline.weights.h5")
+    weights = os.path.join(workdir, "baseline", artifacts.BASELINE_WEIGHTS)
     if not summary.get("trained"):
         raise ShipError(f"{workdir}: the baseline stage loaded weights instead of training them; "
                         "ship the run that trained them")

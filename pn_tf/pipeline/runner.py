@@ -414,6 +414,15 @@ class Pipeline:
         if self.is_chief:
             write_json(self.summary_path(stage), summary)
 
+    def train(self, model, stage):
+        """Trains ``model`` in place by the ``--<stage>_*`` recipe on the run's data; its summary."""
+        from pn_tf.training import train_and_evaluate
+
+        c = self.config
+        return train_and_evaluate(model, self.data, self.stage_dir(stage), self.train_config(stage), stage,
+                                  batch_size=c.batch_size, seed=c.seed, take=c.train_take,
+                                  eval_take=c.eval_take, verbose=c.verbose)
+
     def train_config(self, prefix):
         from pn_tf.training import TrainConfig, cosine_warmup_epochs
 

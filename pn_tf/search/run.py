@@ -166,7 +166,7 @@ def run_search(network, train, config, evaluation=None, workdir=None, strategy=N
                                        [GateChart(os.path.join(workdir, "tensorboard", "gates"))],
                                        update_freq=max(1, steps_per_epoch // 4))
     history = search.fit(train, epochs=config.search_epochs, validation_data=evaluation, callbacks=callbacks,
-                         verbose=verbose)
+                         verbose=verbose, shuffle=False)  # the data shuffles itself
     if evaluation is not None:
         final = search.evaluate(evaluation, verbose=0, return_dict=True)
         threshold_ratio, accuracy = float(final["flops_ratio"]), float(final["accuracy"])

@@ -21,7 +21,7 @@ def run(ctx):
     from pn_tf.checkpoints import load_checked, weights_record
     from pn_tf.graph import FlopsModel, count_params
     from pn_tf.io import atomic_path
-    from pn_tf.training import evaluate_splits, train_and_evaluate
+    from pn_tf.training import evaluate_splits
 
     c = ctx.config
     network = ctx.build_network()
@@ -36,9 +36,7 @@ def run(ctx):
         init = ctx.baseline_init_source
         if init:
             load_checked(network, init)
-        summary = train_and_evaluate(network, ctx.data, workdir, ctx.train_config("baseline"), "baseline",
-                                     batch_size=c.batch_size, seed=c.seed, take=c.train_take,
-                                     eval_take=c.eval_take, verbose=c.verbose)
+        summary = ctx.train(network, "baseline")
         path = os.path.join(workdir, artifacts.BASELINE_WEIGHTS)
         with atomic_path(path) as tmp:
             network.save_weights(tmp)

@@ -13,7 +13,7 @@ from pn_tf.pipeline import artifacts
 
 def run(ctx):
     from pn_tf.io import atomic_path
-    from pn_tf.training import evaluate_splits, train_and_evaluate
+    from pn_tf.training import evaluate_splits
 
     c = ctx.config
     model = ctx.load_keras(ctx.summary("extract")["model"])
@@ -22,9 +22,7 @@ def run(ctx):
         summary = evaluate_splits(model, ctx.data, c.eval_take)
         summary["trained"] = False
     else:
-        summary = train_and_evaluate(model, ctx.data, workdir, ctx.train_config("finetune"), "finetune",
-                                     batch_size=c.batch_size, seed=c.seed, take=c.train_take,
-                                     eval_take=c.eval_take, verbose=c.verbose)
+        summary = ctx.train(model, "finetune")
     path = os.path.join(workdir, artifacts.FINETUNED_MODEL)
     with atomic_path(path) as tmp:
         model.save(tmp)
