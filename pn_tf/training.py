@@ -390,7 +390,10 @@ def train_and_evaluate(model, data, workdir, config, stage, batch_size=128, seed
     train, steps_per_epoch = data_lib.with_cardinality(train)
     history = fit_classifier(model, train, config, workdir, stage, validation_ds=holdout,
                              steps_per_epoch=steps_per_epoch, verbose=verbose)
-    refreshed = refresh_stale_batchnorm(model, train, config.epochs * steps_per_epoch)
+    # Statistics for inference: re-estimated on un-augmented training images, whose pipeline
+    # draws no random numbers (the next stage's data then sees the same random state).
+    plain = data.batches("train_main", batch_size, training=False, image_size=size, take=take)
+    refreshed = refresh_stale_batchnorm(model, plain, config.epochs * steps_per_epoch)
     summary = evaluate_splits(model, data, eval_take)
     summary.update(train_split="train_main", batch_size=batch_size, recipe=dataclasses.asdict(config),
                    train_seconds_this_run=round(time.time() - start, 1))
@@ -414,9 +417,10 @@ def refresh_stale_batchnorm(model, batches, steps, max_batches=REFRESH_BATCHES):
     1,300 steps its moving statistics still mix in weights of the run's start, and the
     trained model scores far below its training accuracy in inference mode (MobileNetV2 on
     imagenette: 20% against 61%). When a layer's span exceeds ``STALE_SHARE`` of ``steps``,
-    every BN layer's statistics are set to their average over ``max_batches`` training
-    batches ("precise BN"); the weights do not change. The zoo's momentum 0.9 (10 steps)
-    never triggers it.
+    every BN layer's statistics are set to their average over ``max_batches`` of
+    ``batches`` ("precise BN"; the pipeline passes un-augmented training images); the
+    weights do not change. The zoo's momentum 0.9 (10 steps) triggers it only in runs of
+    fewer than 100 steps (smoke runs).
 
     Returns:
         None, or ``{"layers", "batches", "longest_span_steps"}`` when it refreshed.

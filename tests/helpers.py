@@ -4,7 +4,6 @@ import numpy as np
 import keras
 
 from pn_tf.auto.check import randomize_batchnorm  # noqa: F401 -- shared with the tests
-from pn_tf.layers import ChannelGate
 
 
 def random_images(shape, seed=0, batch=2):
@@ -23,21 +22,6 @@ def conv_act_conv(activation):
     x = keras.layers.Conv2D(8, 1, name="conv2",
                             kernel_initializer=keras.initializers.GlorotUniform(seed=1))(x)
     return keras.Model(inputs, x)
-
-
-def strip_gates(model):
-    """A copy of ``model`` with every gate replaced by Identity and the same weights."""
-
-    def clone(layer):
-        if isinstance(layer, ChannelGate):
-            return keras.layers.Identity(name=layer.name)
-        return layer.__class__.from_config(layer.get_config())
-
-    stripped = keras.models.clone_model(model, clone_function=clone)
-    for layer in stripped.layers:
-        if layer.weights:
-            layer.set_weights(model.get_layer(layer.name).get_weights())
-    return stripped
 
 
 def save_load(model, tmp_path):

@@ -7,7 +7,8 @@ import pytest
 from pn_tf.graph import ChannelGraph
 from pn_tf.layers import gate_layers, set_gate_mode
 from pn_tf.models import ARCHITECTURES, build_model
-from tests.helpers import random_images, save_load, strip_gates
+from pn_tf.auto import strip_gates
+from tests.helpers import random_images, save_load
 
 # arch -> (number of gated groups, small input size for tests)
 GATES = {
