@@ -39,7 +39,7 @@ def make_folder(root, per_class=40, broken=True):
 
 
 def make_model(path, classes=len(CLASSES), size=32, softmax=True, rescaling=True):
-    """A classifier with a nested Sequential backbone, saved as .keras."""
+    """A classifier with a nested Sequential backbone, saved as .keras (size None: any size)."""
     import keras
 
     keras.utils.set_random_seed(0)
@@ -209,6 +209,27 @@ def test_zoo_refuses_own_model_flags(tmp_path, data_dir):
                            data_dir=data_dir, **overrides)
         with pytest.raises(PipelineError, match=message):
             _validate(config)
+
+
+def test_model_of_any_input_size_is_pruned_at_input_size(own, tmp_path):
+    import keras
+
+    path = str(make_model(tmp_path / "any.keras", size=None))
+    with pytest.raises(PipelineError, match="takes images of any size; pass --input_size"):
+        _validate(_config(tmp_path, own, model=path))
+    pipeline = _validate(_config(tmp_path, own, model=path, input_size=40))
+    network = pipeline.build_network()
+    assert tuple(network.inputs[0].shape) == (None, 40, 40, 3)
+    original = keras.saving.load_model(path)
+    images = pipeline.images("holdout", 4)
+    np.testing.assert_allclose(network(images), original(images), rtol=1e-5, atol=1e-6)
+    sequential = keras.Sequential([keras.Input((None, None, 3)), keras.layers.Conv2D(8, 3),
+                                   keras.layers.ReLU(), keras.layers.GlobalAveragePooling2D(),
+                                   keras.layers.Dense(3)])
+    sequential.save(tmp_path / "seq.keras")
+    pipeline = _validate(_config(tmp_path, own, model=str(tmp_path / "seq.keras"), input_size=24,
+                                 workdir=str(tmp_path / "w2")))
+    assert pipeline.config.input_size == 24 and pipeline.flops_total > 0
 
 
 def test_model_without_preprocessing_is_warned_about(tmp_path, capsys):

@@ -51,7 +51,8 @@ OPTIONS = (
     _o("data_dir", "string", None, "TFDS data dir (default: $TFDS_DATA_DIR, else TFDS's default)."),
     _o("workdir", "string", None, "Folder holding everything of this run."),
     _o("stages", "list", list(STAGES), f"Stages to run, in order, from {', '.join(STAGES)}."),
-    _o("input_size", "integer", None, "Square input side (default: the dataset's, or the model's)."),
+    _o("input_size", "integer", None, "Square input side (default: the dataset's, or the model's; "
+       "needed for a --model that takes images of any size)."),
     _o("num_classes", "integer", None, "Classes of a zoo architecture (default: the dataset's)."),
     _o("seed", "integer", 0, "Seed of data order, augmentation and search noise."),
     _o("strategy", "enum", "default", "tf.distribute strategy: default (one device), mirrored (all "

@@ -41,7 +41,7 @@ class FileModel:
 
     kind = "model"
 
-    def __init__(self, path, policy="all", exclude=()):
+    def __init__(self, path, policy="all", exclude=(), input_size=None):
         from pn_tf.model_file import ModelFileError, load_model
 
         try:
@@ -50,7 +50,9 @@ class FileModel:
             raise PipelineError(f"--model: {err}") from err
         self.path, self.policy, self.exclude = path, policy, list(exclude)
         self.name = self.original.name
-        self.input_size = _square_image_input(self.original, path)
+        self.input_size = _square_image_input(self.original, path, input_size)
+        if self.original.inputs[0].shape[1] is None:  # any size: fix it (FLOPs need one)
+            self.original = _with_input_size(self.original, self.input_size)
         self.num_classes = _class_count(self.original, path)
         self.starts_with_preprocessing = _starts_with_preprocessing(self.original)
         missing = [name for name in self.exclude if not _has_layer(self.original, name)]
@@ -73,7 +75,8 @@ class FileModel:
         return f"{self.name}_pruned"
 
 
-def _square_image_input(model, path):
+def _square_image_input(model, path, input_size=None):
+    """The model's square input side; ``input_size`` for a model that takes any size."""
     if len(model.inputs) != 1:
         raise PipelineError(f"--model={path} has {len(model.inputs)} inputs; pn-tf prunes image "
                             "classifiers with one image input")
@@ -82,11 +85,26 @@ def _square_image_input(model, path):
         raise PipelineError(f"--model={path} takes inputs of shape {shape}, not images: pn-tf feeds "
                             "RGB images of shape (batch, height, width, 3); use pn_tf.prune with a "
                             "tf.data dataset of your own inputs for other models")
+    if shape[1] is None and shape[2] is None:
+        if not input_size:
+            raise PipelineError(f"--model={path} takes images of any size; pass --input_size=S, the "
+                                "side of the square images to prune it for")
+        return int(input_size)
     if not shape[1] or shape[1] != shape[2]:
         raise PipelineError(f"--model={path} takes images of shape {shape[1:3]}; the pipeline feeds "
                             "square images of a fixed size: rebuild the model with "
                             "keras.Input((S, S, 3))")
+    if input_size and input_size != shape[1]:
+        raise PipelineError(f"--input_size={input_size}, but --model={path} takes "
+                            f"{shape[1]}x{shape[2]} images; leave it out")
     return int(shape[1])
+
+
+def _with_input_size(model, size):
+    """A copy of ``model`` (same weights) whose input is fixed at ``size`` x ``size``."""
+    fixed = keras.models.clone_model(model, input_tensors=keras.Input((size, size, model.inputs[0].shape[-1])))
+    fixed.set_weights(model.get_weights())
+    return fixed
 
 
 def _class_count(model, path):

@@ -190,10 +190,7 @@ class Pipeline:
             if zoo_only:
                 raise PipelineError(f"{', '.join(zoo_only)} go with --arch; --model's file holds its "
                                     "own weights and classes (retrain it with --baseline_epochs)")
-            model = FileModel(c.model, c.prune_policy, c.exclude)
-            if c.input_size and c.input_size != model.input_size:
-                raise PipelineError(f"--input_size={c.input_size}, but --model={c.model} takes "
-                                    f"{model.input_size}x{model.input_size} images; leave it out")
+            model = FileModel(c.model, c.prune_policy, c.exclude, c.input_size)
             c.input_size = model.input_size
             if c.input_range == "auto" and not model.starts_with_preprocessing:
                 print(f"[pn-tf] warning: --model={c.model} does not start with a Rescaling or "
