@@ -156,9 +156,9 @@ def run_search(network, train, config, evaluation=None, workdir=None, strategy=N
         )
     total_steps = config.search_epochs * steps_per_epoch
     pn_start = search.pn_start_step
-    warning = late_pn_warning(pn_start, total_steps, search.pn_batch_size, search.memory.average_every)
-    if warning:
-        print(f"[pn-tf] warning: {warning}", flush=True)
+    late = late_pn_warning(pn_start, total_steps, search.pn_batch_size, search.memory.average_every)
+    if late:
+        print(f"[pn-tf] warning: {late}", flush=True)
     callbacks = []
     if workdir:
         os.makedirs(workdir, exist_ok=True)
@@ -194,6 +194,5 @@ def run_search(network, train, config, evaluation=None, workdir=None, strategy=N
         "pn_start_step": pn_start,
         "recipe": {k: v for k, v in dataclasses.asdict(config).items() if k != "knobs"},
         "history": {k: [float(v) for v in vs] for k, vs in history.history.items()},
-        "warnings": [w for w in (late_pn_warning(pn_start, total_steps, search.pn_batch_size,
-                                                 search.memory.average_every), warning) if w],
+        "warnings": [w for w in (late, warning) if w],
     }

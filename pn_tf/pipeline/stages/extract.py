@@ -19,7 +19,7 @@ def run(ctx):
     from pn_tf.graph import ChannelGraph, FlopsModel, count_params
     from pn_tf.io import atomic_path
     from pn_tf.layers import gate_layers, set_gate_mode
-    from pn_tf.training import evaluate_accuracy
+    from pn_tf.training import evaluate_splits
 
     c = ctx.config
     network = ctx.load_network(ctx.summary("search")["weights"])
@@ -63,7 +63,8 @@ def run(ctx):
         "selection": c.selection,
         "notes": selection.notes,
     }
-    for split in ("holdout", "test") if ctx.data.has_test else ("holdout",):
-        summary[f"{split}_accuracy_before_finetune"] = evaluate_accuracy(
-            narrow, ctx.batches(split, 256, take=c.eval_take))
+    accuracy = evaluate_splits(narrow, ctx.data, c.eval_take)
+    for split in ("holdout", "test"):
+        if f"{split}_accuracy" in accuracy:
+            summary[f"{split}_accuracy_before_finetune"] = accuracy[f"{split}_accuracy"]
     return summary
