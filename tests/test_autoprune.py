@@ -62,7 +62,7 @@ def test_keras_application_prunes_equivalently(name):
     reference, diff = _equivalence(gated, narrow, selection, graph, x)
     assert diff <= 1e-4 * max(1.0, np.abs(reference).max()), diff
     assert abs(selection.reduction - 0.4) < 0.01
-    assert FlopsModel(narrow).total == pytest.approx(selection.flops, rel=1e-9)
+    assert FlopsModel(narrow).total == pytest.approx(selection.cost, rel=1e-9)
     assert count_params(narrow) < count_params(model)
     gate_names = {g.name for g in gate_layers(gated)}
     assert not [layer.name for layer in narrow.layers

@@ -43,7 +43,7 @@ def test_extracted_model_equals_hard_gated_model(arch, data_dir):
     x = real_images(data_dir, dataset, size)
     gated, pruned = np.asarray(model(x)), np.asarray(narrow(x))
     assert np.abs(gated - pruned).max() <= 1e-4 * max(1.0, np.abs(gated).max())
-    assert FlopsModel(narrow).total == pytest.approx(selection.flops, rel=1e-9)
+    assert FlopsModel(narrow).total == pytest.approx(selection.cost, rel=1e-9)
     assert abs(selection.reduction - 0.4) < 0.01
     assert narrow.count_params() < model.count_params()
 
@@ -55,12 +55,12 @@ def test_budget_landing_and_rounding(target):
     flops = FlopsModel(model)
     exact = select_channels(flops, gate_scores(model), target_reduction=target)
     assert abs(exact.reduction - target) < 0.01
-    assert exact.flops <= (1 - target) * flops.total
+    assert exact.cost <= (1 - target) * flops.total
     rounded = select_channels(flops, gate_scores(model), target_reduction=target, round_to=8)
     assert all(w % 8 == 0 for w in rounded.widths), rounded.widths
     assert abs(rounded.reduction - target) < 0.01
     narrow = extract_model(model, rounded.keep)
-    assert FlopsModel(narrow).total == pytest.approx(rounded.flops)
+    assert FlopsModel(narrow).total == pytest.approx(rounded.cost)
 
 
 def test_tile_and_per_group_rounding():

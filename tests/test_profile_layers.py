@@ -9,12 +9,13 @@ import pytest
 from pn_tf.export import delegation
 from pn_tf.extract import extract_model
 from pn_tf.graph import ChannelGraph
+from pn_tf.latency.units import convert, split_units, unit_model
 from pn_tf.models import build_model
 from tests.conftest import REPO_ROOT
 from tests.helpers import random_images
 
 sys.path.insert(0, str(REPO_ROOT / "tools"))
-from profile_layers import convert, gated_layers, split_units, unit_model  # noqa: E402
+from profile_layers import gated_layers  # noqa: E402
 
 
 def test_units_cover_the_network_and_reproduce_its_tensors(tmp_path):

@@ -37,7 +37,7 @@ def _search(**kwargs):
 
 def test_regularizer_zero_under_budget_and_log_above():
     search = _search(target_reduction=0.5)
-    t_total = search.flops.prunable
+    t_total = search.cost.prunable
     assert float(search.regularizer(search.p * t_total * 0.9)) == 0.0
     assert float(search.regularizer(search.p * t_total)) == 0.0
     above = float(search.regularizer(search.p * t_total * 1.5))

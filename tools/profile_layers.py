@@ -5,10 +5,10 @@
 The LiteRT Python interpreter has no per-op profiler, so each *unit* of the network is
 converted and timed on its own, at its real input shape, batch 1, ``--num_threads`` threads:
 
-* a unit is one layer call, plus the BatchNormalization / activation / ReLU / (stripped gate)
-  Identity calls that follow a conv, depthwise conv, dense layer or addition and read only its
-  output -- what the TFLite converter fuses into one op -- and a ZeroPadding2D is timed with
-  the convolution it feeds (XNNPACK folds a zero PAD into the convolution);
+* a unit (:mod:`pn_tf.latency.units`) is one layer call, plus the BatchNormalization /
+  activation / ReLU / (stripped gate) Identity calls that follow a conv, depthwise conv, dense
+  layer or addition and read only its output -- what the TFLite converter fuses into one op --
+  and a ZeroPadding2D is timed with the convolution it feeds (XNNPACK folds a zero PAD into it);
 * the units are timed in isolation, so ops that are cheap inside the whole graph but read or
   write a large tensor on their own (input normalization, concatenations) can be over- or
   understated; ``units_sum_ratio`` shows how far the sum is from the whole model;
@@ -41,6 +41,9 @@ import pn_tf  # noqa: E402,F401 -- first, so TensorFlow starts with pn-tf's defa
 import numpy as np  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 
+from pn_tf.latency.units import (convert, overhead_model, split_units, timing_interpreter,  # noqa: E402
+                                 unit_model)
+
 FLAGS = flags.FLAGS
 
 
@@ -58,101 +61,6 @@ def define_flags():
     flags.DEFINE_integer("top", 15, "Slowest units listed in the table output.")
     flags.DEFINE_bool("json", False, "Print one JSON object instead of tables.")
     flags.DEFINE_integer("seed", 0, "Seed of the random inputs.")
-
-
-def _unit_kinds():
-    import keras
-
-    heads = (keras.layers.Conv2D, keras.layers.DepthwiseConv2D, keras.layers.SeparableConv2D,
-             keras.layers.Dense, keras.layers.Add)
-    followers = (keras.layers.BatchNormalization, keras.layers.Activation, keras.layers.ReLU,
-                 keras.layers.Identity)
-    return heads, followers
-
-
-def split_units(model):
-    """The model's layer calls grouped into units (lists of nodes), in topological order."""
-    import keras
-
-    heads, followers = _unit_kinds()
-    nodes = [node for depth in sorted(model._nodes_by_depth, reverse=True)
-             for node in model._nodes_by_depth[depth]
-             if not node.is_input and not isinstance(node.operation, keras.layers.InputLayer)]
-    consumers = collections.Counter(id(t) for node in nodes for t in node.input_tensors)
-    for tensor in keras.tree.flatten(model.outputs):
-        consumers[id(tensor)] += 1
-    convs = (keras.layers.Conv2D, keras.layers.DepthwiseConv2D, keras.layers.SeparableConv2D)
-    units, open_ends = [], {}  # id(last output of a fusable unit) -> unit
-    for node in nodes:
-        inputs = node.input_tensors
-        unit = open_ends.get(id(inputs[0])) if len(inputs) == 1 else None
-        after_pad = (unit is not None and len(unit) == 1
-                     and isinstance(unit[0].operation, keras.layers.ZeroPadding2D))
-        if (unit is not None and consumers[id(inputs[0])] == 1
-                and (isinstance(node.operation, convs) if after_pad
-                     else isinstance(node.operation, followers))):
-            unit = open_ends.pop(id(inputs[0]))
-            unit.append(node)
-            open_ends[id(node.output_tensors[0])] = unit
-            continue
-        unit = [node]
-        units.append(unit)
-        if (isinstance(node.operation, heads + (keras.layers.ZeroPadding2D,))
-                and len(node.output_tensors) == 1):
-            open_ends[id(node.output_tensors[0])] = unit
-    return units
-
-
-def unit_model(unit):
-    """A keras.Model running the unit's calls on fresh batch-1 inputs, same layers and weights."""
-    import keras
-
-    first = unit[0]
-    inputs, values = [], {}
-    for tensor in first.input_tensors:
-        if id(tensor) not in values:
-            values[id(tensor)] = keras.Input(shape=tensor.shape[1:], batch_size=1)
-            inputs.append(values[id(tensor)])
-    for node in unit:
-        args, kwargs = node.arguments.fill_in(values)
-        outputs = keras.tree.flatten(node.operation(*args, **kwargs))
-        for tensor, value in zip(node.output_tensors, outputs):
-            values[id(tensor)] = value
-    outputs = [values[id(t)] for t in unit[-1].output_tensors]
-    return keras.Model(inputs, outputs if len(outputs) > 1 else outputs[0])
-
-
-def convert(model, path):
-    """float32 ``.tflite`` of any fixed-shape Keras model (several inputs, any rank)."""
-    import tensorflow as tf
-    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
-
-    from pn_tf.export import save_bytes
-
-    specs = [tf.TensorSpec(t.shape, tf.float32) for t in model.inputs]
-    function = tf.function(lambda *xs: model(list(xs) if len(xs) > 1 else xs[0], training=False))
-    # Weights as constants, as in a SavedModel conversion: XNNPACK only takes convolutions
-    # with static filters (with variables every CONV_2D would run in TFLite's own kernels).
-    frozen = convert_variables_to_constants_v2(function.get_concrete_function(*specs))
-    converter = tf.lite.TFLiteConverter.from_concrete_functions([frozen])
-    return save_bytes(path, converter.convert())
-
-
-def _interpreter(path, num_threads, rng):
-    from pn_tf.export import load_interpreter
-
-    interpreter = load_interpreter(path, num_threads)
-    for detail in interpreter.get_input_details():
-        interpreter.set_tensor(detail["index"],
-                               rng.standard_normal(detail["shape"]).astype(np.float32))
-    return interpreter
-
-
-def _overhead_model():
-    import keras
-
-    x = keras.Input(shape=(8,), batch_size=1)
-    return keras.Model(x, keras.layers.ReLU()(x))
 
 
 def gated_layers(gated_model, graph):
@@ -229,7 +137,7 @@ def profile(arch, input_size=None, num_classes=None, target=0.5, num_threads=1, 
     directory = directory or tempfile.mkdtemp(prefix="pn_tf_profile_")
     try:
         paths = [os.path.join(directory, f"{name}.tflite") for name in ("overhead", *plains)]
-        convert(_overhead_model(), paths[0])
+        convert(overhead_model(), paths[0])
         for name, path in zip(plains, paths[1:]):
             x = keras.Input(shape=plains[name].input_shape[1:], batch_size=1)
             convert(keras.Model(x, plains[name](x)), path)
@@ -237,7 +145,7 @@ def profile(arch, input_size=None, num_classes=None, target=0.5, num_threads=1, 
         for name, plain in plains.items():
             rows[name], unit_paths[name] = _unit_rows(plain, gated_names, directory, name)
         paths += unit_paths["full"] + unit_paths["pruned"]
-        interpreters = [_interpreter(p, num_threads, rng) for p in paths]
+        interpreters = [timing_interpreter(p, num_threads, rng) for p in paths]
         times, _ = time_interleaved(interpreters, runs, warmup=warmup, block=5, num_threads=num_threads)
     finally:
         if own_dir:

@@ -1,10 +1,11 @@
-"""Choosing the channels to keep, deterministically, on a FLOPs budget.
+"""Choosing the channels to keep, deterministically, on a FLOPs or latency budget.
 
 The reference code takes one noisy Gumbel sample as the final architecture and lands
 wherever it lands (METHOD.md, "known weaknesses"). Here every channel gets a score
 (by default its gate logit theta: ``sigmoid((theta + base) / T) >= 0.5`` is the
 noise-free hard gate), and one global threshold on the scores is searched so that
-the network's exact MAC count T(a) lands on the requested budget. Each group keeps
+the network's exact MAC count T(a) (or its latency estimate L(a), :mod:`pn_tf.latency`) lands
+on the requested budget. Each group keeps
 its top-scoring channels; ``round_to`` rounds each group's kept count to a multiple
 (e.g. 8) for hardware-friendly shapes; no group ever drops below one channel.
 """
@@ -23,18 +24,19 @@ log = logging.getLogger(__name__)
 
 @dataclasses.dataclass
 class Selection:
-    """Kept channels per group and the exact cost of the result.
+    """Kept channels per group and the cost of the result.
 
     Attributes:
         keep: list of bool arrays, one per group (True = kept channel).
-        flops: exact MACs of the network at these widths.
-        total_flops: MACs of the unpruned network.
+        cost: the cost model's value at these widths (exact MACs for a FlopsModel, estimated
+            ms for a LatencyModel).
+        total_cost: its value for the unpruned network.
         notes: messages about adjustments (e.g. a group that would have been empty).
     """
 
     keep: list
-    flops: float
-    total_flops: float
+    cost: float
+    total_cost: float
     notes: list
 
     @property
@@ -43,7 +45,7 @@ class Selection:
 
     @property
     def reduction(self):
-        return 1.0 - self.flops / self.total_flops
+        return 1.0 - self.cost / self.total_cost
 
 
 def gate_scores(model):
@@ -176,15 +178,16 @@ def _at_threshold(scores, threshold, multiples):
     return keep, notes
 
 
-def select_channels(flops, scores, target_reduction=None, round_to=1):
-    """Kept channels per group so that the network lands on a FLOPs budget.
+def select_channels(cost_model, scores, target_reduction=None, round_to=1):
+    """Kept channels per group so that the network lands on a FLOPs (or latency) budget.
 
     Args:
-        flops: a :class:`FlopsModel` (or a model/graph to build one from).
+        cost_model: a :class:`FlopsModel` (or a model/graph to build one from) or a
+            :class:`pn_tf.latency.LatencyModel`.
         scores: list of 1-D arrays, one per group (higher = more worth keeping),
             e.g. :func:`gate_scores`.
         target_reduction: float in (0, 1) or None. Fraction of the unpruned MACs
-            to remove. None keeps exactly the channels with a positive score
+            (or of the estimated latency) to remove. None keeps exactly the channels with a positive score
             (the noise-free hard gates when the scores are ``theta + base``).
         round_to: int, a list of ints (one per group) or ``"tile"``
             (:func:`tile_multiples`). Round each group's kept count to a multiple of it.
@@ -192,32 +195,32 @@ def select_channels(flops, scores, target_reduction=None, round_to=1):
     Returns:
         A :class:`Selection`.
     """
-    if not isinstance(flops, FlopsModel):
-        flops = FlopsModel(flops)
+    if not hasattr(cost_model, "count"):
+        cost_model = FlopsModel(cost_model)
     scores = [np.asarray(s, dtype=np.float64) for s in scores]
-    sizes = [int(w) for w in flops.widths]
+    sizes = [int(w) for w in cost_model.widths]
     if [len(s) for s in scores] != sizes:
         raise ValueError(f"scores have widths {[len(s) for s in scores]}, the groups {sizes}")
     if not sizes and target_reduction is not None:
         raise ValueError("the model has no prunable channel groups: there is nothing to remove")
-    granules = [g.granule for g in flops.graph.groups]
+    granules = [g.granule for g in cost_model.graph.groups]
     scores = [_granule_scores(s, n) for s, n in zip(scores, granules)]
     round_to = [math.lcm(m, n) for m, n in zip(_multiples(round_to, sizes), granules)]
 
     def cost(keep):
-        return flops.count([k.sum() for k in keep])
+        return cost_model.count([k.sum() for k in keep])
 
     if target_reduction is None:
         keep, notes = _at_threshold(scores, 0.0, round_to)
     else:
         if not 0.0 < target_reduction < 1.0:
             raise ValueError(f"target_reduction must be in (0, 1), got {target_reduction}")
-        budget = (1.0 - target_reduction) * flops.total
-        floor = flops.count(min_widths(sizes, round_to))
+        budget = (1.0 - target_reduction) * cost_model.total
+        floor = cost_model.count(min_widths(sizes, round_to))
         if floor > budget:
             raise ValueError(
-                f"cannot remove {target_reduction:.1%} of FLOPs: keeping the minimum of every "
-                f"group still costs {floor / flops.total:.1%} of the network"
+                f"cannot remove {target_reduction:.1%} of {cost_model.name}: keeping the minimum of "
+                f"every group still costs {floor / cost_model.total:.1%} of the network"
             )
         # Highest threshold first removes most; find the lowest threshold within budget.
         candidates = np.unique(np.concatenate(scores))[::-1]
@@ -232,10 +235,10 @@ def select_channels(flops, scores, target_reduction=None, round_to=1):
                 hi = mid
         keep, notes = _at_threshold(scores, candidates[lo], round_to)
         keep = _fill_budget(keep, scores, cost, budget, round_to)
-        keep = _close_gap(keep, scores, cost, budget, round_to, slack=CLOSE_GAP * flops.total)
+        keep = _close_gap(keep, scores, cost, budget, round_to, slack=CLOSE_GAP * cost_model.total)
     for note in notes:
         log.warning(note)
-    return Selection(keep, cost(keep), flops.total, notes)
+    return Selection(keep, cost(keep), cost_model.total, notes)
 
 
 def _granule_scores(scores, granule):

@@ -32,7 +32,11 @@ class FlopsModel:
         total: T_all, the MACs of the unpruned network.
         prunable: T_total, the MACs of the layers whose cost depends on a group.
         widths: the full width of each group, in group order.
+        name: "FLOPs" (how messages name the budget; the latency model's is "latency").
     """
+
+    name = "FLOPs"
+    unit = "MACs"
 
     def __init__(self, graph):
         if not isinstance(graph, ChannelGraph):

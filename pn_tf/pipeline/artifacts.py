@@ -14,6 +14,7 @@ FINETUNED_MODEL = "finetuned.keras"
 LABELS = "labels.txt"
 REPORT_JSON = "report.json"
 REPORT_MD = "report.md"
+LATENCY_TABLE = "latency_table.json"  # in the workdir: the table a latency budget was searched on
 
 
 def summary_file(workdir, stage):

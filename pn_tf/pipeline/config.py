@@ -86,6 +86,16 @@ OPTIONS = (
        "change is recorded in the stage's summary."),
     # Search.
     _o("target_flops_reduction", "float", 0.5, "Fraction of FLOPs to remove."),
+    _o("target_latency_reduction", "float", None, "Fraction of the TFLite batch-1 latency to remove "
+       "instead of a FLOPs count: the search regularizes and extraction selects on the latency "
+       "estimate L(a) of a measured latency table (--latency_table); the report measures the "
+       "result. See docs/latency_budgets.md."),
+    _o("latency_dtype", "enum", "float32", "With --target_latency_reduction: the TFLite model whose "
+       "latency is budgeted and measured (int8 needs int8 in --tflite).", ("float32", "int8")),
+    _o("latency_table", "string", "", "With --target_latency_reduction: a table from "
+       "tools/latency_model.py --output (built on the deployment device); default: built here at "
+       "the start of the run (LiteRT, XNNPACK, --tflite_threads), cached, and copied into the "
+       "workdir."),
     _o("p", "float", None, "Regularizer bound p directly (the paper's Table 1); overrides the target "
        "for the search; extraction still lands on --target_flops_reduction."),
     _o("search_epochs", "integer", 200, "Search epochs over the held-out split."),

@@ -20,7 +20,8 @@ from pn_tf.pipeline.errors import PipelineError
 
 # Settings that a work directory's earlier stages depend on: resuming with others is refused.
 CONFIG_KEYS_FIXED = ("arch", "model", "prune_policy", "exclude", "dataset", "image_dir", "input_range",
-                     "input_size", "num_classes", "target_flops_reduction", "seed")
+                     "input_size", "num_classes", "target_flops_reduction", "target_latency_reduction",
+                     "seed")
 
 
 def _check_workdir_path(workdir):
@@ -122,6 +123,7 @@ class Pipeline:
         self.workdir = os.path.abspath(config.workdir)
         self.data = self.model = None
         self.baseline_source = self.baseline_init_source = None
+        self.latency_table = None  # the table of a latency budget, once validated
 
     # -- setup and validation ----------------------------------------------------
 
@@ -169,6 +171,7 @@ class Pipeline:
         self._check_workdir()
         self._check_resume()
         self._warn_precision()
+        self._check_latency_budget()
 
     def _check_sources(self):
         """Resolves --arch/--model and --dataset/--image_dir into ``self.model`` and ``self.data``."""
@@ -266,6 +269,7 @@ class Pipeline:
         from pn_tf.graph import FlopsModel
 
         c = self.config
+        self._check_latency_flags()
         try:
             network = self.build_network()
         except ValueError as err:
@@ -278,13 +282,101 @@ class Pipeline:
         if not p > 0:
             raise PipelineError(f"--p must be > 0, got {c.p}")
         floor = flops.count(min_widths(flops.widths, c.round_to)) / flops.total
-        if floor > 1.0 - c.target_flops_reduction:
+        if floor > 1.0 - c.target_flops_reduction and c.target_latency_reduction is None:
             raise PipelineError(
                 f"--round_to={c.round_to} cannot remove {c.target_flops_reduction:.0%} of the FLOPs: "
                 f"the narrowest widths it allows still cost {floor:.1%} of the network (layers "
                 "outside the prunable groups included); lower "
                 "--target_flops_reduction or --round_to")
         self.flops_total = flops.total
+
+    def _check_latency_flags(self):
+        """The latency-budget flags alone (the table itself is checked last, it may take minutes)."""
+        c = self.config
+        if c.target_latency_reduction is None:
+            if c.latency_table:
+                raise PipelineError("--latency_table goes with --target_latency_reduction=R (the "
+                                    "fraction of the latency to remove)")
+            return
+        if not 0.0 < c.target_latency_reduction < 1.0:
+            raise PipelineError(f"--target_latency_reduction must be in (0, 1), got "
+                                f"{c.target_latency_reduction}")
+        if c.p is not None:
+            raise PipelineError("--p bounds the FLOPs regularizer directly; with "
+                                "--target_latency_reduction leave it out")
+        if c.latency_dtype not in c.tflite or "float32" not in c.tflite:
+            raise PipelineError(f"--latency_dtype={c.latency_dtype} is measured on the exported "
+                                f"TFLite files: --tflite must include float32 and {c.latency_dtype} "
+                                f"(got --tflite={','.join(c.tflite)})")
+        if c.latency_table and not os.path.isfile(c.latency_table):
+            raise PipelineError(f"--latency_table={c.latency_table} does not exist; build one with "
+                                "tools/latency_model.py --output=PATH, or leave the flag out to "
+                                "build it here")
+
+    def _check_latency_budget(self):
+        """Loads (or builds, and caches) the latency table and refuses a target it cannot reach."""
+        from pn_tf.extract.select import min_widths
+        from pn_tf.graph import ChannelGraph
+        from pn_tf.latency import LatencyModel, LatencyTableError, cached_table, load_table, save_table
+
+        c = self.config
+        if c.target_latency_reduction is None or not {"search", "extract"} & set(c.stages):
+            return
+        network = self.build_network()
+        graph = ChannelGraph(network)
+        copy = os.path.join(self.workdir, artifacts.LATENCY_TABLE)
+        try:
+            if c.latency_table:
+                table = load_table(c.latency_table)
+            elif os.path.exists(copy):
+                table = load_table(copy)
+            else:
+                print(f"[pn-tf] latency table: timing the units of {self.model.name} at "
+                      f"{c.latency_dtype}, {c.tflite_threads} thread(s) (cached for later runs)",
+                      flush=True)
+                table = cached_table(network, graph, c.latency_dtype, c.tflite_threads,
+                                     progress=lambda line: print(f"[pn-tf] {line}", flush=True))
+            wanted = {"dtype": c.latency_dtype, "num_threads": c.tflite_threads}
+            got = {k: table.get(k) for k in wanted}
+            if got != wanted:
+                raise LatencyTableError(
+                    f"the latency table was built for {got}, this run measures {wanted} "
+                    "(--latency_dtype, --tflite_threads); build a table for those")
+            latency = LatencyModel(graph, table, network)
+        except LatencyTableError as err:
+            raise PipelineError(f"--latency_table: {err}") from err
+        reachable = latency.max_reduction(min_widths(latency.widths, c.round_to))
+        if c.target_latency_reduction >= reachable:
+            rounding = "" if c.round_to == 1 else f" allowed by --round_to={c.round_to}"
+            raise PipelineError(
+                f"--target_latency_reduction={c.target_latency_reduction} cannot be reached: with "
+                f"every channel group at the narrowest width{rounding}, the estimated latency of "
+                f"{self.model.name} is still {1 - reachable:.1%} of its {latency.total:.3f} ms; the "
+                f"largest reachable cut is {reachable:.3f}")
+        if self.is_chief and not os.path.exists(copy):
+            os.makedirs(self.workdir, exist_ok=True)
+            save_table(table, copy)
+        self.latency_table = table
+        print(f"[pn-tf] latency budget: estimated {latency.total:.3f} ms ({c.latency_dtype}, "
+              f"{c.tflite_threads} thread(s)) -> target {latency.total * (1 - c.target_latency_reduction):.3f} "
+              f"ms; the gated channels can cut at most {reachable:.1%}", flush=True)
+
+    def cost_model(self, graph):
+        """What the search regularizes and extraction selects on: the FLOPs T(a), or L(a)."""
+        from pn_tf.graph import FlopsModel
+        from pn_tf.latency import LatencyModel
+
+        if self.config.target_latency_reduction is None:
+            return FlopsModel(graph)
+        if self.latency_table is None:
+            raise PipelineError("the latency budget's table was not loaded (validate the run first)")
+        return LatencyModel(graph, self.latency_table)
+
+    @property
+    def target_reduction(self):
+        """The budget's fraction to remove: of the latency when one is asked, else of the FLOPs."""
+        c = self.config
+        return c.target_flops_reduction if c.target_latency_reduction is None else c.target_latency_reduction
 
     def _check_baseline(self):
         from pn_tf.checkpoints import CheckpointError, load_checked, resolve_weights

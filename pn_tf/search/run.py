@@ -32,6 +32,7 @@ class SearchConfig:
     pn_noise: float = 15.0
     pn_batch_size: int = 64
     target_flops_reduction: float = 0.5
+    target_latency_reduction: float = None
     p: float = None
     gate_lr: float = 5e-2
     flops_reg_weight: float = 2.0
@@ -98,7 +99,7 @@ def late_pn_warning(pn_start, total_steps, pn_batch_size, average_every):
 
 
 def over_budget_warning(threshold_ratio, budget_ratio, tolerance=0.02,
-                        knobs=("--search_epochs", "--flops_reg_weight")):
+                        knobs=("--search_epochs", "--flops_reg_weight"), budget="FLOPs"):
     """A warning when the search's hard gates end above the FLOPs budget, else None.
 
     Extraction lands on the budget anyway, by cutting the lowest-scored channels, some of
@@ -109,18 +110,20 @@ def over_budget_warning(threshold_ratio, budget_ratio, tolerance=0.02,
     """
     if threshold_ratio <= budget_ratio + tolerance:
         return None
-    return (f"the search ended with its hard gates at {threshold_ratio:.3f} of the FLOPs, above the "
+    return (f"the search ended with its hard gates at {threshold_ratio:.3f} of the {budget}, above the "
             f"{budget_ratio:.3f} budget: extraction will cut channels whose gates are open; search "
             f"longer ({knobs[0]}) or raise {knobs[1]}")
 
 
 def run_search(network, train, config, evaluation=None, workdir=None, strategy=None, verbose=2,
-               eval_split="holdout"):
+               eval_split="holdout", cost=None):
     """The one search driver (the pipeline's search stage and :func:`pn_tf.prune` call it).
 
     Searches the gate logits of ``network`` (a gated model whose weights are the baseline)
     in place, by ``config``'s recipe: gates AdamW with its learning rate x0.1 after
-    ``lr_drop_at`` of the steps, the PN AdamW, the FLOPs regularizer.
+    ``lr_drop_at`` of the steps, the PN AdamW, the FLOPs regularizer (or, with ``cost`` a
+    :class:`~pn_tf.latency.LatencyModel` and ``config.target_latency_reduction`` set, the
+    same regularizer on the latency estimate L(a)).
 
     Args:
         train: batched ``(images, labels)`` to search on (the held-out split), one pass per epoch.
@@ -143,8 +146,12 @@ def run_search(network, train, config, evaluation=None, workdir=None, strategy=N
         raise ValueError("the search data must be a finite dataset of at least one batch")
     trainable = [(layer, layer.trainable) for layer in network._flatten_layers(include_self=False)]
     with strategy.scope():
-        search = PNSearch(network, predictor=config.predictor, target_reduction=config.target_flops_reduction,
-                          p=config.p, projection=config.projection, pn_noise=config.pn_noise,
+        latency = config.target_latency_reduction is not None
+        if latency and cost is None:
+            raise ValueError("a latency budget needs its LatencyModel (cost=)")
+        target = config.target_latency_reduction if latency else config.target_flops_reduction
+        search = PNSearch(network, predictor=config.predictor, target_reduction=target,
+                          cost=cost if latency else None, p=config.p, projection=config.projection, pn_noise=config.pn_noise,
                           pn_batch_size=config.pn_batch_size, reg_weight=config.flops_reg_weight,
                           seed=config.seed)
         drop = max(1, int(config.search_epochs * config.lr_drop_at * steps_per_epoch))
@@ -173,7 +180,8 @@ def run_search(network, train, config, evaluation=None, workdir=None, strategy=N
     else:
         threshold_ratio, accuracy = float(search.threshold_flops_ratio), None
     kept = search.deterministic_gates()
-    warning = over_budget_warning(threshold_ratio, search.budget_ratio, knobs=config.knobs)
+    warning = over_budget_warning(threshold_ratio, search.budget_ratio, knobs=config.knobs,
+                                  budget=search.cost.name)
     if warning:
         print(f"[pn-tf] warning: {warning}", flush=True)
     for layer, flag in trainable:  # the search froze the network's weights
@@ -182,6 +190,7 @@ def run_search(network, train, config, evaluation=None, workdir=None, strategy=N
         "predictor": config.predictor,
         "projection": config.projection,
         "p": search.p,
+        "budget": search.cost.name,
         "budget_flops_ratio": search.budget_ratio,
         "threshold_flops_ratio": threshold_ratio,
         "reached_budget": warning is None,

@@ -73,11 +73,15 @@ class PNSearch(keras.Model):
         pn_batch_size: int. PN batch drawn from memory (64).
         memory_capacity: int. K (500).
         seed: int. Base of all stateless random seeds.
+        cost: the regularizer's cost model: None for the FLOPs T(a) (a
+            :class:`~pn_tf.graph.FlopsModel` of ``network``), or a
+            :class:`~pn_tf.latency.LatencyModel` for a latency budget L(a); ``target_reduction``
+            is then a fraction of it. The ``flops_ratio`` metric is the cost's ratio.
     """
 
     def __init__(self, network, predictor="gru", target_reduction=0.5, p=None, projection="always",
                  pn_noise=15.0, reg_weight=2.0, reg_scale=2.0, pn_batch_size=64,
-                 memory_capacity=500, seed=0, **kwargs):
+                 memory_capacity=500, seed=0, cost=None, **kwargs):
         super().__init__(**kwargs)
         if predictor not in PREDICTOR_KINDS:
             raise ValueError(f"predictor must be one of {PREDICTOR_KINDS}, got {predictor!r}")
@@ -91,12 +95,13 @@ class PNSearch(keras.Model):
             layer.trainable = any(layer is g for g in self.gates)
         set_gate_mode(network, "soft")
         self.from_logits = not outputs_probabilities(network)  # a softmax model: probabilities
-        self.flops = FlopsModel(network)
-        names = [g.gate for g in self.flops.graph.groups]
+        self.cost = cost if cost is not None else FlopsModel(network)
+        names = [g.gate for g in self.cost.graph.groups]
         if names != [g.name for g in self.gates]:
-            raise ValueError("the FLOPs groups and the gate layers are not in the same order")
+            raise ValueError(f"the {self.cost.name} model's groups and the gate layers are not in "
+                             "the same order")
         self.widths = [g.channels for g in self.gates]
-        self.p = float(p) if p is not None else self.flops.p_for_reduction(target_reduction)
+        self.p = float(p) if p is not None else self.cost.p_for_reduction(target_reduction)
         self.predictor_kind = predictor
         self.predictor = build_predictor(predictor, self.widths)
         self.memory = EpisodicMemory(self.widths, capacity=memory_capacity)
@@ -135,8 +140,8 @@ class PNSearch(keras.Model):
 
     @property
     def budget_ratio(self):
-        """The FLOPs ratio T(a)/T_all at which the regularizer reaches zero."""
-        return self.p * self.flops.prunable / self.flops.total
+        """The cost ratio T(a)/T_all (or L(a)/L_all) at which the regularizer reaches zero."""
+        return self.p * self.cost.prunable / self.cost.total
 
     def compile(self, gate_optimizer=None, pn_optimizer=None, **kwargs):
         """Gate optimizer (default AdamW 5e-2, wd 1e-2) and PN optimizer (AdamW 1e-3, wd 1e-3)."""
@@ -158,8 +163,8 @@ class PNSearch(keras.Model):
         step = tf.cast(self.optimizer.iterations, tf.int32)
         return tf.stack([tf.constant(self.seed * 7919 + stream * 1009 + index, tf.int32), step])
 
-    def regularizer(self, flops_value):
-        ratio = flops_value / self.flops.prunable
+    def regularizer(self, cost_value):
+        ratio = cost_value / self.cost.prunable
         return self.reg_scale * self.reg_weight * tf.math.log(tf.maximum(ratio, self.p) / self.p)
 
     def train_step(self, data):
@@ -182,8 +187,8 @@ class PNSearch(keras.Model):
             per_example = keras.losses.sparse_categorical_crossentropy(y, outputs, from_logits=self.from_logits)
             cls_local = tf.reduce_sum(per_example) / global_batch
             a_hard = [g.hard_values(n) for g, n in zip(self.gates, hard_noise)]
-            flops_value = self.flops(a_hard)
-            res_loss = self.regularizer(flops_value)
+            cost_value = self.cost(a_hard)
+            res_loss = self.regularizer(cost_value)
             if self.predictor is not None:
                 noisy = [
                     tf.clip_by_value(a + self.pn_noise * tf.random.stateless_normal(tf.shape(a), self._seed(2, i)), 0.0, 1.0)
@@ -217,7 +222,7 @@ class PNSearch(keras.Model):
         total = cls_loss + res_loss + pn_loss
         values = {
             "loss": total, "cls_loss": cls_loss, "res_loss": res_loss, "pn_loss": pn_loss,
-            "pn_mae": pn_mae, "flops_ratio": flops_value / self.flops.total,
+            "pn_mae": pn_mae, "flops_ratio": cost_value / self.cost.total,
             "batch_acc": batch_acc, "pred_acc": predicted,
             "grad_cos": dots / (tf.sqrt(norms_l * norms_p) + 1e-12),
         }
@@ -251,7 +256,7 @@ class PNSearch(keras.Model):
         loss = tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(y, outputs, from_logits=self.from_logits))
         acc = tf.reduce_mean(tf.cast(tf.equal(tf.argmax(outputs, -1, output_type=tf.int32),
                                               tf.cast(y, tf.int32)), tf.float32))
-        ratio = self.flops([g.hard_values(tf.zeros_like(g.noise)) for g in self.gates]) / self.flops.total
+        ratio = self.cost([g.hard_values(tf.zeros_like(g.noise)) for g in self.gates]) / self.cost.total
         for name, value in (("loss", loss), ("accuracy", acc), ("flops_ratio", ratio)):
             self._eval_trackers[name].update_state(value)
         return self._logs(self._eval_trackers)
@@ -271,4 +276,4 @@ class PNSearch(keras.Model):
     @property
     def threshold_flops_ratio(self):
         """T(a)/T_all at the noise-free hard gates (what extraction starts from); no data needed."""
-        return float(self.flops([tf.constant(v) for v in self.deterministic_gates()]) / self.flops.total)
+        return float(self.cost([tf.constant(v) for v in self.deterministic_gates()]) / self.cost.total)

@@ -1,4 +1,4 @@
-"""Extract: choose the kept channels at the FLOPs target and build the narrower model.
+"""Extract: choose the kept channels at the FLOPs (or latency) target and build the narrower model.
 
 The gated network with hard gates at the selected channels must compute what the
 extracted model computes (checked on held-out images, relative to the logit scale),
@@ -25,8 +25,10 @@ def run(ctx):
     network = ctx.load_network(ctx.summary("search")["weights"])
     graph = ChannelGraph(network)
     flops = FlopsModel(graph)
+    cost = ctx.cost_model(graph)
     scores = channel_scores(c.selection, network, graph, seed=c.seed)
-    selection = select_channels(flops, scores, c.target_flops_reduction, c.round_to)
+    selection = select_channels(cost, scores, ctx.target_reduction, c.round_to)
+    selected_flops = flops.count(selection.widths)
     with ctx.strategy.scope():
         narrow = extract_model(network, selection.keep, graph, name=ctx.model.pruned_name)
         narrow = simplify(narrow, {gate.name for gate in gate_layers(network)})
@@ -39,8 +41,8 @@ def run(ctx):
     # logit scale (at least 1): a barely trained network's logits of thousands are not an error.
     scale = max(1.0, float(np.max(np.abs(gated))))
     measured = FlopsModel(narrow).total
-    if abs(measured - selection.flops) > 1e-6 * selection.flops or diff > 1e-3 * scale:
-        raise PipelineError(f"extraction check failed: FLOPs {measured} vs {selection.flops}, "
+    if abs(measured - selected_flops) > 1e-6 * selected_flops or diff > 1e-3 * scale:
+        raise PipelineError(f"extraction check failed: FLOPs {measured} vs {selected_flops}, "
                             f"max abs diff {diff} at logit scale {scale}; please report this "
                             "with the workdir")
     path = os.path.join(ctx.stage_dir("extract"), artifacts.PRUNED_MODEL)
@@ -63,6 +65,12 @@ def run(ctx):
         "selection": c.selection,
         "notes": selection.notes,
     }
+    if c.target_latency_reduction is not None:
+        summary.update({"target_latency_reduction": c.target_latency_reduction,
+                        "latency_dtype": c.latency_dtype,
+                        "estimated_latency_ms": selection.cost,
+                        "estimated_baseline_latency_ms": selection.total_cost,
+                        "estimated_latency_reduction": selection.reduction})
     accuracy = evaluate_splits(narrow, ctx.data, c.eval_take)
     for split in ("holdout", "test"):
         if f"{split}_accuracy" in accuracy:

@@ -1,0 +1,72 @@
+"""How well L(a) predicts measured latency: random width configurations, timed side by side.
+
+Each configuration draws an overall kept fraction ``f ~ U(0.2, 1)`` and gives every group
+``f * U(0.75, 1.25)`` of its channels (clipped to [one channel, all]): models across the whole
+latency range with unequal widths, unlike the table's uniform levels. The full network and the
+configurations are extracted, converted and timed interleaved in one run; a prediction is the
+estimate's ratio to the full network's times the full network's time measured in that run
+(``anchored``), so a machine busier or quieter than when the table was built shifts nothing.
+The unanchored errors are reported too.
+"""
+
+import os
+import shutil
+import tempfile
+import time
+
+import numpy as np
+
+from pn_tf.latency import units as unit_lib
+from pn_tf.latency.table import _whole_model, extract_at, time_files
+
+
+def random_widths(graph, rng):
+    """One random width configuration (see the module docstring)."""
+    fraction = rng.uniform(0.2, 1.0)
+    widths = []
+    for group in graph.groups:
+        share = np.clip(fraction * rng.uniform(0.75, 1.25), 0.0, 1.0)
+        count = int(round(share * group.size / group.granule)) * group.granule
+        widths.append(int(min(group.size, max(group.granule, count))))
+    return widths
+
+
+def check(gated, graph, latency, configs=20, seed=0, runs=100, progress=print):
+    """Predicted vs measured latency of ``configs`` random configurations; a JSON-ready dict."""
+    rng = np.random.default_rng(seed)
+    started = time.time()
+    full = [g.size for g in graph.groups]
+    all_widths = [full] + [random_widths(graph, rng) for _ in range(configs)]
+    directory = tempfile.mkdtemp(prefix="pn_tf_latency_check_")
+    try:
+        paths = [unit_lib.convert(unit_lib.overhead_model(), os.path.join(directory, "overhead.tflite"))]
+        for index, widths in enumerate(all_widths):
+            paths.append(unit_lib.convert(_whole_model(extract_at(gated, graph, widths)),
+                                          os.path.join(directory, f"config_{index}.tflite"),
+                                          latency.table["dtype"]))
+            if index % 5 == 0:
+                progress(f"latency check: {index + 1}/{len(all_widths)} models converted "
+                         f"({time.time() - started:.0f} s)")
+        progress(f"latency check: timing {len(paths)} models interleaved, {runs} runs each")
+        medians, share = time_files(paths, latency.table["num_threads"], runs, seed=seed)
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+    measured = np.array(medians[1:]) - medians[0]
+    predicted = np.array([latency.count(w) for w in all_widths])
+    anchored = predicted / predicted[0] * measured[0]
+    error = np.abs(anchored[1:] - measured[1:]) / measured[1:] * 100
+    raw_error = np.abs(predicted[1:] - measured[1:]) / measured[1:] * 100
+    ratio_error = np.abs((1 - anchored[1:] / measured[0]) - (1 - measured[1:] / measured[0]))
+    return {
+        "network": gated.name, "dtype": latency.table["dtype"],
+        "num_threads": latency.table["num_threads"], "configs": configs, "runs": runs,
+        "seed": seed, "mean_abs_pct_error": float(error.mean()),
+        "max_abs_pct_error": float(error.max()),
+        "mean_abs_pct_error_unanchored": float(raw_error.mean()),
+        "max_abs_pct_error_unanchored": float(raw_error.max()),
+        "max_abs_latency_reduction_error": float(ratio_error.max()),
+        "full_measured_ms": float(measured[0]), "full_predicted_ms": float(predicted[0]),
+        "measured_ms": measured[1:].tolist(), "predicted_ms": anchored[1:].tolist(),
+        "cpu_share": share, "table_cpu_share": latency.table.get("cpu_share"),
+        "seconds": time.time() - started,
+    }

@@ -1,0 +1,141 @@
+"""L(a): the network's estimated TFLite latency as a function of its gates, like T(a) for FLOPs.
+
+From a latency table (:mod:`pn_tf.latency.table`), every width-dependent unit's time is a
+piecewise-linear function of its width fraction ``x_u`` (linear between the measured levels,
+extended linearly beyond them, never below zero), and ``x_u`` is a product of affine functions
+of the kept group widths ``c_g = sum(a_g)``; so
+
+    L(a) = scale * (constant_ms + sum_u t_u(x_u(a))) + offset_ms
+
+is differentiable in the gates and, with 0/1 gates, the estimated latency of the network built
+at those widths. :class:`LatencyModel` has the interface of :class:`~pn_tf.graph.FlopsModel`
+(``total``, ``prunable``, ``widths``, ``graph``, ``count``, ``__call__``, ``p_for_reduction``,
+``reduction_for_p``), so the search's regularizer and the channel selection take either.
+"""
+
+import numpy as np
+from keras import ops
+
+from pn_tf.latency.table import LatencyTableError, structure_key
+
+
+class LatencyModel:
+    """The latency estimate of a gated network from its table.
+
+    Args:
+        graph: the gated network's :class:`~pn_tf.graph.ChannelGraph`.
+        table: a table dict (:func:`~pn_tf.latency.table.build_table` / ``load_table``).
+        network: the gated network, to check the table was built for it (optional).
+
+    Attributes:
+        name: "latency" (how messages name the budget).
+        total: the estimated ms of the unpruned network.
+        prunable: ``total`` minus what no width changes (constant units and the offset).
+        widths: the full width of each group.
+    """
+
+    name = "latency"
+    unit = "ms"
+
+    def __init__(self, graph, table, network=None):
+        self.graph = graph
+        self.table = table
+        sizes = [g.size for g in graph.groups]
+        if list(table["group_sizes"]) != sizes:
+            raise LatencyTableError(
+                f"the latency table was built for a network with groups {table['group_sizes']}, "
+                f"this one has {sizes}; build a table for this network (tools/latency_model.py)")
+        if network is not None and table.get("structure") not in (None, structure_key(network, graph)):
+            raise LatencyTableError("the latency table was built for another network of the same "
+                                    "group widths (its layers differ); build one for this network")
+        self.widths = np.asarray(sizes, dtype=np.float64)
+        units = table["units"]
+        num_units, num_groups = len(units), len(sizes)
+        knots = max([len(u["x"]) for u in units], default=1)
+        self.in_fixed, self.out_fixed = np.zeros(num_units), np.zeros(num_units)
+        self.in_n, self.out_n = np.zeros((num_units, num_groups)), np.zeros((num_units, num_groups))
+        self.product = np.zeros(num_units)
+        # t(x) = t0 + s0 (x - x0) + sum_j ds_j relu(x - x_j), j over the inner knots
+        self.x0, self.t0, self.s0 = np.zeros(num_units), np.zeros(num_units), np.zeros(num_units)
+        self.inner = np.zeros((num_units, max(knots - 2, 1)))
+        self.dslope = np.zeros((num_units, max(knots - 2, 1)))
+        for u, unit in enumerate(units):
+            self.in_fixed[u], self.out_fixed[u] = unit["in_fixed"], unit["out_fixed"]
+            for g, n in unit["in_groups"].items():
+                self.in_n[u, int(g)] = n
+            for g, n in unit["out_groups"].items():
+                self.out_n[u, int(g)] = n
+            self.product[u] = float(unit["product"])
+            xs, ts = np.asarray(unit["x"], float), np.asarray(unit["ms"], float)
+            self.x0[u], self.t0[u] = xs[0], ts[0]
+            if len(xs) > 1:
+                slopes = np.diff(ts) / np.diff(xs)
+                self.s0[u] = slopes[0]
+                self.inner[u, :len(xs) - 2] = xs[1:-1]
+                self.dslope[u, :len(xs) - 2] = np.diff(slopes)
+        self.full_in = self.in_fixed + self.in_n @ self.widths
+        self.full_out = self.out_fixed + self.out_n @ self.widths
+        self.scale, self.offset = float(table["scale"]), float(table["offset_ms"])
+        self.constant = float(table["constant_ms"])
+        self.total = self.count()
+        self.prunable = self.total - (self.scale * self.constant + self.offset)
+
+    def _fractions(self, widths):
+        x_in = (self.in_fixed + self.in_n @ widths) / self.full_in
+        x_out = (self.out_fixed + self.out_n @ widths) / self.full_out
+        return x_in * np.where(self.product > 0, x_out, 1.0)
+
+    def unit_ms(self, widths=None):
+        """Each width-dependent unit's estimated ms at ``widths`` (default: full)."""
+        widths = self.widths if widths is None else np.asarray(widths, dtype=np.float64)
+        x = self._fractions(widths)
+        t = (self.t0 + self.s0 * (x - self.x0)
+             + np.sum(self.dslope * np.maximum(x[:, None] - self.inner, 0.0), axis=1))
+        return np.maximum(t, 0.0)
+
+    def count(self, widths=None):
+        """Estimated ms with ``widths[g]`` channels kept in group g (default: all)."""
+        if widths is not None:
+            widths = np.asarray(widths, dtype=np.float64)
+            if widths.shape != self.widths.shape:
+                raise ValueError(f"need {len(self.widths)} group widths, got shape {widths.shape}")
+        return float(self.scale * (self.constant + self.unit_ms(widths).sum()) + self.offset)
+
+    def __call__(self, gate_vectors):
+        """Differentiable L(a) from one gate vector per group (soft or hard)."""
+        if len(gate_vectors) != len(self.widths):
+            raise ValueError(f"need {len(self.widths)} gate vectors, got {len(gate_vectors)}")
+        c = lambda v: ops.convert_to_tensor(v, "float32")  # noqa: E731
+        sums = ops.stack([ops.sum(ops.cast(a, "float32")) for a in gate_vectors])
+        x_in = (c(self.in_fixed) + ops.matmul(c(self.in_n), sums)) / c(self.full_in)
+        x_out = (c(self.out_fixed) + ops.matmul(c(self.out_n), sums)) / c(self.full_out)
+        x = x_in * ops.where(c(self.product) > 0, x_out, ops.ones_like(x_out))
+        t = (c(self.t0) + c(self.s0) * (x - c(self.x0))
+             + ops.sum(c(self.dslope) * ops.relu(x[:, None] - c(self.inner)), axis=1))
+        return c(self.scale) * (c(self.constant) + ops.sum(ops.relu(t))) + c(self.offset)
+
+    def floor(self, min_widths=None):
+        """Estimated ms with every group at its narrowest (default: one channel, or one run)."""
+        if min_widths is None:
+            min_widths = [g.granule for g in self.graph.groups]
+        return self.count(min_widths)
+
+    def max_reduction(self, min_widths=None):
+        """The largest latency cut the gated channels can give, by the estimate."""
+        return 1.0 - self.floor(min_widths) / self.total
+
+    def p_for_reduction(self, reduction):
+        """The regularizer's p for removing ``reduction`` of the latency: ``p * prunable = (1 - r) total``."""
+        if not 0.0 < reduction < 1.0:
+            raise ValueError(f"target latency reduction must be in (0, 1), got {reduction}")
+        reachable = self.max_reduction()
+        if reduction >= reachable:
+            raise ValueError(
+                f"cannot remove {reduction:.0%} of the latency: with every group at its narrowest the "
+                f"estimate is still {1 - reachable:.1%} of the network's, so at most "
+                f"{reachable:.1%} can be cut")
+        return (1.0 - reduction) * self.total / self.prunable
+
+    def reduction_for_p(self, p):
+        """The fraction of the latency removed when L(a) = p * prunable."""
+        return 1.0 - p * self.prunable / self.total

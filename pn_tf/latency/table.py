@@ -1,0 +1,311 @@
+"""Latency tables: every unit of a gated network timed on the deployment runtime at a ladder of widths.
+
+The gated network is extracted at ``levels`` uniform widths (every group keeps the fraction
+``k / levels`` of its channels, k = 1..levels). Each extraction is cut into units
+(:mod:`pn_tf.latency.units`: one TFLite op with what the converter fuses into it); units of
+equal signature (types, configs and input shapes) are converted once. All units and the whole
+extracted models are then timed batch-1, interleaved in one process (LiteRT with XNNPACK at
+``num_threads``), so load changes on a shared machine hit them alike.
+
+Per unit the table keeps its *width fraction* at each level and its time there. A unit's width
+fraction is what its cost scales with: ``(c_in / C_in) (c_out / C_out)`` for an op that maps
+one channel space to another (a convolution, a dense layer), ``c / C`` for one that works per
+channel (BN, depthwise, addition, pooling); ``c`` is an affine function of the kept group
+widths read off the :class:`~pn_tf.graph.ChannelGraph` (the same counts as the FLOPs model's).
+A unit that touches no group is a constant. Finally the whole models' times are fitted as
+``scale * (sum of unit times) + offset_ms``: isolated units miss the cache reuse and data
+movement of the whole graph.
+
+The table is plain JSON (it can be built wherever Python and LiteRT run, then passed to the
+pipeline) and cached on disk under a key of the network's structure, the runtime version, the
+CPU, the dtype and the thread count (:func:`cached_table`).
+"""
+
+import hashlib
+import json
+import logging
+import os
+import platform
+import shutil
+import tempfile
+import time
+
+import numpy as np
+
+from pn_tf.latency import units as unit_lib
+
+log = logging.getLogger(__name__)
+
+FORMAT = 1
+LEVELS = 16
+
+
+class LatencyTableError(ValueError):
+    """A latency table that is missing, unreadable or made for another network or runtime."""
+
+
+def cpu_name():
+    """The CPU's model name (Linux /proc/cpuinfo), else the platform's processor string."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def runtime_version():
+    import tensorflow as tf
+
+    return f"tensorflow {tf.__version__} (LiteRT interpreter, XNNPACK)"
+
+
+def structure_key(network, graph):
+    """A hash of what decides the network's latency: its layers' types and configs (names
+    aside), its input shape and its channel groups."""
+    parts = [str(tuple(network.input_shape)), str([g.size for g in graph.groups])]
+    for layer in network.layers:
+        config = dict(layer.get_config()) if hasattr(layer, "get_config") else {}
+        config.pop("name", None)
+        parts.append(type(layer).__name__ + repr(sorted(config.items(), key=lambda kv: kv[0])))
+    return hashlib.sha1("\n".join(parts).encode()).hexdigest()[:16]
+
+
+def _level_widths(graph, fraction):
+    widths = []
+    for group in graph.groups:
+        granule = group.granule
+        count = int(round(fraction * group.size / granule)) * granule
+        widths.append(int(min(group.size, max(granule, count))))
+    return widths
+
+
+def _channel_terms(graph, atoms):
+    """``(fixed channels, {group index: multiplicity})`` of a channel axis made of ``atoms``."""
+    fixed, groups = 0, {}
+    for a in atoms:
+        group = graph.group_of_atom(a)
+        if group is None:
+            fixed += graph.atoms[a].size
+        else:
+            groups[group.index] = groups.get(group.index, 0) + 1
+    return fixed, groups
+
+
+def unit_dependence(graph, unit):
+    """How a unit's width fraction depends on the group widths (None: it does not).
+
+    Returns a dict ``{"in_fixed", "in_groups", "out_fixed", "out_groups", "product"}`` (group
+    indices as strings, JSON-ready): the unit's input channels are ``in_fixed + sum_g n_g w_g``,
+    its output channels the same with ``out_*``; ``product`` tells whether its fraction is the
+    product of the two (a map between channel spaces) or the input's alone (per channel).
+    """
+    recorded = graph.recorded()
+    names = [n for n in (unit_lib.head(unit).name, *unit_lib.unit_names(unit)) if n in recorded]
+    if not names:
+        return None
+    _, in_atoms, out_atoms = recorded[names[0]]
+    in_fixed, in_groups = _channel_terms(graph, in_atoms)
+    out_fixed, out_groups = _channel_terms(graph, out_atoms)
+    if not in_groups and not out_groups:
+        return None
+    product = sorted(set(in_atoms)) != sorted(set(out_atoms))
+    return {"in_fixed": in_fixed, "in_groups": {str(g): n for g, n in in_groups.items()},
+            "out_fixed": out_fixed, "out_groups": {str(g): n for g, n in out_groups.items()},
+            "product": product}
+
+
+def width_fraction(dependence, widths, full):
+    """The unit's width fraction at group ``widths`` (numpy; ``full``: the full widths)."""
+    def channels(fixed, groups, w):
+        return fixed + sum(n * w[int(g)] for g, n in groups.items())
+
+    fraction = (channels(dependence["in_fixed"], dependence["in_groups"], widths)
+                / channels(dependence["in_fixed"], dependence["in_groups"], full))
+    if dependence["product"]:
+        fraction *= (channels(dependence["out_fixed"], dependence["out_groups"], widths)
+                     / channels(dependence["out_fixed"], dependence["out_groups"], full))
+    return float(fraction)
+
+
+def _whole_model(plain):
+    import keras
+
+    x = keras.Input(shape=plain.input_shape[1:], batch_size=1)
+    return keras.Model(x, plain(x))
+
+
+def extract_at(gated, graph, widths):
+    """The plain (gate-free) network keeping the first ``widths[g]`` channels of each group."""
+    from pn_tf.extract import extract_model
+
+    keep = [np.arange(g.size) < w for g, w in zip(graph.groups, widths)]
+    return extract_model(gated, keep, graph)
+
+
+def time_files(paths, num_threads, runs, warmup=5, block=5, seed=0):
+    """Median batch-1 ms of each ``.tflite`` file, timed interleaved; and the CPU share."""
+    from pn_tf.export import time_interleaved
+
+    rng = np.random.default_rng(seed)
+    interpreters = [unit_lib.timing_interpreter(p, num_threads, rng) for p in paths]
+    times, share = time_interleaved(interpreters, runs, warmup=warmup, block=block,
+                                    num_threads=num_threads)
+    return [float(np.median(t) * 1e3) for t in times], float(share)
+
+
+def _isotonic(values):
+    """The non-decreasing sequence closest to ``values`` in least squares (pool adjacent violators):
+    a unit never gets faster with more channels in the table, whatever the timing noise."""
+    blocks = []  # [mean, count]
+    for v in values:
+        blocks.append([float(v), 1])
+        while len(blocks) > 1 and blocks[-2][0] > blocks[-1][0]:
+            m2, n2 = blocks.pop()
+            m1, n1 = blocks.pop()
+            blocks.append([(m1 * n1 + m2 * n2) / (n1 + n2), n1 + n2])
+    return [m for m, n in blocks for _ in range(n)]
+
+
+def build_table(gated, graph=None, dtype="float32", num_threads=1, levels=LEVELS, runs=100,
+                progress=None, workdir=None):
+    """Times ``gated``'s units at ``levels`` uniform widths; returns the table (a dict).
+
+    ``progress``: a callable taking one line of text (default: logging). ``workdir``: where the
+    ``.tflite`` files go (default: a temporary directory, removed after).
+    """
+    from pn_tf.graph import ChannelGraph
+
+    if dtype not in unit_lib.DTYPES:
+        raise ValueError(f"dtype must be one of {unit_lib.DTYPES}, got {dtype!r}")
+    say = progress or log.info
+    graph = graph or ChannelGraph(gated)
+    if not graph.groups:
+        raise LatencyTableError(f"{gated.name} has no prunable channel groups: nothing to time")
+    started = time.time()
+    full = [g.size for g in graph.groups]
+    fractions = [k / levels for k in range(1, levels + 1)]
+    own_dir = workdir is None
+    directory = workdir or tempfile.mkdtemp(prefix="pn_tf_latency_")
+    try:
+        paths = [unit_lib.convert(unit_lib.overhead_model(), os.path.join(directory, "overhead.tflite"))]
+        signatures, rows, wholes = {}, {}, []
+        for level, fraction in enumerate(fractions):
+            widths = _level_widths(graph, fraction)
+            plain = extract_at(gated, graph, widths)
+            wholes.append(len(paths))
+            paths.append(unit_lib.convert(_whole_model(plain), os.path.join(
+                directory, f"whole_{level}.tflite"), dtype))
+            for unit in unit_lib.split_units(plain):
+                names = unit_lib.unit_names(unit)
+                key = unit_lib.signature(unit)
+                if key not in signatures:
+                    signatures[key] = len(paths)
+                    paths.append(unit_lib.convert(unit_lib.unit_model(unit), os.path.join(
+                        directory, f"unit_{len(signatures)}.tflite"), dtype))
+                row = rows.setdefault(names, {"names": list(names),
+                                              "dependence": unit_dependence(graph, unit),
+                                              "samples": []})
+                row["samples"].append((widths, signatures[key]))
+            say(f"latency table: width level {level + 1}/{levels} extracted, "
+                f"{len(signatures)} distinct units converted ({time.time() - started:.0f} s)")
+        say(f"latency table: timing {len(paths)} models interleaved, {runs} runs each")
+        medians, share = time_files(paths, num_threads, runs)
+    finally:
+        if own_dir:
+            shutil.rmtree(directory, ignore_errors=True)
+    overhead = medians[0]
+    unit_ms = lambda index: max(0.0, medians[index] - overhead)  # noqa: E731
+    units, constant, sums = [], 0.0, np.zeros(levels)
+    for row in rows.values():
+        times = [unit_ms(index) for _, index in row["samples"]]
+        sums[:len(times)] += times
+        if row["dependence"] is None:
+            constant += float(np.mean(times))
+            continue
+        pairs = sorted((width_fraction(row["dependence"], w, full), t)
+                       for (w, _), t in zip(row["samples"], times))
+        xs, ts = [], []
+        for x, t in pairs:  # equal fractions (a group too small to take every level): averaged
+            if xs and abs(x - xs[-1]) < 1e-9:
+                ts[-1].append(t)
+            else:
+                xs.append(x)
+                ts.append([t])
+        units.append({"names": row["names"], **row["dependence"], "x": xs,
+                      "ms": _isotonic([float(np.mean(t)) for t in ts])})
+    whole = np.array([medians[i] - overhead for i in wholes])
+    scale, offset = np.polyfit(sums, whole, 1) if levels > 1 else (whole[0] / sums[0], 0.0)
+    table = {
+        "format": FORMAT, "network": gated.name, "input_shape": list(gated.input_shape[1:]),
+        "dtype": dtype, "num_threads": int(num_threads), "runtime": runtime_version(),
+        "cpu": cpu_name(), "levels": fractions, "runs": int(runs), "group_sizes": full,
+        "structure": structure_key(gated, graph), "constant_ms": constant,
+        "scale": float(scale), "offset_ms": float(offset), "invoke_overhead_ms": overhead,
+        "whole_ms": whole.tolist(), "units_sum_ms": sums.tolist(), "cpu_share": share,
+        "distinct_units": len(signatures), "seconds": time.time() - started, "units": units,
+    }
+    fit = scale * sums + offset
+    table["fit_max_abs_pct_error"] = float(np.max(np.abs(fit - whole) / whole) * 100)
+    say(f"latency table: {len(units)} width-dependent units, constant part {constant:.3f} ms; "
+        f"whole = {scale:.3f} x units + {offset:.3f} ms (max fit error "
+        f"{table['fit_max_abs_pct_error']:.1f}%), {table['seconds']:.0f} s")
+    return table
+
+
+def save_table(table, path):
+    from pn_tf.io import write_json
+
+    write_json(path, table)
+    return path
+
+
+def load_table(path):
+    """A table from JSON, with one-line reasons for a missing or unreadable file."""
+    if not os.path.isfile(path):
+        raise LatencyTableError(f"latency table {path} does not exist; build one with "
+                                "tools/latency_model.py --output=PATH")
+    try:
+        with open(path) as f:
+            table = json.load(f)
+    except (OSError, ValueError) as err:
+        raise LatencyTableError(f"latency table {path} is not readable JSON ({err}); rebuild it "
+                                "with tools/latency_model.py") from err
+    if not isinstance(table, dict) or table.get("format") != FORMAT or "units" not in table:
+        raise LatencyTableError(f"{path} is not a pn-tf latency table (format {FORMAT}); rebuild "
+                                "it with tools/latency_model.py")
+    return table
+
+
+def cache_dir():
+    """Where tables are cached: ``$PN_TF_CACHE/latency`` or ``~/.cache/pn_tf/latency``."""
+    root = os.environ.get("PN_TF_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "pn_tf")
+    return os.path.join(root, "latency")
+
+
+def cache_key(gated, graph, dtype, num_threads, levels=LEVELS, runs=100):
+    text = "|".join([structure_key(gated, graph), dtype, str(num_threads), str(levels), str(runs),
+                     runtime_version(), cpu_name()])
+    return hashlib.sha1(text.encode()).hexdigest()[:20]
+
+
+def cached_table(gated, graph=None, dtype="float32", num_threads=1, levels=LEVELS, runs=100,
+                 progress=None, rebuild=False):
+    """The table from the cache, or built and cached (``rebuild``: build it anyway)."""
+    from pn_tf.graph import ChannelGraph
+
+    graph = graph or ChannelGraph(gated)
+    path = os.path.join(cache_dir(), f"{cache_key(gated, graph, dtype, num_threads, levels, runs)}.json")
+    if not rebuild and os.path.isfile(path):
+        try:
+            table = load_table(path)
+            (progress or log.info)(f"latency table: cached {path}")
+            return table
+        except LatencyTableError as err:
+            log.warning("%s; rebuilding it", err)
+    table = build_table(gated, graph, dtype, num_threads, levels, runs, progress)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    save_table(table, path)
+    return table

@@ -1,0 +1,162 @@
+"""A network as *units*: what TFLite runs as one operation, cut out and converted on its own.
+
+A unit is one layer call, plus the BatchNormalization / activation / ReLU / Identity calls that
+follow a conv, depthwise conv, dense layer or addition and read only its output (what the TFLite
+converter fuses into one op); a ZeroPadding2D goes with the convolution it feeds (XNNPACK folds
+a zero PAD into it). Every unit becomes a small Keras model on fresh batch-1 inputs with the
+same layer objects and weights (:func:`unit_model`), which :func:`convert` turns into a
+``.tflite`` file for timing. tools/profile_layers.py and the latency tables
+(:mod:`pn_tf.latency.table`) are built on this.
+"""
+
+import collections
+
+import numpy as np
+
+DTYPES = ("float32", "int8")
+
+
+def _unit_kinds():
+    import keras
+
+    heads = (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.DepthwiseConv2D,
+             keras.layers.SeparableConv2D, keras.layers.Conv2DTranspose, keras.layers.Dense,
+             keras.layers.Add)
+    followers = (keras.layers.BatchNormalization, keras.layers.Activation, keras.layers.ReLU,
+                 keras.layers.Identity)
+    return heads, followers
+
+
+def split_units(model):
+    """The model's layer calls grouped into units (lists of nodes), in topological order."""
+    import keras
+
+    heads, followers = _unit_kinds()
+    nodes = [node for depth in sorted(model._nodes_by_depth, reverse=True)
+             for node in model._nodes_by_depth[depth]
+             if not node.is_input and not isinstance(node.operation, keras.layers.InputLayer)]
+    consumers = collections.Counter(id(t) for node in nodes for t in node.input_tensors)
+    for tensor in keras.tree.flatten(model.outputs):
+        consumers[id(tensor)] += 1
+    convs = (keras.layers.Conv2D, keras.layers.DepthwiseConv2D, keras.layers.SeparableConv2D)
+    units, open_ends = [], {}  # id(last output of a fusable unit) -> unit
+    for node in nodes:
+        inputs = node.input_tensors
+        unit = open_ends.get(id(inputs[0])) if len(inputs) == 1 else None
+        after_pad = (unit is not None and len(unit) == 1
+                     and isinstance(unit[0].operation, keras.layers.ZeroPadding2D))
+        if (unit is not None and consumers[id(inputs[0])] == 1
+                and (isinstance(node.operation, convs) if after_pad
+                     else isinstance(node.operation, followers))):
+            unit = open_ends.pop(id(inputs[0]))
+            unit.append(node)
+            open_ends[id(node.output_tensors[0])] = unit
+            continue
+        unit = [node]
+        units.append(unit)
+        if (isinstance(node.operation, heads + (keras.layers.ZeroPadding2D,))
+                and len(node.output_tensors) == 1):
+            open_ends[id(node.output_tensors[0])] = unit
+    return units
+
+
+def unit_names(unit):
+    """The names of a unit's layer calls (the same in every extraction of one gated network)."""
+    return tuple(node.operation.name for node in unit)
+
+
+def head(unit):
+    """The unit's main operation (the convolution after a padding, else its first call)."""
+    import keras
+
+    padded = len(unit) > 1 and isinstance(unit[0].operation, keras.layers.ZeroPadding2D)
+    return (unit[1] if padded else unit[0]).operation
+
+
+def unit_model(unit):
+    """A keras.Model running the unit's calls on fresh batch-1 inputs, same layers and weights."""
+    import keras
+
+    first = unit[0]
+    inputs, values = [], {}
+    for tensor in first.input_tensors:
+        if id(tensor) not in values:
+            values[id(tensor)] = keras.Input(shape=tensor.shape[1:], batch_size=1)
+            inputs.append(values[id(tensor)])
+    for node in unit:
+        args, kwargs = node.arguments.fill_in(values)
+        outputs = keras.tree.flatten(node.operation(*args, **kwargs))
+        for tensor, value in zip(node.output_tensors, outputs):
+            values[id(tensor)] = value
+    outputs = [values[id(t)] for t in unit[-1].output_tensors]
+    return keras.Model(inputs, outputs if len(outputs) > 1 else outputs[0])
+
+
+def signature(unit):
+    """What decides a unit's latency: its calls' types and configs (names aside) and input shapes.
+
+    Units of equal signature are the same computation on different weights, timed once.
+    """
+    parts = []
+    for node in unit:
+        op = node.operation
+        config = dict(op.get_config()) if hasattr(op, "get_config") else {}
+        config.pop("name", None)
+        parts.append((type(op).__name__, repr(sorted(config.items(), key=lambda kv: kv[0]))))
+    shapes = tuple(tuple(t.shape[1:]) for t in unit[0].input_tensors)
+    return repr((tuple(parts), shapes))
+
+
+def convert(model, path, dtype="float32", seed=0):
+    """``.tflite`` of any fixed-shape Keras model (several inputs, any rank), float32 or int8.
+
+    int8 models are calibrated on random normal inputs and take and give int8 tensors (inside
+    a whole int8 network a unit's neighbours are int8 too, so no quantize op is timed).
+    """
+    import tensorflow as tf
+    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+
+    from pn_tf.export import save_bytes
+
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
+    specs = [tf.TensorSpec(t.shape, tf.float32) for t in model.inputs]
+    function = tf.function(lambda *xs: model(list(xs) if len(xs) > 1 else xs[0], training=False))
+    # Weights as constants, as in a SavedModel conversion: XNNPACK only takes convolutions
+    # with static filters (with variables every CONV_2D would run in TFLite's own kernels).
+    frozen = convert_variables_to_constants_v2(function.get_concrete_function(*specs))
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([frozen])
+    if dtype == "int8":
+        rng = np.random.default_rng(seed)
+
+        def calibration():
+            for _ in range(8):
+                yield [rng.standard_normal(s.shape).astype(np.float32) for s in specs]
+
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = calibration
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        converter.inference_input_type = tf.int8
+        converter.inference_output_type = tf.int8
+    return save_bytes(path, converter.convert())
+
+
+def timing_interpreter(path, num_threads, rng):
+    """A LiteRT interpreter for ``path`` with random inputs set (float or int8)."""
+    from pn_tf.export import load_interpreter
+
+    interpreter = load_interpreter(path, num_threads)
+    for detail in interpreter.get_input_details():
+        values = rng.standard_normal(detail["shape"])
+        if detail["dtype"] == np.int8:
+            values = np.clip(np.round(values * 40), -128, 127)
+        interpreter.set_tensor(detail["index"], values.astype(detail["dtype"]))
+    return interpreter
+
+
+def overhead_model():
+    """A one-op model: its invoke() time is the interpreter's own cost per call."""
+    import keras
+
+    x = keras.Input(shape=(8,), batch_size=1)
+    return keras.Model(x, keras.layers.ReLU()(x))

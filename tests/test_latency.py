@@ -1,0 +1,197 @@
+"""Latency budgets: the unit table, the estimate L(a), selection and search on it, the pipeline's checks."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from pn_tf.graph import ChannelGraph
+from pn_tf.latency import LatencyModel, LatencyTableError, build_table, load_table, save_table
+from pn_tf.latency.table import unit_dependence
+from pn_tf.latency.units import split_units
+from tests.conftest import REPO_ROOT
+
+
+def _gated_net():
+    """Three gated convolutions, one of them between two gated spaces, and a dense head."""
+    import keras
+
+    from pn_tf.auto import insert_gates
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((16, 16, 3))
+    x = keras.layers.Conv2D(16, 3, padding="same", activation="relu")(inputs)
+    x = keras.layers.Conv2D(24, 3, strides=2, padding="same", activation="relu")(x)
+    x = keras.layers.DepthwiseConv2D(3, padding="same")(x)
+    x = keras.layers.Conv2D(32, 1, activation="relu")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    outputs = keras.layers.Dense(10)(x)
+    return insert_gates(keras.Model(inputs, outputs, name="tiny_latency"), policy="all")
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    network = _gated_net()
+    graph = ChannelGraph(network)
+    table = build_table(network, graph, levels=4, runs=10)
+    return network, graph, table
+
+
+def test_table_times_every_unit_and_fits_the_whole_model(tiny):
+    network, graph, table = tiny
+    assert table["group_sizes"] == [g.size for g in graph.groups] and len(graph.groups) == 3
+    assert len(table["levels"]) == 4 and len(table["whole_ms"]) == 4
+    assert all(t > 0 for t in table["whole_ms"])
+    # Every gated conv, the depthwise conv and the pooling and dense layers depend on a group.
+    assert len(table["units"]) >= 5
+    for unit in table["units"]:
+        assert len(unit["x"]) == len(unit["ms"]) and unit["x"] == sorted(unit["x"])
+        assert all(a <= b for a, b in zip(unit["ms"], unit["ms"][1:]))  # isotonic
+    latency = LatencyModel(graph, table, network)
+    # At full width every unit sits on its last knot; the whole is the fit of their sum.
+    np.testing.assert_allclose(latency.unit_ms(), [u["ms"][-1] for u in table["units"]], rtol=1e-9)
+    expected = table["scale"] * (table["constant_ms"] + sum(u["ms"][-1] for u in table["units"]))
+    assert latency.total == pytest.approx(expected + table["offset_ms"], rel=1e-9)
+    fitted = table["scale"] * np.asarray(table["units_sum_ms"]) + table["offset_ms"]
+    np.testing.assert_allclose(fitted, table["whole_ms"], rtol=0.5)  # a loose sanity bound
+
+
+def test_a_conv_between_two_groups_scales_with_both(tiny):
+    network, graph, _ = tiny
+    from pn_tf.latency.table import extract_at
+
+    plain = extract_at(network, graph, [g.size for g in graph.groups])
+    kinds = {}
+    for unit in split_units(plain):
+        dependence = unit_dependence(graph, unit)
+        kinds[type(unit[0].operation).__name__ + unit[0].operation.name] = dependence
+    between = [d for name, d in kinds.items() if d and d["in_groups"] and d["out_groups"]
+               and d["in_groups"] != d["out_groups"]]
+    assert between and all(d["product"] for d in between)
+    per_channel = [d for name, d in kinds.items() if name.startswith("Depthwise")]
+    assert per_channel and not per_channel[0]["product"]
+
+
+def test_estimate_is_differentiable_and_equals_count_at_hard_gates(tiny):
+    network, graph, table = tiny
+    latency = LatencyModel(graph, table, network)
+    rng = np.random.default_rng(0)
+    widths = [int(rng.integers(1, g.size + 1)) for g in graph.groups]
+    gates = [tf.Variable(np.arange(g.size) < w, dtype=tf.float32) for g, w in zip(graph.groups, widths)]
+    with tf.GradientTape() as tape:
+        value = latency(gates)
+    assert float(value) == pytest.approx(latency.count(widths), rel=1e-5)
+    grads = tape.gradient(value, gates)
+    assert all(g is not None and np.all(np.isfinite(g.numpy())) for g in grads)
+    assert latency.count([g.granule for g in graph.groups]) < latency.total
+    # Between two knots a unit's time is interpolated linearly in its width fraction.
+    unit = max(table["units"], key=lambda u: len(u["x"]))
+    index = table["units"].index(unit)
+    x_mid = (unit["x"][0] + unit["x"][1]) / 2
+    t = latency.t0[index] + latency.s0[index] * (x_mid - latency.x0[index])
+    assert t == pytest.approx((unit["ms"][0] + unit["ms"][1]) / 2, rel=1e-9, abs=1e-12)
+
+
+def test_unreachable_target_names_the_largest_cut(tiny):
+    network, graph, table = tiny
+    latency = LatencyModel(graph, table, network)
+    with pytest.raises(ValueError, match="at most"):
+        latency.p_for_reduction(0.999)
+    assert 0 < latency.reduction_for_p(latency.p_for_reduction(0.3)) == pytest.approx(0.3)
+
+
+def test_selection_lands_on_a_latency_budget(tiny):
+    from pn_tf.extract import filter_l1_scores, select_channels
+
+    network, graph, table = tiny
+    latency = LatencyModel(graph, table, network)
+    target = min(0.3, latency.max_reduction() / 2)
+    selection = select_channels(latency, filter_l1_scores(network, graph), target)
+    assert selection.cost <= (1 - target) * latency.total
+    assert selection.reduction == pytest.approx(target, abs=0.03)
+
+
+def test_search_regularizes_the_latency_estimate(tiny):
+    from pn_tf.search import PNSearch
+
+    network, graph, table = tiny
+    latency = LatencyModel(graph, table, network)
+    search = PNSearch(network, predictor="none", target_reduction=0.3, cost=latency)
+    search.compile()
+    assert search.budget_ratio == pytest.approx(0.7)
+    x = np.random.default_rng(0).uniform(0, 1, (4, 16, 16, 3)).astype("float32")
+    logs = search.train_on_batch(x, np.arange(4) % 10, return_dict=True)
+    assert 0 < logs["flops_ratio"] <= 1.0 + 1e-6  # the latency ratio L(a_hard) / L(1)
+
+
+def test_table_files_are_checked(tiny, tmp_path):
+    network, graph, table = tiny
+    path = save_table(table, str(tmp_path / "t.json"))
+    assert load_table(path)["units"] == json.loads(json.dumps(table["units"]))
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(LatencyTableError, match="not readable JSON"):
+        load_table(str(tmp_path / "bad.json"))
+    with pytest.raises(LatencyTableError, match="does not exist"):
+        load_table(str(tmp_path / "missing.json"))
+    other = dict(table, group_sizes=[1, 2, 3])
+    with pytest.raises(LatencyTableError, match="built for a network with groups"):
+        LatencyModel(graph, other)
+
+
+def test_pipeline_refuses_bad_latency_budgets(tiny, tmp_path, data_dir):
+    import os
+
+    from pn_tf.pipeline import Pipeline, PipelineError, RunConfig
+
+    def validate(**overrides):
+        values = dict(arch="resnet56", workdir=str(tmp_path / "w"), stages=["search", "extract"],
+                      data_dir=data_dir, baseline_epochs=0, target_latency_reduction=0.3)
+        values.update(overrides)
+        Pipeline(RunConfig(**values), tf.distribute.get_strategy()).validate()
+
+    for overrides, message in (
+            (dict(target_latency_reduction=None, latency_table="t.json"), "goes with --target_latency"),
+            (dict(target_latency_reduction=1.5), "must be in \\(0, 1\\)"),
+            (dict(p=0.5), "leave it out"),
+            (dict(latency_dtype="int8", tflite=["float32"]), "--tflite must include float32 and int8"),
+            (dict(latency_table=str(tmp_path / "none.json")), "does not exist"),
+            (dict(latency_table=save_table(tiny[2], str(tmp_path / "other.json"))),
+             "built for a network with groups")):
+        with pytest.raises(PipelineError, match=message):
+            validate(**overrides)
+    assert not os.path.exists(tmp_path / "w" / "search")
+
+
+def test_pipeline_refuses_an_unreachable_target_and_keeps_the_table(tmp_path):
+    from pn_tf.pipeline import Pipeline, PipelineError, RunConfig
+    from pn_tf.pipeline.models import FileModel
+    from tests.test_own_model import make_folder, make_model
+
+    model = str(make_model(tmp_path / "tiny.keras"))
+    images = str(make_folder(tmp_path / "images", per_class=12, broken=False))
+    table = save_table(build_table(FileModel(model).build(), levels=3, runs=5), str(tmp_path / "t.json"))
+
+    def validate(target, workdir):
+        config = RunConfig(model=model, image_dir=images, workdir=str(tmp_path / workdir),
+                           stages=["search", "extract"], search_batch_size=2,
+                           target_latency_reduction=target, latency_table=table)
+        pipeline = Pipeline(config, tf.distribute.get_strategy())
+        pipeline.validate()
+        return pipeline
+
+    with pytest.raises(PipelineError, match="cannot be reached: .* the largest reachable cut is 0"):
+        validate(0.99, "w")
+    assert not (tmp_path / "w" / "search").exists()
+    pipeline = validate(0.2, "ok")
+    assert (tmp_path / "ok" / "latency_table.json").exists()
+    assert pipeline.cost_model(ChannelGraph(pipeline.build_network())).name == "latency"
+    assert pipeline.target_reduction == 0.2
+
+
+def test_tool_refuses_bad_arguments():
+    out = subprocess.run([sys.executable, "tools/latency_model.py", "--arch=nope"], cwd=REPO_ROOT,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2 and "unknown --arch=nope" in out.stderr
