@@ -7,8 +7,12 @@ of the kept group widths ``c_g = sum(a_g)``; so
 
     L(a) = scale * (constant_ms + sum_u t_u(x_u(a))) + offset_ms
 
-is differentiable in the gates and, with 0/1 gates, the estimated latency of the network built
-at those widths. :class:`LatencyModel` has the interface of :class:`~pn_tf.graph.FlopsModel`
+is, with 0/1 gates, the estimated latency of the network built at those widths. Its gradient
+is taken from a smoothed twin: each unit's least-squares line through its knots instead of its
+piecewise-linear curve (the value stays the table's). Measured curves are flat over whole
+ranges of widths (a kernel that works on tiles of 8 or 16 output channels takes as long for 12
+of them as for 16), and a regularizer whose gradient is zero there would never start pruning
+those channels; the line gives every channel the unit's average cost per channel. :class:`LatencyModel` has the interface of :class:`~pn_tf.graph.FlopsModel`
 (``total``, ``prunable``, ``widths``, ``graph``, ``count``, ``__call__``, ``p_for_reduction``,
 ``reduction_for_p``), so the search's regularizer and the channel selection take either.
 """
@@ -57,6 +61,7 @@ class LatencyModel:
         self.product = np.zeros(num_units)
         # t(x) = t0 + s0 (x - x0) + sum_j ds_j relu(x - x_j), j over the inner knots
         self.x0, self.t0, self.s0 = np.zeros(num_units), np.zeros(num_units), np.zeros(num_units)
+        self.line = np.zeros((num_units, 2))  # the smoothed twin: t ~ line[0] + line[1] x
         self.inner = np.zeros((num_units, max(knots - 2, 1)))
         self.dslope = np.zeros((num_units, max(knots - 2, 1)))
         for u, unit in enumerate(units):
@@ -68,6 +73,7 @@ class LatencyModel:
             self.product[u] = float(unit["product"])
             xs, ts = np.asarray(unit["x"], float), np.asarray(unit["ms"], float)
             self.x0[u], self.t0[u] = xs[0], ts[0]
+            self.line[u] = (np.polyfit(xs, ts, 1)[::-1] if len(xs) > 1 else (ts[0], 0.0))
             if len(xs) > 1:
                 slopes = np.diff(ts) / np.diff(xs)
                 self.s0[u] = slopes[0]
@@ -102,7 +108,7 @@ class LatencyModel:
         return float(self.scale * (self.constant + self.unit_ms(widths).sum()) + self.offset)
 
     def __call__(self, gate_vectors):
-        """Differentiable L(a) from one gate vector per group (soft or hard)."""
+        """L(a) from one gate vector per group (soft or hard); gradient from the smoothed twin."""
         if len(gate_vectors) != len(self.widths):
             raise ValueError(f"need {len(self.widths)} gate vectors, got {len(gate_vectors)}")
         c = lambda v: ops.convert_to_tensor(v, "float32")  # noqa: E731
@@ -112,7 +118,9 @@ class LatencyModel:
         x = x_in * ops.where(c(self.product) > 0, x_out, ops.ones_like(x_out))
         t = (c(self.t0) + c(self.s0) * (x - c(self.x0))
              + ops.sum(c(self.dslope) * ops.relu(x[:, None] - c(self.inner)), axis=1))
-        return c(self.scale) * (c(self.constant) + ops.sum(ops.relu(t))) + c(self.offset)
+        smooth = c(self.line[:, 0]) + c(self.line[:, 1]) * x
+        units = ops.stop_gradient(ops.sum(ops.relu(t))) + ops.sum(smooth) - ops.stop_gradient(ops.sum(smooth))
+        return c(self.scale) * (c(self.constant) + units) + c(self.offset)
 
     def floor(self, min_widths=None):
         """Estimated ms with every group at its narrowest (default: one channel, or one run)."""
