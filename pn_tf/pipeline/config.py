@@ -107,8 +107,8 @@ OPTIONS = (
     _o("pn_noise", "float", 15.0, "Std of the noise on the PN's input (15 ResNet, 3 MobileNetV2)."),
     _o("gate_lr", "float", 5e-2, "Gate AdamW learning rate (x0.1 after 80% of the search)."),
     _o("flops_reg_weight", "float", 2.0, "w of the FLOPs regularizer w * log(max(T/T_total, p) / p) "
-       "(METHOD.md item 4: 2). Raise it when a short search ends above the FLOPs budget (the search "
-       "stage warns)."),
+       "(METHOD.md item 4: 2; with --target_latency_reduction the same regularizer on the latency "
+       "estimate L). Raise it when a short search ends above the budget (the search stage warns)."),
     _o("pn_batch_size", "integer", 64, "PN batch drawn from memory; the PN terms start once the "
        "memory holds this many entries (one per 2 steps)."),
     _o("search_take", "integer", None, "Use only this many held-out images for the search."),
