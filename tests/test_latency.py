@@ -194,6 +194,31 @@ def test_pipeline_refuses_an_unreachable_target_and_keeps_the_table(tmp_path):
     assert pipeline.target_reduction == 0.2
 
 
+@pytest.mark.slow
+def test_latency_budget_end_to_end_on_own_model(tmp_path):
+    """Every stage with a latency budget: the report carries target, estimate and measurement."""
+    from pn_tf.pipeline.models import FileModel
+    from tests.test_own_model import TINY, make_folder, make_model
+
+    model = str(make_model(tmp_path / "tiny.keras"))
+    images = str(make_folder(tmp_path / "images", per_class=24, broken=False))
+    table = save_table(build_table(FileModel(model).build(), dtype="int8", levels=4, runs=20),
+                       str(tmp_path / "t.json"))
+    flags = [f for f in TINY if not f.startswith("--target_flops_reduction")]
+    out = subprocess.run([sys.executable, "-m", "pn_tf.train", f"--model={model}", f"--image_dir={images}",
+                          f"--workdir={tmp_path / 'run'}", *flags, "--target_latency_reduction=0.3",
+                          "--latency_dtype=int8", f"--latency_table={table}", "--tflite_runs=50"],
+                         cwd=REPO_ROOT, capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-4000:]
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert report["target_latency_reduction"] == 0.3 and report["latency_dtype"] == "int8"
+    assert 0.3 - 1e-9 <= report["estimated_latency_reduction"] <= 0.36  # at or under the budget
+    assert report["pruned"]["tflite_int8_ms"] > 0 and report["baseline"]["tflite_int8_ms"] > 0
+    assert -1 < report["latency_reduction"] < 1 and report["flops_reduction"] > 0
+    assert (tmp_path / "run" / "latency_table.json").exists()
+    assert "Target latency reduction (int8" in (tmp_path / "run" / "report.md").read_text()
+
+
 def test_tool_refuses_bad_arguments():
     out = subprocess.run([sys.executable, "tools/latency_model.py", "--arch=nope"], cwd=REPO_ROOT,
                          capture_output=True, text=True, timeout=300)

@@ -41,8 +41,8 @@ import pn_tf  # noqa: E402,F401 -- first, so TensorFlow starts with pn-tf's defa
 import numpy as np  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 
-from pn_tf.latency.units import (convert, overhead_model, split_units, timing_interpreter,  # noqa: E402
-                                 unit_model)
+from pn_tf.latency.units import (convert, head, overhead_model, split_units,  # noqa: E402
+                                 timing_interpreter, unit_model)
 
 FLAGS = flags.FLAGS
 
@@ -77,8 +77,6 @@ def gated_layers(gated_model, graph):
 
 def _unit_rows(plain, gated_names, directory, tag):
     """Converts every unit of ``plain``; returns (rows, paths)."""
-    import keras
-
     from pn_tf.graph import ChannelGraph, FlopsModel
 
     macs = collections.Counter()
@@ -89,9 +87,7 @@ def _unit_rows(plain, gated_names, directory, tag):
     for index, unit in enumerate(units):
         names = [node.operation.name for node in unit]
         paths.append(convert(unit_model(unit), os.path.join(directory, f"{tag}_u{index}.tflite")))
-        padded = len(unit) > 1 and isinstance(unit[0].operation, keras.layers.ZeroPadding2D)
-        head = unit[1] if padded else unit[0]
-        rows.append({"layers": names, "type": type(head.operation).__name__,
+        rows.append({"layers": names, "type": type(head(unit)).__name__,
                      "output_shape": list(unit[-1].output_tensors[0].shape[1:]),
                      "macs": int(sum(macs[n] for n in names)),
                      "gated": any(n in gated_names for n in names)})
