@@ -14,7 +14,7 @@ import os
 import sys
 import time
 
-from pn_tf.pipeline import artifacts
+from pn_tf.pipeline import artifacts, budget
 from pn_tf.pipeline.config import STAGES, TFLITE_VARIANTS, config_from_flags
 from pn_tf.pipeline.errors import PipelineError
 
@@ -154,8 +154,6 @@ class Pipeline:
                   "tflite_threads", "tflite_runs", "pn_batch_size", "train_take", "eval_take", "search_take",
                   "finetune_epochs", "weight_decay", "pn_noise", "search_eval_take",
                   allow_zero=("baseline_epochs", "finetune_epochs", "weight_decay", "pn_noise"))
-        if not 0.0 < c.target_flops_reduction < 1.0:
-            raise PipelineError(f"--target_flops_reduction must be in (0, 1), got {c.target_flops_reduction}")
         from pn_tf.extract import SELECTIONS
 
         if c.selection not in SELECTIONS:
@@ -265,118 +263,29 @@ class Pipeline:
         return not c.baseline_weights and c.baseline_epochs > 0
 
     def _check_budget(self):
-        from pn_tf.extract.select import min_widths
-        from pn_tf.graph import FlopsModel
-
         c = self.config
-        self._check_latency_flags()
+        budget.check_flags(c)
         try:
             network = self.build_network()
         except ValueError as err:
             raise PipelineError(f"--arch={c.arch} cannot be built at --input_size={c.input_size}: {err}") from err
-        flops = FlopsModel(network)
-        try:
-            p = c.p if c.p is not None else flops.p_for_reduction(c.target_flops_reduction)
-        except ValueError as err:
-            raise PipelineError(f"--target_flops_reduction={c.target_flops_reduction}: {err}") from err
-        if not p > 0:
-            raise PipelineError(f"--p must be > 0, got {c.p}")
-        floor = flops.count(min_widths(flops.widths, c.round_to)) / flops.total
-        if floor > 1.0 - c.target_flops_reduction and c.target_latency_reduction is None:
-            raise PipelineError(
-                f"--round_to={c.round_to} cannot remove {c.target_flops_reduction:.0%} of the FLOPs: "
-                f"the narrowest widths it allows still cost {floor:.1%} of the network (layers "
-                "outside the prunable groups included); lower "
-                "--target_flops_reduction or --round_to")
-        self.flops_total = flops.total
-
-    def _check_latency_flags(self):
-        """The latency-budget flags alone (the table itself is checked last, it may take minutes)."""
-        c = self.config
-        if c.target_latency_reduction is None:
-            if c.latency_table:
-                raise PipelineError("--latency_table goes with --target_latency_reduction=R (the "
-                                    "fraction of the latency to remove)")
-            return
-        if not 0.0 < c.target_latency_reduction < 1.0:
-            raise PipelineError(f"--target_latency_reduction must be in (0, 1), got "
-                                f"{c.target_latency_reduction}")
-        if c.p is not None:
-            raise PipelineError("--p bounds the FLOPs regularizer directly; with "
-                                "--target_latency_reduction leave it out")
-        if c.latency_dtype not in c.tflite or "float32" not in c.tflite:
-            raise PipelineError(f"--latency_dtype={c.latency_dtype} is measured on the exported "
-                                f"TFLite files: --tflite must include float32 and {c.latency_dtype} "
-                                f"(got --tflite={','.join(c.tflite)})")
-        if c.latency_table and not os.path.isfile(c.latency_table):
-            raise PipelineError(f"--latency_table={c.latency_table} does not exist; build one with "
-                                "tools/latency_model.py --output=PATH, or leave the flag out to "
-                                "build it here")
+        self.flops_total = budget.check_flops(c, network).total
 
     def _check_latency_budget(self):
-        """Loads (or builds, and caches) the latency table and refuses a target it cannot reach."""
-        from pn_tf.extract.select import min_widths
-        from pn_tf.graph import ChannelGraph
-        from pn_tf.latency import LatencyModel, LatencyTableError, cached_table, load_table, save_table
-
+        """Loads (or builds, and caches) the latency table; refuses a target it cannot reach."""
         c = self.config
-        if c.target_latency_reduction is None or not {"search", "extract"} & set(c.stages):
-            return
-        network = self.build_network()
-        graph = ChannelGraph(network)
-        copy = os.path.join(self.workdir, artifacts.LATENCY_TABLE)
-        try:
-            if c.latency_table:
-                table = load_table(c.latency_table)
-            elif os.path.exists(copy):
-                table = load_table(copy)
-            else:
-                print(f"[pn-tf] latency table: timing the units of {self.model.name} at "
-                      f"{c.latency_dtype}, {c.tflite_threads} thread(s) (cached for later runs)",
-                      flush=True)
-                table = cached_table(network, graph, c.latency_dtype, c.tflite_threads,
-                                     progress=lambda line: print(f"[pn-tf] {line}", flush=True))
-            wanted = {"dtype": c.latency_dtype, "num_threads": c.tflite_threads}
-            got = {k: table.get(k) for k in wanted}
-            if got != wanted:
-                raise LatencyTableError(
-                    f"the latency table was built for {got}, this run measures {wanted} "
-                    "(--latency_dtype, --tflite_threads); build a table for those")
-            latency = LatencyModel(graph, table, network)
-        except LatencyTableError as err:
-            raise PipelineError(f"--latency_table: {err}") from err
-        reachable = latency.max_reduction(min_widths(latency.widths, c.round_to))
-        if c.target_latency_reduction >= reachable:
-            rounding = "" if c.round_to == 1 else f" allowed by --round_to={c.round_to}"
-            raise PipelineError(
-                f"--target_latency_reduction={c.target_latency_reduction} cannot be reached: with "
-                f"every channel group at the narrowest width{rounding}, the estimated latency of "
-                f"{self.model.name} is still {1 - reachable:.1%} of its {latency.total:.3f} ms; the "
-                f"largest reachable cut is {reachable:.3f}")
-        if self.is_chief and not os.path.exists(copy):
-            os.makedirs(self.workdir, exist_ok=True)
-            save_table(table, copy)
-        self.latency_table = table
-        print(f"[pn-tf] latency budget: estimated {latency.total:.3f} ms ({c.latency_dtype}, "
-              f"{c.tflite_threads} thread(s)) -> target {latency.total * (1 - c.target_latency_reduction):.3f} "
-              f"ms; the gated channels can cut at most {reachable:.1%}", flush=True)
+        if c.target_latency_reduction is not None and {"search", "extract"} & set(c.stages):
+            self.latency_table = budget.latency_table(c, self.build_network(), self.workdir,
+                                                      self.model.name, self.is_chief)
 
     def cost_model(self, graph):
         """What the search regularizes and extraction selects on: the FLOPs T(a), or L(a)."""
-        from pn_tf.graph import FlopsModel
-        from pn_tf.latency import LatencyModel
-
-        if self.config.target_latency_reduction is None:
-            return FlopsModel(graph)
-        if self.latency_table is None:
-            raise PipelineError("the latency budget's table was not loaded (validate the run first)")
-        return LatencyModel(graph, self.latency_table)
+        return budget.cost_model(self.config, graph, self.latency_table)
 
     @property
     def target_reduction(self):
         """The budget's fraction to remove: of the latency when one is asked, else of the FLOPs."""
-        c = self.config
-        return c.target_flops_reduction if c.target_latency_reduction is None else c.target_latency_reduction
+        return budget.target_reduction(self.config)
 
     def _check_baseline(self):
         from pn_tf.checkpoints import CheckpointError, load_checked, resolve_weights
