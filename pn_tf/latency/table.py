@@ -306,6 +306,10 @@ def cached_table(gated, graph=None, dtype="float32", num_threads=1, levels=LEVEL
         except LatencyTableError as err:
             log.warning("%s; rebuilding it", err)
     table = build_table(gated, graph, dtype, num_threads, levels, runs, progress)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    save_table(table, path)
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        save_table(table, path)
+    except OSError as err:  # a read-only home: the run goes on, uncached
+        log.warning("could not cache the latency table at %s (%s); set PN_TF_CACHE to a "
+                    "writable folder to keep it", path, err)
     return table
