@@ -130,6 +130,20 @@ def test_search_regularizes_the_latency_estimate(tiny):
     assert 0 < logs["flops_ratio"] <= 1.0 + 1e-6  # the latency ratio L(a_hard) / L(1)
 
 
+def test_check_times_random_configurations_beside_the_full_network(tiny):
+    from pn_tf.latency.check import check, random_widths
+
+    network, graph, table = tiny
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        widths = random_widths(graph, rng)
+        assert all(1 <= w <= g.size for w, g in zip(widths, graph.groups))
+    result = check(network, graph, LatencyModel(graph, table, network), configs=3, runs=5,
+                   progress=lambda line: None)
+    assert len(result["measured_ms"]) == len(result["predicted_ms"]) == 3
+    assert np.isfinite(result["mean_abs_pct_error"]) and result["max_abs_pct_error"] >= result["mean_abs_pct_error"]
+
+
 def test_table_files_are_checked(tiny, tmp_path):
     network, graph, table = tiny
     path = save_table(table, str(tmp_path / "t.json"))
