@@ -128,6 +128,7 @@ def test_search_regularizes_the_latency_estimate(tiny):
     x = np.random.default_rng(0).uniform(0, 1, (4, 16, 16, 3)).astype("float32")
     logs = search.train_on_batch(x, np.arange(4) % 10, return_dict=True)
     assert 0 < logs["flops_ratio"] <= 1.0 + 1e-6  # the latency ratio L(a_hard) / L(1)
+    LatencyModel(graph, table, network)  # a search's frozen layers are the same network
 
 
 def test_check_times_random_configurations_beside_the_full_network(tiny):

@@ -63,13 +63,13 @@ def runtime_version():
 
 
 def structure_key(network, graph):
-    """A hash of what decides the network's latency: its layers' types and configs (names
-    aside), its input shape and its channel groups."""
+    """A hash of what decides the network's latency: its layers' types and configs (names and
+    trainable flags aside: a search freezes layers), its input shape and its channel groups."""
     parts = [str(tuple(network.input_shape)), str([g.size for g in graph.groups])]
-    for layer in network.layers:
-        config = dict(layer.get_config()) if hasattr(layer, "get_config") else {}
-        config.pop("name", None)
-        parts.append(type(layer).__name__ + repr(sorted(config.items(), key=lambda kv: kv[0])))
+    from pn_tf.layers import ChannelGate
+
+    parts += [unit_lib.layer_signature(layer) for layer in network.layers
+              if not isinstance(layer, ChannelGate)]  # gates (and their modes) are extracted away
     return hashlib.sha1("\n".join(parts).encode()).hexdigest()[:16]
 
 

@@ -92,17 +92,20 @@ def unit_model(unit):
     return keras.Model(inputs, outputs if len(outputs) > 1 else outputs[0])
 
 
+def layer_signature(layer):
+    """A layer's type and config, without what does not change its computation (name, trainable)."""
+    config = dict(layer.get_config()) if hasattr(layer, "get_config") else {}
+    for key in ("name", "trainable"):
+        config.pop(key, None)
+    return type(layer).__name__ + repr(sorted(config.items(), key=lambda kv: kv[0]))
+
+
 def signature(unit):
     """What decides a unit's latency: its calls' types and configs (names aside) and input shapes.
 
     Units of equal signature are the same computation on different weights, timed once.
     """
-    parts = []
-    for node in unit:
-        op = node.operation
-        config = dict(op.get_config()) if hasattr(op, "get_config") else {}
-        config.pop("name", None)
-        parts.append((type(op).__name__, repr(sorted(config.items(), key=lambda kv: kv[0]))))
+    parts = [layer_signature(node.operation) for node in unit]
     shapes = tuple(tuple(t.shape[1:]) for t in unit[0].input_tensors)
     return repr((tuple(parts), shapes))
 
