@@ -41,8 +41,9 @@ import pn_tf  # noqa: E402,F401 -- first, so TensorFlow starts with pn-tf's defa
 import numpy as np  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 
-from pn_tf.latency.units import (convert, head, overhead_model, split_units,  # noqa: E402
-                                 timing_interpreter, unit_model)
+from pn_tf.latency.table import time_files  # noqa: E402
+from pn_tf.latency.units import (batch1_model, convert, head, overhead_model,  # noqa: E402
+                                 split_units, unit_model)
 
 FLAGS = flags.FLAGS
 
@@ -115,9 +116,6 @@ def _summary(rows, key):
 def profile(arch, input_size=None, num_classes=None, target=0.5, num_threads=1, runs=200,
             warmup=10, seed=0, directory=None):
     """The per-unit report of the full and the pruned model (see the module docstring)."""
-    import keras
-
-    from pn_tf.export import time_interleaved
     from pn_tf.extract import extract_model, filter_l1_scores, select_channels
     from pn_tf.graph import ChannelGraph, FlopsModel
     from pn_tf.models import build_model
@@ -128,25 +126,21 @@ def profile(arch, input_size=None, num_classes=None, target=0.5, num_threads=1, 
     selection = select_channels(FlopsModel(graph), filter_l1_scores(gated, graph), target)
     plains = {"full": extract_model(gated, [np.ones(g.size, bool) for g in graph.groups], graph),
               "pruned": extract_model(gated, selection.keep, graph)}
-    rng = np.random.default_rng(seed)
     own_dir = directory is None
     directory = directory or tempfile.mkdtemp(prefix="pn_tf_profile_")
     try:
         paths = [os.path.join(directory, f"{name}.tflite") for name in ("overhead", *plains)]
         convert(overhead_model(), paths[0])
         for name, path in zip(plains, paths[1:]):
-            x = keras.Input(shape=plains[name].input_shape[1:], batch_size=1)
-            convert(keras.Model(x, plains[name](x)), path)
+            convert(batch1_model(plains[name]), path)
         rows, unit_paths = {}, {}
         for name, plain in plains.items():
             rows[name], unit_paths[name] = _unit_rows(plain, gated_names, directory, name)
         paths += unit_paths["full"] + unit_paths["pruned"]
-        interpreters = [timing_interpreter(p, num_threads, rng) for p in paths]
-        times, _ = time_interleaved(interpreters, runs, warmup=warmup, block=5, num_threads=num_threads)
+        medians, _ = time_files(paths, num_threads, runs, warmup=warmup, block=5, seed=seed)
     finally:
         if own_dir:
             shutil.rmtree(directory, ignore_errors=True)
-    medians = [float(np.median(t) * 1e3) for t in times]
     overhead_ms, whole = medians[0], dict(zip(plains, medians[1:3]))
     unit_ms = medians[3:]
     for row, ms in zip(rows["full"] + rows["pruned"], unit_ms):

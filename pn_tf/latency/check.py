@@ -17,18 +17,13 @@ import time
 import numpy as np
 
 from pn_tf.latency import units as unit_lib
-from pn_tf.latency.table import _whole_model, extract_at, time_files
+from pn_tf.latency.table import extract_at, kept_width, time_files
 
 
 def random_widths(graph, rng):
     """One random width configuration (see the module docstring)."""
     fraction = rng.uniform(0.2, 1.0)
-    widths = []
-    for group in graph.groups:
-        share = np.clip(fraction * rng.uniform(0.75, 1.25), 0.0, 1.0)
-        count = int(round(share * group.size / group.granule)) * group.granule
-        widths.append(int(min(group.size, max(group.granule, count))))
-    return widths
+    return [kept_width(group, fraction * rng.uniform(0.75, 1.25)) for group in graph.groups]
 
 
 def check(gated, graph, latency, configs=20, seed=0, runs=100, progress=print):
@@ -41,7 +36,7 @@ def check(gated, graph, latency, configs=20, seed=0, runs=100, progress=print):
     try:
         paths = [unit_lib.convert(unit_lib.overhead_model(), os.path.join(directory, "overhead.tflite"))]
         for index, widths in enumerate(all_widths):
-            paths.append(unit_lib.convert(_whole_model(extract_at(gated, graph, widths)),
+            paths.append(unit_lib.convert(unit_lib.batch1_model(extract_at(gated, graph, widths)),
                                           os.path.join(directory, f"config_{index}.tflite"),
                                           latency.table["dtype"]))
             if index % 5 == 0:

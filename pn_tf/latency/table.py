@@ -73,13 +73,14 @@ def structure_key(network, graph):
     return hashlib.sha1("\n".join(parts).encode()).hexdigest()[:16]
 
 
+def kept_width(group, fraction):
+    """``fraction`` of a group's channels, in whole runs of its granule, at least one run."""
+    count = int(round(fraction * group.size / group.granule)) * group.granule
+    return int(min(group.size, max(group.granule, count)))
+
+
 def _level_widths(graph, fraction):
-    widths = []
-    for group in graph.groups:
-        granule = group.granule
-        count = int(round(fraction * group.size / granule)) * granule
-        widths.append(int(min(group.size, max(granule, count))))
-    return widths
+    return [kept_width(group, fraction) for group in graph.groups]
 
 
 def _channel_terms(graph, atoms):
@@ -94,15 +95,16 @@ def _channel_terms(graph, atoms):
     return fixed, groups
 
 
-def unit_dependence(graph, unit):
+def unit_dependence(graph, unit, recorded=None):
     """How a unit's width fraction depends on the group widths (None: it does not).
 
     Returns a dict ``{"in_fixed", "in_groups", "out_fixed", "out_groups", "product"}`` (group
     indices as strings, JSON-ready): the unit's input channels are ``in_fixed + sum_g n_g w_g``,
     its output channels the same with ``out_*``; ``product`` tells whether its fraction is the
     product of the two (a map between channel spaces) or the input's alone (per channel).
+    ``recorded``: ``graph.recorded()``, passed in when many units are asked about.
     """
-    recorded = graph.recorded()
+    recorded = graph.recorded() if recorded is None else recorded
     names = [n for n in (unit_lib.head(unit).name, *unit_lib.unit_names(unit)) if n in recorded]
     if not names:
         return None
@@ -128,13 +130,6 @@ def width_fraction(dependence, widths, full):
         fraction *= (channels(dependence["out_fixed"], dependence["out_groups"], widths)
                      / channels(dependence["out_fixed"], dependence["out_groups"], full))
     return float(fraction)
-
-
-def _whole_model(plain):
-    import keras
-
-    x = keras.Input(shape=plain.input_shape[1:], batch_size=1)
-    return keras.Model(x, plain(x))
 
 
 def extract_at(gated, graph, widths):
@@ -192,11 +187,12 @@ def build_table(gated, graph=None, dtype="float32", num_threads=1, levels=LEVELS
     try:
         paths = [unit_lib.convert(unit_lib.overhead_model(), os.path.join(directory, "overhead.tflite"))]
         signatures, rows, wholes = {}, {}, []
+        recorded = graph.recorded()
         for level, fraction in enumerate(fractions):
             widths = _level_widths(graph, fraction)
             plain = extract_at(gated, graph, widths)
             wholes.append(len(paths))
-            paths.append(unit_lib.convert(_whole_model(plain), os.path.join(
+            paths.append(unit_lib.convert(unit_lib.batch1_model(plain), os.path.join(
                 directory, f"whole_{level}.tflite"), dtype))
             for unit in unit_lib.split_units(plain):
                 names = unit_lib.unit_names(unit)
@@ -205,10 +201,10 @@ def build_table(gated, graph=None, dtype="float32", num_threads=1, levels=LEVELS
                     signatures[key] = len(paths)
                     paths.append(unit_lib.convert(unit_lib.unit_model(unit), os.path.join(
                         directory, f"unit_{len(signatures)}.tflite"), dtype))
-                row = rows.setdefault(names, {"names": list(names),
-                                              "dependence": unit_dependence(graph, unit),
-                                              "samples": []})
-                row["samples"].append((widths, signatures[key]))
+                if names not in rows:  # the same unit at every level: its dependence once
+                    rows[names] = {"names": list(names), "samples": [],
+                                   "dependence": unit_dependence(graph, unit, recorded)}
+                rows[names]["samples"].append((widths, signatures[key]))
             say(f"latency table: width level {level + 1}/{levels} extracted, "
                 f"{len(signatures)} distinct units converted ({time.time() - started:.0f} s)")
         say(f"latency table: timing {len(paths)} models interleaved, {runs} runs each")

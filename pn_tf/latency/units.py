@@ -100,6 +100,14 @@ def layer_signature(layer):
     return type(layer).__name__ + repr(sorted(config.items(), key=lambda kv: kv[0]))
 
 
+def batch1_model(model):
+    """``model`` called on a fixed batch-1 input: what is converted to time a whole network."""
+    import keras
+
+    x = keras.Input(shape=model.input_shape[1:], batch_size=1)
+    return keras.Model(x, model(x))
+
+
 def signature(unit):
     """What decides a unit's latency: its calls' types and configs (names aside) and input shapes.
 
