@@ -203,6 +203,7 @@ def test_pipeline_refuses_an_unreachable_target_and_keeps_the_table(tmp_path):
     with pytest.raises(PipelineError, match="cannot be reached: .* the largest reachable cut is 0"):
         validate(0.99, "w")
     assert not (tmp_path / "w" / "search").exists()
+    validate(0.2, "w")  # the refused run pinned no settings in its workdir
     pipeline = validate(0.2, "ok")
     assert (tmp_path / "ok" / "latency_table.json").exists()
     assert pipeline.cost_model(ChannelGraph(pipeline.build_network())).name == "latency"

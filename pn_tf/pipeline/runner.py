@@ -170,6 +170,7 @@ class Pipeline:
         self._check_resume()
         self._warn_precision()
         self._check_latency_budget()
+        self._record_config()
 
     def _check_sources(self):
         """Resolves --arch/--model and --dataset/--image_dir into ``self.model`` and ``self.data``."""
@@ -324,10 +325,15 @@ class Pipeline:
                     f"--workdir={c.workdir} holds a run with different settings "
                     f"{ {k: old for k, (old, new) in changed.items()} }; you asked for "
                     f"{ {k: new for k, (old, new) in changed.items()} }. Use a new --workdir or the same flags.")
-        elif self.is_chief:
+
+    def _record_config(self):
+        """A new work directory keeps the run's settings, once every check has passed (a refused
+        run must not pin settings that a corrected retry would then be refused for)."""
+        path = os.path.join(self.workdir, artifacts.CONFIG)
+        if self.is_chief and not os.path.exists(path):
             from pn_tf.io import write_json
 
-            write_json(path, dataclasses.asdict(c))
+            write_json(path, dataclasses.asdict(self.config))
 
     def _check_resume(self):
         """An interrupted training stage must resume in the precision it started with."""
