@@ -565,12 +565,23 @@ def measure_latency(paths, num_threads=1, runs=100, warmup=20, block=10, seed=0)
 
 
 def with_cpu_share(fn, num_threads):
-    """``(fn(), share)``: share = process CPU time during ``fn`` / (wall time x ``num_threads``)."""
+    """``(fn(), share)``: share = CPU time of the threads that ran ``fn``'s interpreters / (wall
+    time x ``num_threads``).
+
+    With one interpreter thread, TFLite runs ``invoke()`` on the calling thread, so its CPU
+    time alone is counted (``time.thread_time``). The process's CPU time would also count
+    threads that have nothing to do with the timing: numpy's OpenBLAS starts one worker per
+    extra core at import and busy-waits in it for a while after every matrix product, which
+    made a 1-thread timing read as using 2 cores (share 2.0) on a 2-core machine. With more
+    interpreter threads the workers are other threads of the process, so the process's CPU
+    time is used and any other busy thread of the process inflates the share.
+    """
     import time
 
-    cpu, wall = time.process_time(), time.perf_counter()
+    clock = time.thread_time if num_threads == 1 else time.process_time
+    cpu, wall = clock(), time.perf_counter()
     result = fn()
-    share = (time.process_time() - cpu) / (max(time.perf_counter() - wall, 1e-9) * num_threads)
+    share = (clock() - cpu) / (max(time.perf_counter() - wall, 1e-9) * num_threads)
     return result, float(share)
 
 
