@@ -30,6 +30,7 @@ import math
 import keras
 
 from pn_tf.graph import rules
+from pn_tf.graph.errors import GraphAnalysisError
 
 log = logging.getLogger(__name__)
 
@@ -84,10 +85,6 @@ class ChannelGroup:
     carriers: list
     consumers: list
     granule: int = 1
-
-
-class GraphAnalysisError(ValueError):
-    """The model's gates or layers are inconsistent with channel pruning."""
 
 
 class _UnionFind:

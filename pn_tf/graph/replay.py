@@ -18,6 +18,8 @@ import logging
 
 import keras
 
+from pn_tf.graph.errors import GraphAnalysisError
+
 log = logging.getLogger(__name__)
 
 
@@ -31,8 +33,6 @@ def graph_of(model):
     Raises:
         GraphAnalysisError: an unbuilt Sequential or a subclassed model (with how to fix it).
     """
-    from pn_tf.graph.channels import GraphAnalysisError
-
     if isinstance(model, keras.Sequential):
         functional = getattr(model, "_functional", None)
         if functional is None:

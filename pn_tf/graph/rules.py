@@ -28,6 +28,8 @@ import math
 import keras
 import numpy as np
 
+from pn_tf.graph.errors import GraphAnalysisError
+
 # Rule kinds, as the engine and the policies see them.
 MIX = "mix"  # creates new channels from all input channels (conv, dense)
 CARRY = "carry"  # keeps the channel axis, channel by channel (BN, activations, pooling)
@@ -56,8 +58,6 @@ def spatial_size(shape):
     size = 1
     for d in shape[1:-1]:
         if d is None:
-            from pn_tf.graph.channels import GraphAnalysisError
-
             raise GraphAnalysisError(
                 "FLOPs need a static input size: build the model with fixed spatial dimensions"
             )
