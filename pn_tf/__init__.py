@@ -11,7 +11,9 @@ The package reads in pipeline order:
 * ``pn_tf.search``       -- PN: the search model and the one search driver.
 * ``pn_tf.extract``      -- channel selection at a budget and the narrow model.
 * ``pn_tf.auto``         -- gates on any model; ``pn_tf.prune(model, data, ...)``.
-* ``pn_tf.training``, ``pn_tf.export`` -- fine-tuning recipes; .keras/SavedModel/TFLite.
+* ``pn_tf.training``, ``pn_tf.export`` -- fine-tuning recipes; .keras/SavedModel/TFLite files.
+* ``pn_tf.tflite``       -- TFLite files: conversion, int8 calibration, the LiteRT runtime,
+  graph inspection (MACs, XNNPACK delegation), batch-1 latency timing.
 """
 
 import os as _os

@@ -1,7 +1,8 @@
 """Where an int8 TFLite model loses accuracy: per-op errors and partly-float conversions.
 
 Built on TFLite's ``tf.lite.experimental.QuantizationDebugger`` with pn-tf's converter
-settings and calibration repair (:mod:`pn_tf.export`):
+settings and calibration repair (:mod:`pn_tf.tflite.convert`,
+:mod:`pn_tf.tflite.calibration`):
 
 * :func:`layer_errors` -- every quantized op's output error, in units of its int8 step
   (root-mean-square error / scale; rounding alone gives 1 / sqrt(12) = 0.29), worst first.
@@ -23,7 +24,7 @@ import csv
 import io
 import re
 
-from pn_tf import export
+from pn_tf.tflite import calibration, convert
 
 #: The error of rounding alone, in units of the int8 step: uniform error over one step.
 ROUNDING_ERROR = 12 ** -0.5
@@ -34,14 +35,14 @@ def _debugger(saved_model_dir, representative_data, debug_data=None, float_nodes
     """A QuantizationDebugger calibrated like ``export_tflite(..., "int8")`` (float I/O)."""
     import tensorflow as tf
 
-    converter = export.make_converter(saved_model_dir, "int8", representative_data)
+    converter = convert.make_converter(saved_model_dir, "int8", representative_data)
     options = tf.lite.experimental.QuantizationDebugOptions(
         denylisted_nodes=list(float_nodes) or None)
-    debug = export.calibration_batches(
+    debug = calibration.calibration_batches(
         debug_data if debug_data is not None else representative_data)
-    calibration = (export.repaired_calibration([]) if repair_calibration
-                   else contextlib.nullcontext())
-    with calibration:  # the debugger calibrates when it is made
+    repair = (calibration.repaired_calibration([]) if repair_calibration
+              else contextlib.nullcontext())
+    with repair:  # the debugger calibrates when it is made
         return tf.lite.experimental.QuantizationDebugger(
             converter=converter, debug_dataset=debug, debug_options=options)
 
@@ -85,7 +86,7 @@ def op_output_names(saved_model_dir, float_tflite=None):
         with open(float_tflite, "rb") as f:
             content = f.read()
     else:
-        content = export.convert_saved_model(saved_model_dir, "float32")
+        content = convert.convert_saved_model(saved_model_dir, "float32")
     model = flatbuffer_utils.convert_bytearray_to_object(bytearray(content))
     graph = model.subgraphs[0]
     names = []
@@ -127,6 +128,6 @@ def convert_weights_only(saved_model_dir):
     """TFLite bytes with int8 weights and float activations (dynamic-range quantization)."""
     import tensorflow as tf
 
-    converter = export.make_converter(saved_model_dir, "float32")
+    converter = convert.make_converter(saved_model_dir, "float32")
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
     return converter.convert()

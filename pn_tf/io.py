@@ -68,6 +68,20 @@ def atomic_path(path, directory=False):
         raise
 
 
+def _write_bytes(path, content):
+    with open(path, "wb") as f:
+        f.write(content)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def save_bytes(path, content):
+    """Writes ``content`` (e.g. a TFLite flatbuffer) to ``path`` atomically. Returns the path."""
+    with atomic_path(path) as tmp:
+        _write_bytes(tmp, content)
+    return os.fspath(path)
+
+
 def write_json(path, obj):
     with atomic_path(path) as tmp:
         with open(tmp, "w") as f:

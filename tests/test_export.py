@@ -9,8 +9,10 @@ import numpy as np
 import pytest
 
 from pn_tf import export
+from pn_tf import io as io_lib
 from pn_tf.graph import FlopsModel
 from pn_tf.models import build_model
+from pn_tf.tflite import calibration, convert, inspection, runtime, timing
 from pn_tf.training import set_bn_statistics
 from tests.conftest import REPO_ROOT, tfds_data_dir
 from tests.helpers import conv_act_conv, random_images
@@ -25,8 +27,8 @@ def _has_cifar():
 def _calibration_images():
     """Real training images when CIFAR-10 is there, random pixels otherwise."""
     if _has_cifar():
-        return export.representative_dataset("cifar10", num_images=64, batch_size=16,
-                                             data_dir=tfds_data_dir())
+        return calibration.representative_dataset("cifar10", num_images=64, batch_size=16,
+                                                  data_dir=tfds_data_dir())
     return [random_images((32, 32, 3), seed=s, batch=16) for s in range(4)]
 
 
@@ -62,7 +64,7 @@ def artifacts(model, tmp_path_factory):
     out = tmp_path_factory.mktemp("artifacts")
     saved_model = export.export_saved_model(model, out / "saved_model")
     paths = {"saved_model": saved_model}
-    for quantization in export.QUANTIZATIONS:
+    for quantization in convert.QUANTIZATIONS:
         paths[quantization] = export.export_tflite(
             saved_model, out / f"m_{quantization}.tflite", quantization,
             _calibration_images() if quantization == "int8" else None)
@@ -114,13 +116,13 @@ def test_tflite_float16_close(model, images, artifacts):
 
 def test_tflite_int8_tracks_float(model, images, artifacts):
     """Full-integer graph with float I/O; its logits stay close to the float model's."""
-    interpreter = export.load_interpreter(artifacts["int8"])
+    interpreter = runtime.load_interpreter(artifacts["int8"])
     assert interpreter.get_input_details()[0]["dtype"] == np.float32
     ops = {op["op_name"] for op in interpreter._get_ops_details()}
     assert {"QUANTIZE", "DEQUANTIZE", "CONV_2D"} <= ops
     images = _images_like_calibration(images)
     reference = export.keras_outputs(model, images)
-    logits = export.tflite_predict(artifacts["int8"], images)
+    logits = runtime.tflite_predict(artifacts["int8"], images)
     relative = np.linalg.norm(logits - reference) / np.linalg.norm(reference)
     assert relative < 0.1
     assert np.corrcoef(logits.ravel(), reference.ravel())[0, 1] > 0.99
@@ -128,8 +130,8 @@ def test_tflite_int8_tracks_float(model, images, artifacts):
 
 def test_tflite_macs_match_keras_count(model, artifacts):
     expected = FlopsModel(model).total
-    for quantization in export.QUANTIZATIONS:
-        assert export.tflite_macs(artifacts[quantization]) == expected
+    for quantization in convert.QUANTIZATIONS:
+        assert inspection.tflite_macs(artifacts[quantization]) == expected
 
 
 def test_mobilenetv2_cifar_float32(tmp_path):
@@ -152,7 +154,7 @@ def test_shufflenet_int8_stays_inside_xnnpack(tmp_path):
             fused.get_layer(layer.name).set_weights(layer.get_weights())
     np.testing.assert_allclose(np.asarray(fused(images)), np.asarray(model(images)), atol=1e-4)
     path = export.export_tflite(model, tmp_path / "shufflenet_int8.tflite", "int8", [images])
-    report = export.delegation(path)
+    report = inspection.delegation(path)
     assert report["partitions"] <= 2, report
     assert "HARD_SWISH" not in report["not_delegated"], report
 
@@ -170,16 +172,16 @@ def test_int8_calibration_repair(tmp_path, caplog):
     """The converter widens the range of an input that an op overwrites in place
     (tensorflow/tensorflow#127842); export_tflite puts the true range back."""
     model = conv_act_conv(_old_hswish)
-    calibration = random_images((16, 16, 3), seed=3, batch=16)
+    calibration_batch = random_images((16, 16, 3), seed=3, batch=16)
     images = random_images((16, 16, 3), seed=4, batch=16)
     reference = export.keras_outputs(model, images)
     errors, scales = {}, {}
     for repair in (True, False):
-        with caplog.at_level("INFO", logger="pn_tf.export"):
+        with caplog.at_level("INFO", logger="pn_tf.tflite.convert"):
             path = export.export_tflite(model, tmp_path / f"repair_{repair}.tflite", "int8",
-                                        [calibration], repair_calibration=repair)
-        errors[repair] = float(np.abs(export.tflite_predict(path, images) - reference).mean())
-        interpreter = export.load_interpreter(path)
+                                        [calibration_batch], repair_calibration=repair)
+        errors[repair] = float(np.abs(runtime.tflite_predict(path, images) - reference).mean())
+        interpreter = runtime.load_interpreter(path)
         # the scale of the x / 6 tensor (the MUL-by-constant output feeding the product)
         scales[repair] = [d["quantization"][0] for d in interpreter.get_tensor_details()
                           if "x_over_6" in d["name"] and d["name"].endswith("mul")]
@@ -203,11 +205,11 @@ def test_repair_finds_the_residual_branches(model):
     converter.representative_dataset = generate
     converter._experimental_calibrate_only = True
     calibrated = converter.convert()
-    content, repaired = export.repair_calibrated_ranges(calibrated, generate)
+    content, repaired = calibration.repair_calibrated_ranges(calibrated, generate)
     names = [name for name, _, _ in repaired]
     assert len(names) == 27 and all("_2_conv" in name for name in names), names
     assert all(recorded[1] - recorded[0] > true[1] - true[0] for _, recorded, true in repaired)
-    again, none = export.repair_calibrated_ranges(content, generate)
+    again, none = calibration.repair_calibrated_ranges(content, generate)
     assert none == [] and again == content
 
 
@@ -219,10 +221,10 @@ def test_bad_arguments(model, tmp_path):
     with pytest.raises(ValueError, match=".keras"):
         export.export_keras(model, tmp_path / "m.h5")
     with pytest.raises(FileNotFoundError):
-        export.load_interpreter(tmp_path / "missing.tflite")
+        runtime.load_interpreter(tmp_path / "missing.tflite")
     (tmp_path / "junk.tflite").write_bytes(b"not a flatbuffer" * 8)
     with pytest.raises(ValueError, match="not a valid TFLite model"):
-        export.load_interpreter(tmp_path / "junk.tflite")
+        runtime.load_interpreter(tmp_path / "junk.tflite")
     assert sorted(os.listdir(tmp_path)) == ["junk.tflite"]
 
 
@@ -232,8 +234,8 @@ def test_failed_tflite_write_leaves_nothing(artifacts, tmp_path, monkeypatch):
             f.write(content[: len(content) // 2])
         raise OSError("disk full")
 
-    monkeypatch.setattr(export, "convert_saved_model", lambda *a, **k: b"x" * 4096)
-    monkeypatch.setattr(export, "_write_bytes", half_then_fail)
+    monkeypatch.setattr(convert, "convert_saved_model", lambda *a, **k: b"x" * 4096)
+    monkeypatch.setattr(io_lib, "_write_bytes", half_then_fail)
     with pytest.raises(OSError, match="disk full"):
         export.export_tflite(artifacts["saved_model"], tmp_path / "m.tflite")
     assert os.listdir(tmp_path) == []
@@ -334,7 +336,7 @@ def test_int8_check_tool(artifacts, tmp_path):
     assert len(result["float_nodes"]) == 1 and "avg_pool" in result["float_nodes"][0]
     dtypes = {}
     for name in ("int8_repaired", "int8_partly_float"):
-        details = export.load_interpreter(result["files"][name]).get_tensor_details()
+        details = runtime.load_interpreter(result["files"][name]).get_tensor_details()
         dtypes[name] = {d["name"]: d["dtype"] for d in details}[result["float_nodes"][0]]
     assert dtypes == {"int8_repaired": np.int8, "int8_partly_float": np.float32}
     # the text form (no --json) reports the same extra rows
@@ -369,20 +371,20 @@ def test_bench_tool(artifacts):
 
 
 def test_latency_reports_the_cpu_share_it_got(artifacts):
-    measured = export.measure_latency([artifacts["float32"], artifacts["int8"]], runs=10, warmup=2)
+    measured = timing.measure_latency([artifacts["float32"], artifacts["int8"]], runs=10, warmup=2)
     shares = {m["cpu_share"] for m in measured.values()}
     assert len(shares) == 1 and 0.0 < shares.pop() <= 1.01
     # A timing that got the CPU it asked for draws no warning; one that shared it does.
-    assert export.busy_timing_warning(0.97) is None
-    warning = export.busy_timing_warning(0.6)
+    assert timing.busy_timing_warning(0.97) is None
+    warning = timing.busy_timing_warning(0.6)
     assert "60%" in warning and "bench_tflite.py" in warning
 
 
 def test_a_busy_timing_logs_a_warning(artifacts, monkeypatch, caplog):
-    interpreters = [export.batch1_interpreter(artifacts["float32"], 1, 0)]
-    monkeypatch.setattr(export, "with_cpu_share", lambda fn, num_threads: (fn(), 0.5))
-    with caplog.at_level("WARNING", logger="pn_tf.export"):
-        times, share = export.time_interleaved(interpreters, 3, warmup=1)
+    interpreters = [timing.batch1_interpreter(artifacts["float32"], 1, 0)]
+    monkeypatch.setattr(timing, "with_cpu_share", lambda fn, num_threads: (fn(), 0.5))
+    with caplog.at_level("WARNING", logger="pn_tf.tflite.timing"):
+        times, share = timing.time_interleaved(interpreters, 3, warmup=1)
     assert share == 0.5 and len(times[0]) == 3
     assert "got only 50% of the CPU time" in caplog.text
 
@@ -402,9 +404,9 @@ def test_cpu_share_counts_only_the_timing_thread(artifacts):
     burner = threading.Thread(target=burn, daemon=True)
     burner.start()
     try:
-        interpreters = [export.batch1_interpreter(artifacts["float32"], 1, 0)]
-        _, share = export.time_interleaved(interpreters, 20, warmup=2)
-        _, process_share = export.with_cpu_share(lambda: export._time_rounds(interpreters, 20, 2, 10), 2)
+        interpreters = [timing.batch1_interpreter(artifacts["float32"], 1, 0)]
+        _, share = timing.time_interleaved(interpreters, 20, warmup=2)
+        _, process_share = timing.with_cpu_share(lambda: timing._time_rounds(interpreters, 20, 2, 10), 2)
     finally:
         stop.set()
         burner.join()
@@ -416,8 +418,8 @@ def test_cpu_share_counts_only_the_timing_thread(artifacts):
 def test_cpu_share_sees_time_spent_waiting():
     import time
 
-    _, idle = export.with_cpu_share(lambda: time.sleep(0.2), num_threads=1)
-    _, busy = export.with_cpu_share(lambda: sum(i * i for i in range(2_000_000)), num_threads=1)
+    _, idle = timing.with_cpu_share(lambda: time.sleep(0.2), num_threads=1)
+    _, busy = timing.with_cpu_share(lambda: sum(i * i for i in range(2_000_000)), num_threads=1)
     assert idle < 0.2 and busy > idle
 
 
@@ -425,11 +427,11 @@ def test_cpu_share_sees_time_spent_waiting():
 def test_int8_io_variant(model, artifacts, images, tmp_path):
     path = export.export_tflite(artifacts["saved_model"], tmp_path / "io.tflite", "int8",
                                 _calibration_images(), int8_io="int8")
-    detail = export.load_interpreter(path).get_input_details()[0]
+    detail = runtime.load_interpreter(path).get_input_details()[0]
     assert detail["dtype"] == np.int8
     images = _images_like_calibration(images)
     reference = export.keras_outputs(model, images)
-    logits = export.tflite_predict(path, images)
+    logits = runtime.tflite_predict(path, images)
     assert np.linalg.norm(logits - reference) / np.linalg.norm(reference) < 0.1
 
 
@@ -445,10 +447,10 @@ def test_int8_accuracy_within_one_point(data_dir, tmp_path):
     model = load_checked(build_model("resnet56", **data_lib.normalization_kwargs("cifar10")),
                          shipped_weights("resnet56", "cifar10"))
     path = export.export_tflite(model, tmp_path / "int8.tflite", "int8",
-                                export.representative_dataset("cifar10", num_images=256, data_dir=data_dir))
+                                calibration.representative_dataset("cifar10", num_images=256, data_dir=data_dir))
     test = data_lib.make_dataset("cifar10", "test", 500, training=False, data_dir=data_dir)
     float_top1 = export.top1_accuracy(lambda x: export.keras_outputs(model, x), test)
-    interpreter = export.load_interpreter(path)
-    int8_top1 = export.top1_accuracy(lambda x: export.run_interpreter(interpreter, x, 500), test)
+    interpreter = runtime.load_interpreter(path)
+    int8_top1 = export.top1_accuracy(lambda x: runtime.run_interpreter(interpreter, x, 500), test)
     assert float_top1 > 0.8
     assert abs(int8_top1 - float_top1) <= 0.01

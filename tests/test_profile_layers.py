@@ -6,11 +6,11 @@ import keras
 import numpy as np
 import pytest
 
-from pn_tf.export import delegation
 from pn_tf.extract import extract_model
 from pn_tf.graph import ChannelGraph
 from pn_tf.latency.units import convert, split_units, unit_model
 from pn_tf.models import build_model
+from pn_tf.tflite.inspection import delegation
 from tests.conftest import REPO_ROOT
 from tests.helpers import random_images
 

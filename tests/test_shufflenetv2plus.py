@@ -219,6 +219,8 @@ def test_decomposed_hswish_quantizes_like_the_fused_op(tmp_path):
     """
     from pn_tf import export
     from pn_tf.models.shufflenetv2plus import _act
+    from pn_tf.tflite.inspection import delegation
+    from pn_tf.tflite.runtime import tflite_predict
     from tests.helpers import conv_act_conv, random_images
 
     calibration = random_images((16, 16, 3), seed=3, batch=16)
@@ -229,7 +231,7 @@ def test_decomposed_hswish_quantizes_like_the_fused_op(tmp_path):
         path = export.export_tflite(model, tmp_path / f"{form}.tflite", "int8", [calibration],
                                     repair_calibration=False)
         reference = export.keras_outputs(model, images)
-        errors[form] = float(np.abs(export.tflite_predict(path, images) - reference).mean())
+        errors[form] = float(np.abs(tflite_predict(path, images) - reference).mean())
         if form == "decomposed":
-            assert export.delegation(path) == {"partitions": 1, "not_delegated": {}}
+            assert delegation(path) == {"partitions": 1, "not_delegated": {}}
     assert errors["decomposed"] <= 1.25 * errors["fused"], errors

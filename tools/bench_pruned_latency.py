@@ -27,13 +27,14 @@ For each architecture:
    the same network, gates stripped;
 5. export every model to TFLite (float32; int8 full-integer with float I/O, calibrated on
    ``--calibration_images`` training images at the model's input size, see
-   :func:`pn_tf.export.representative_dataset`);
+   :func:`pn_tf.tflite.calibration.representative_dataset`);
 6. per (architecture, quantization), time the unpruned model and its pruned versions
-   interleaved in this one process (:func:`pn_tf.export.batch1_interpreter` /
-   :func:`pn_tf.export.time_interleaved`; a change of machine load hits all alike) at batch 1
-   with ``--num_threads`` interpreter threads.
+   interleaved in this one process (:func:`pn_tf.tflite.timing.batch1_interpreter` /
+   :func:`pn_tf.tflite.timing.time_interleaved`; a change of machine load hits all alike) at
+   batch 1 with ``--num_threads`` interpreter threads.
 
-Reported per row: MACs counted from the ``.tflite`` graph (:func:`pn_tf.export.tflite_macs`),
+Reported per row: MACs counted from the ``.tflite`` graph
+(:func:`pn_tf.tflite.inspection.tflite_macs`),
 ``flops_reduction``, median and p90 latency, ``latency_reduction``,
 ``efficiency = latency_reduction / flops_reduction`` (goal >= 0.9), parameters of the Keras
 model and the ``.tflite`` file size. ``--json`` prints one JSON object to stdout; otherwise a
@@ -113,7 +114,7 @@ def dataset_for(arch):
 
 
 def _batches(dataset, count, size, batch_size, data_dir):
-    from pn_tf.export import representative_dataset
+    from pn_tf.tflite.calibration import representative_dataset
 
     return representative_dataset(dataset, num_images=count, batch_size=batch_size,
                                   image_size=size, data_dir=data_dir)
@@ -156,7 +157,7 @@ def _export(model, directory, name, quantizations, representative):
 
 def _time_group(paths, num_threads, runs, min_runs, group_seconds, warmup, block, seed):
     """Interleaved batch-1 times (seconds) of ``paths``; runs capped by ``group_seconds``."""
-    from pn_tf.export import batch1_interpreter, time_interleaved
+    from pn_tf.tflite.timing import batch1_interpreter, time_interleaved
 
     interpreters = [batch1_interpreter(p, num_threads, seed) for p in paths]
     per_round = 0.0
@@ -201,7 +202,7 @@ def measure_arch(arch, directory, *, input_size, num_classes=None, targets, roun
                  runs, min_runs, group_seconds, warmup, block, bn_images, calibration_images,
                  use_shipped, data_dir, seed):
     from pn_tf.checkpoints import load_checked, shipped_weights
-    from pn_tf.export import tflite_macs
+    from pn_tf.tflite.inspection import tflite_macs
     from pn_tf.extract import extract_model, filter_l1_scores, select_channels
     from pn_tf.graph import ChannelGraph, FlopsModel, count_params
     from pn_tf.models import ARCHITECTURES, build_model
@@ -317,7 +318,7 @@ def main(argv):
     del argv
     import keras  # noqa: F401  (imported before timing starts)
 
-    from pn_tf.export import QUANTIZATIONS
+    from pn_tf.tflite.convert import QUANTIZATIONS
     from pn_tf.models import ARCHITECTURES
 
     for arch in FLAGS.archs:

@@ -5,8 +5,8 @@
 Builds ResNet-56 at several (stream widths, inner-width fraction) shapes with the zoo
 builder (``resnet_cifar(stage_widths=..., widths=...)``), converts each to TFLite float32
 (``--quantization``), and times them interleaved at batch 1 in this one process
-(:func:`pn_tf.export.measure_latency`). Prints, per shape, MACs counted from the ``.tflite``
-graph, the latency ratio against the unpruned network and
+(:func:`pn_tf.tflite.timing.measure_latency`). Prints, per shape, MACs counted from the
+``.tflite`` graph, the latency ratio against the unpruned network and
 ``efficiency = latency reduction / FLOPs reduction`` (the deployment goal is >= 0.9).
 Weights are the initial ones (latency does not depend on their values).
 
@@ -53,6 +53,8 @@ def main(argv):
     from pn_tf import export
     from pn_tf.extract import extract_model
     from pn_tf.graph import FlopsModel
+    from pn_tf.tflite.inspection import tflite_macs
+    from pn_tf.tflite.timing import measure_latency
 
     f = flags.FLAGS
     with tempfile.TemporaryDirectory(prefix="pn_tf_widths_") as tmp:
@@ -62,12 +64,12 @@ def main(argv):
             keep = [np.ones(int(w), dtype=bool) for w in FlopsModel(model).widths]
             plain = extract_model(model, keep)  # the same network, gates stripped
             paths[name] = export.export_tflite(plain, os.path.join(tmp, f"shape{i}.tflite"), f.quantization)
-        latency = export.measure_latency(list(paths.values()), runs=f.runs)
+        latency = measure_latency(list(paths.values()), runs=f.runs)
         base_ms = latency[paths["unpruned"]]["median_ms"]
-        base_macs = export.tflite_macs(paths["unpruned"])
+        base_macs = tflite_macs(paths["unpruned"])
         rows = []
         for name, path in paths.items():
-            ms, macs = latency[path]["median_ms"], export.tflite_macs(path)
+            ms, macs = latency[path]["median_ms"], tflite_macs(path)
             flops_red, lat_red = 1 - macs / base_macs, 1 - ms / base_ms
             rows.append({"shape": name, "macs": macs, "median_ms": round(ms, 4),
                          "flops_ratio": round(macs / base_macs, 4), "latency_ratio": round(ms / base_ms, 4),

@@ -6,9 +6,9 @@ All models are loaded in one process and timed interleaved: each round runs a bl
 ``--block`` invocations of every model, in a rotating order, so that a change of machine load
 hits them all alike. Reports per model: median and p90 latency (ms), MACs counted from the
 ``.tflite`` graph itself (CONV_2D, DEPTHWISE_CONV_2D, FULLY_CONNECTED via the interpreter's
-op list, see :func:`pn_tf.export.tflite_macs`; ``--flops`` overrides them), file size, how
-XNNPACK took the graph (``xnnpack``: partitions and the op types left outside, see
-:func:`pn_tf.export.delegation`; more than 2 partitions means ops fall back), and
+op list, see :func:`pn_tf.tflite.inspection.tflite_macs`; ``--flops`` overrides them), file
+size, how XNNPACK took the graph (``xnnpack``: partitions and the op types left outside, see
+:func:`pn_tf.tflite.inspection.delegation`; more than 2 partitions means ops fall back), and
 against the first model: ``latency_ratio``, ``flops_ratio`` and
 ``efficiency = latency_reduction / flops_reduction`` (the goal for a pruned model is >= 0.9).
 """
@@ -22,7 +22,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
-from pn_tf.export import batch1_interpreter, delegation, tflite_macs, time_interleaved  # noqa: E402
+from pn_tf.tflite.inspection import delegation, tflite_macs  # noqa: E402
+from pn_tf.tflite.timing import batch1_interpreter, time_interleaved  # noqa: E402
 
 flags.DEFINE_list("models", None, "Comma-separated .tflite files; the first is the baseline.")
 flags.DEFINE_integer("num_threads", 1, "Interpreter threads.")

@@ -157,6 +157,7 @@ def tflite_latency(rows, workdir, runs):
     from pn_tf import export
     from pn_tf.checkpoints import load_checked
     from pn_tf.models import build_model
+    from pn_tf.tflite.timing import measure_latency
 
     with open(os.path.join(rows[0]["workdir"], artifacts.CONFIG)) as f:
         config = json.load(f)
@@ -177,7 +178,7 @@ def tflite_latency(rows, workdir, runs):
             export.export_tflite(keras.saving.load_model(row["finetuned_model"], compile=False), path)
         paths[row["method"]] = path
     print(f"timing {len(paths)} TFLite models, {runs} batch-1 runs each, interleaved", flush=True)
-    measured = export.measure_latency(list(paths.values()), num_threads=1, runs=runs)
+    measured = measure_latency(list(paths.values()), num_threads=1, runs=runs)
     return {name: measured[path]["median_ms"] for name, path in paths.items()}
 
 

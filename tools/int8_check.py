@@ -6,9 +6,10 @@
 Converts ``--model`` (a SavedModel directory or a pn-tf ``.keras`` file) to TFLite float32 and,
 twice, to int8 calibrated on the first ``--calibration_images`` training images as the
 pipeline does: once repairing the calibration ranges that TFLite widens for in-place ops
-(tensorflow/tensorflow#127842; see pn_tf/export.py) and once with the converter's own ranges.
-Prints the top-1 accuracy of each file on the test split and the repaired tensors. Use it to
-check int8 accuracy before shipping a file, or to see what the repair changes for a model.
+(tensorflow/tensorflow#127842; see pn_tf/tflite/calibration.py) and once with the converter's
+own ranges. Prints the top-1 accuracy of each file on the test split and the repaired tensors.
+Use it to check int8 accuracy before shipping a file, or to see what the repair changes for a
+model.
 
 To find where an int8 loss comes from (``pn_tf.int8_debug``):
 
@@ -77,12 +78,15 @@ def check(model, dataset, out_dir, calibration_images=512, take=None, data_dir=N
     """
     from pn_tf import export, int8_debug
     from pn_tf.data import make_dataset
+    from pn_tf.io import save_bytes
+    from pn_tf.tflite.calibration import representative_dataset
+    from pn_tf.tflite.runtime import input_size, load_interpreter, tflite_predict
 
     saved_model = _saved_model(model, out_dir)
     paths = {"float32": export.export_tflite(saved_model, os.path.join(out_dir, "float32.tflite"))}
-    size = export.input_size(export.load_interpreter(paths["float32"]))[0]
-    calibration = export.representative_dataset(dataset, num_images=calibration_images,
-                                                image_size=size, data_dir=data_dir)
+    size = input_size(load_interpreter(paths["float32"]))[0]
+    calibration = representative_dataset(dataset, num_images=calibration_images,
+                                         image_size=size, data_dir=data_dir)
     repairs = []
     for name, repair in (("int8_repaired", True), ("int8_unrepaired", False)):
         paths[name] = export.export_tflite(saved_model, os.path.join(out_dir, f"{name}.tflite"),
@@ -90,13 +94,13 @@ def check(model, dataset, out_dir, calibration_images=512, take=None, data_dir=N
                                            repairs=repairs if repair else None)
     extra = {}
     if weights_only:
-        paths["int8_weights_only"] = export.save_bytes(
+        paths["int8_weights_only"] = save_bytes(
             os.path.join(out_dir, "int8_weights_only.tflite"),
             int8_debug.convert_weights_only(saved_model))
     if keep_float:
         content, extra["float_nodes"] = int8_debug.convert_partly_float(
             saved_model, calibration, keep_float, float_tflite=paths["float32"])
-        paths["int8_partly_float"] = export.save_bytes(
+        paths["int8_partly_float"] = save_bytes(
             os.path.join(out_dir, "int8_partly_float.tflite"), content)
     if layer_errors:
         debug = make_dataset(dataset, "holdout", 32, training=False, image_size=size,
@@ -105,7 +109,7 @@ def check(model, dataset, out_dir, calibration_images=512, take=None, data_dir=N
                                                         debug)[:layer_errors]
     test = make_dataset(dataset, "test", 256, training=False, image_size=size,
                         data_dir=data_dir, take=take)
-    result = {name: export.top1_accuracy(lambda x, p=path: export.tflite_predict(p, x), test)
+    result = {name: export.top1_accuracy(lambda x, p=path: tflite_predict(p, x), test)
               for name, path in paths.items()}
     result["repaired"] = [{"tensor": name, "recorded": list(recorded), "true": list(true)}
                           for name, recorded, true in repairs]

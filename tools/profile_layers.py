@@ -14,7 +14,7 @@ converted and timed on its own, at its real input shape, batch 1, ``--num_thread
   understated; ``units_sum_ratio`` shows how far the sum is from the whole model;
 * every unit becomes a small Keras model (its own input tensors, the same layer objects and
   weights), is converted to float32 TFLite (from a concrete function at batch 1) and timed
-  interleaved with all the others (:func:`pn_tf.export.time_interleaved`);
+  interleaved with all the others (:func:`pn_tf.tflite.timing.time_interleaved`);
 * the time of one invocation of a one-op model (``invoke_overhead_ms``, the interpreter's own
   cost) is subtracted from each unit's median.
 

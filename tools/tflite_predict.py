@@ -23,7 +23,7 @@ import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 from PIL import Image, UnidentifiedImageError  # noqa: E402
 
-from pn_tf.export import input_size, load_interpreter, run_interpreter  # noqa: E402
+from pn_tf.tflite.runtime import input_size, load_interpreter, run_interpreter  # noqa: E402
 from pn_tf.data_sources import INPUT_SCALES  # noqa: E402
 from pn_tf.pipeline.artifacts import read_labels as labels_beside  # noqa: E402
 

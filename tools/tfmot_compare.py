@@ -589,7 +589,7 @@ def write_tflite(path, content):
 
 
 def tflite_accuracy(path, dataset, threads):
-    from pn_tf.export import load_interpreter, run_interpreter
+    from pn_tf.tflite.runtime import load_interpreter, run_interpreter
 
     interpreter = load_interpreter(path, threads)
     correct = count = 0
@@ -678,7 +678,7 @@ def run_seed(seed, tf, keras, tfmot, twin, datasets, calibration, workdir, befor
 
 def prune(workdir):
     tf, keras, tfmot = import_tfmot()
-    from pn_tf.export import representative_dataset
+    from pn_tf.tflite.calibration import representative_dataset
 
     arrays = load_npz(weights_npz(workdir))
     check = load_npz(check_npz(workdir))

@@ -59,7 +59,9 @@ def _short_error(err):
 
 def _tflite_check(narrow, x):
     """(converts, max abs difference to Keras or the error, MACs counted in the TFLite graph)."""
-    from pn_tf.export import export_tflite, tflite_macs, tflite_predict
+    from pn_tf.export import export_tflite
+    from pn_tf.tflite.inspection import tflite_macs
+    from pn_tf.tflite.runtime import tflite_predict
 
     with tempfile.TemporaryDirectory(prefix="pn_tf_check_") as tmp:
         path = os.path.join(tmp, "pruned.tflite")

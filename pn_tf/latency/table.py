@@ -142,7 +142,7 @@ def extract_at(gated, graph, widths):
 
 def time_files(paths, num_threads, runs, warmup=5, block=5, seed=0):
     """Median batch-1 ms of each ``.tflite`` file, timed interleaved; and the CPU share."""
-    from pn_tf.export import time_interleaved
+    from pn_tf.tflite.timing import time_interleaved
 
     rng = np.random.default_rng(seed)
     interpreters = [unit_lib.timing_interpreter(p, num_threads, rng) for p in paths]

@@ -127,7 +127,7 @@ def convert(model, path, dtype="float32", seed=0):
     import tensorflow as tf
     from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
-    from pn_tf.export import save_bytes
+    from pn_tf.io import save_bytes
 
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
@@ -154,7 +154,7 @@ def convert(model, path, dtype="float32", seed=0):
 
 def timing_interpreter(path, num_threads, rng):
     """A LiteRT interpreter for ``path`` with random inputs set (float or int8)."""
-    from pn_tf.export import load_interpreter
+    from pn_tf.tflite.runtime import load_interpreter
 
     interpreter = load_interpreter(path, num_threads)
     for detail in interpreter.get_input_details():

@@ -19,6 +19,7 @@ def deployable(network):
 
 def run(ctx):
     from pn_tf import export as export_lib
+    from pn_tf.tflite.runtime import tflite_predict
 
     c = ctx.config
     out = ctx.stage_dir("export")
@@ -40,7 +41,7 @@ def run(ctx):
         for kind, info in files.items():
             if kind.startswith("tflite_"):
                 accuracy[f"{who}_{kind}"] = export_lib.top1_accuracy(
-                    lambda x, p=info["path"]: export_lib.tflite_predict(p, x), evaluation)
+                    lambda x, p=info["path"]: tflite_predict(p, x), evaluation)
     summary = {"artifacts": artifacts_, "tflite_test_accuracy": accuracy,
                "accuracy_split": ctx.data.eval_split, "int8_calibration_repair": repair}
     if ctx.data.class_names and ctx.is_chief:

@@ -14,7 +14,8 @@ from pn_tf.pipeline import artifacts
 
 
 def run(ctx):
-    from pn_tf import export as export_lib
+    from pn_tf.tflite.inspection import tflite_macs
+    from pn_tf.tflite.timing import measure_latency
 
     c = ctx.config
     base, ext, fine = ctx.summary("baseline"), ctx.summary("extract"), ctx.summary("finetune")
@@ -26,8 +27,8 @@ def run(ctx):
     timed = [base_tfl, pruned_tfl]
     if budgeted != "float32":
         timed += [files[who][f"tflite_{budgeted}"]["path"] for who in ("baseline", "pruned")]
-    latency = export_lib.measure_latency(timed, num_threads=c.tflite_threads, runs=c.tflite_runs)
-    base_macs, pruned_macs = export_lib.tflite_macs(base_tfl), export_lib.tflite_macs(pruned_tfl)
+    latency = measure_latency(timed, num_threads=c.tflite_threads, runs=c.tflite_runs)
+    base_macs, pruned_macs = tflite_macs(base_tfl), tflite_macs(pruned_tfl)
     accuracy = exported["tflite_test_accuracy"]
     report = {
         "arch": ctx.model.name,
@@ -125,7 +126,7 @@ def markdown(r):
         "",
         f"Kept widths per group: {p['widths']}",
     ]
-    from pn_tf.export import busy_timing_warning
+    from pn_tf.tflite.timing import busy_timing_warning
 
     warning = busy_timing_warning(r.get("latency_cpu_share", 1.0))
     if warning:
