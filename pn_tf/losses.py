@@ -21,9 +21,12 @@ def outputs_probabilities(model):
         return False
     if isinstance(op, keras.layers.Softmax):
         return True
-    name = type(op).__name__
-    if name == "Softmax" and type(op).__module__.startswith("keras.src.ops"):
-        return True
+    if not isinstance(op, keras.layers.Layer):  # a keras.ops call, e.g. keras.ops.softmax(x)
+        from pn_tf.graph.rules import keras_op_class
+
+        softmax = keras_op_class("softmax")
+        if softmax is not None and isinstance(op, softmax):
+            return True
     return getattr(getattr(op, "activation", None), "__name__", "") == "softmax"
 
 

@@ -173,3 +173,24 @@ def test_import_edges_in_a_temp_package(tmp_path):
     assert graph["pn_tf.sub.thing"] == {"pn_tf.sub"}  # ..sub from sub/thing.py is pn_tf.sub
     assert graph["pn_tf.sub.helper"] == {"pn_tf.sub.thing", "pn_tf"}
     assert cycles(graph) == [["pn_tf.other", "pn_tf.top"], ["pn_tf.sub", "pn_tf.sub.thing"]]
+
+
+def test_pn_tf_imports_no_private_keras_module():
+    """``keras.src`` is Keras's private layout: pn_tf imports public names only.
+
+    The one exception, pn_tf.graph.rules._register_applications, loads two keras.applications
+    layer classes that Keras exports under no public name, by importlib and with a warning
+    if they moved; no import statement names ``keras.src``.
+    """
+    found = []
+    for name, path in package_modules(pathlib.Path(pn_tf.__file__).parent).items():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                targets = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and not node.level:
+                targets = [node.module or ""]
+            else:
+                continue
+            found += [f"{name}:{node.lineno} imports {t}" for t in targets
+                      if t == "keras.src" or t.startswith("keras.src.")]
+    assert not found, "\n".join(found)

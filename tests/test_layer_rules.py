@@ -3,6 +3,7 @@ and the rule registry that says what each layer type means for channels."""
 
 import json
 import logging
+import sys
 
 import keras
 import numpy as np
@@ -317,3 +318,36 @@ def test_channels_first_layers_are_left_alone_with_a_reason():
     assert any("channels_first" in w for w in graph.warnings)
     with pytest.raises(ValueError, match="no prunable channel groups"):
         check_model(model, 0.2, tflite=False)
+
+
+def test_keras_op_classes_come_from_the_public_functions():
+    x = keras.Input((4, 4, 3))
+    y = keras.ops.softmax(keras.ops.relu(x + 3.0))
+    model = keras.Model(x, y)
+    ops = [op for op in model.operations if not isinstance(op, keras.layers.InputLayer)]
+    assert [type(op) for op in ops] == [rules.keras_op_class(n) for n in ("add", "relu", "softmax")]
+    assert isinstance(rules.rule_for(ops[0]), rules.ElementwiseOp)
+    assert isinstance(rules.rule_for(ops[2]), rules.Couple)
+    assert rules.keras_op_class("no_such_op") is None
+
+
+def test_a_keras_without_an_op_or_an_application_layer_warns_and_goes_on(monkeypatch, caplog):
+    """What Keras moved is named in one warning; its nodes are then simply opaque."""
+    monkeypatch.setattr(rules, "_OPS_ELEMENTWISE", rules._OPS_ELEMENTWISE + ("renamed_op",))
+    monkeypatch.setitem(rules._OP_CALLS, "clip", lambda f, x, y: f(x))  # a changed signature
+    with caplog.at_level(logging.WARNING, logger="pn_tf.graph.rules"):
+        classes = rules._probe_op_classes()
+    assert "renamed_op" not in classes and "clip" not in classes and "add" in classes
+    [record] = [r for r in caplog.records if "keras.ops" in r.getMessage()]
+    assert "keras.ops.renamed_op (not in this Keras)" in record.getMessage()
+    assert "keras.ops.clip (TypeError" in record.getMessage()
+
+    caplog.clear()
+    monkeypatch.setattr(rules, "_RULES", dict(rules._RULES))  # the real registry stays as it is
+    for family in ("convnext", "inception_resnet_v2"):  # None in sys.modules: import fails
+        monkeypatch.setitem(sys.modules, f"keras.src.applications.{family}", None)
+    with caplog.at_level(logging.WARNING, logger="pn_tf.graph.rules"):
+        rules._register_applications()
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("keras.src.applications.convnext.LayerScale" in m and "opaque" in m for m in messages)
+    assert any("keras.src.applications.inception_resnet_v2.CustomScaleLayer" in m for m in messages)

@@ -23,12 +23,17 @@ names it and points here. Lookup follows the class's MRO, so subclasses inherit 
 """
 
 import dataclasses
+import importlib
+import logging
 import math
+import threading
 
 import keras
 import numpy as np
 
 from pn_tf.graph.errors import GraphAnalysisError
+
+log = logging.getLogger(__name__)
 
 # Rule kinds, as the engine and the policies see them.
 MIX = "mix"  # creates new channels from all input channels (conv, dense)
@@ -760,6 +765,8 @@ def rule_for(op):
     """The rule for ``op`` (a layer or ``keras.ops`` operation), by its class's MRO."""
     if getattr(op, "data_format", None) == "channels_first":
         return _CHANNELS_FIRST
+    if _OP_CLASSES is None and not isinstance(op, keras.layers.Layer):
+        _ensure_ops()
     for cls in type(op).__mro__:
         rule = _RULES.get(cls)
         if rule is not None:
@@ -823,60 +830,150 @@ def _register_builtins():
     register_rule(L.Concatenate, Concat())
     register_rule(L.Flatten, Reshape())
     register_rule(L.Reshape, Reshape())
-    _register_ops()
     _register_applications()
     _register_pn_tf()
 
 
-# Element-wise keras.ops recorded as graph nodes (``x + 3.0``, ``ops.relu(x)``, ``a * b``).
-_OPS_ELEMENTWISE = ("Add", "Subtract", "Multiply", "Divide", "TrueDivide", "Maximum", "Minimum",
-                    "Power", "Negative", "Abs", "Absolute", "Square", "Sqrt", "Exp", "Expm1",
-                    "Log", "Log1p", "Clip", "Sign", "Round", "Floor", "Ceil", "Reciprocal",
-                    "Tanh", "Sin", "Cos", "Sinh", "Cosh", "Arctan", "Arcsinh", "Copy")
-_OPS_ACTIVATIONS = ("Relu", "Relu6", "Sigmoid", "HardSigmoid", "Silu", "HardSilu", "Gelu", "Elu",
-                    "Selu", "LeakyRelu", "Softplus", "Softsign", "Celu", "LogSigmoid", "HardTanh",
-                    "SoftShrink", "HardShrink", "TanhShrink", "Squareplus", "SparsePlus",
-                    "SparseSigmoid", "Threshold")
+# keras.ops functions whose calls a functional graph records as nodes, by their public
+# names. Keras has no public name for the operation classes these calls record, so the
+# classes are read off the public functions: each is applied once to symbolic inputs
+# (:func:`keras_op_class`), and the recorded operation's type gets the rule.
+_OPS_BINARY = ("add", "subtract", "multiply", "divide", "true_divide", "maximum", "minimum", "power")
+_OPS_ELEMENTWISE = ("negative", "absolute", "square", "sqrt", "exp", "expm1", "log", "log1p",
+                    "clip", "sign", "round", "floor", "ceil", "reciprocal", "tanh", "sin", "cos",
+                    "sinh", "cosh", "arctan", "arcsinh", "copy", "cast")
+_OPS_ACTIVATIONS = ("relu", "relu6", "sigmoid", "hard_sigmoid", "silu", "hard_silu", "gelu", "elu",
+                    "selu", "leaky_relu", "softplus", "softsign", "celu", "log_sigmoid", "hard_tanh",
+                    "soft_shrink", "hard_shrink", "tanh_shrink", "squareplus", "sparse_plus",
+                    "sparse_sigmoid", "threshold")
+_OPS_REDUCTIONS = ("mean", "max", "min", "sum", "amax", "amin")
+
+# How to call each function on symbolic inputs x, y of shape (None, 4, 4, 3), where the
+# plain ``f(x)`` (or ``f(x, y)`` for a binary one) does not do.
+_OP_CALLS = {
+    "clip": lambda f, x, y: f(x, 0.0, 1.0),
+    "cast": lambda f, x, y: f(x, "float16"),
+    "threshold": lambda f, x, y: f(x, 0.5, 0.0),
+    "concatenate": lambda f, x, y: f([x, y]),
+    "reshape": lambda f, x, y: f(x, (-1, 4, 12)),
+    "expand_dims": lambda f, x, y: f(x, 1),
+    "squeeze": lambda f, x, y: f(keras.ops.expand_dims(x, 1), 1),
+    "pad": lambda f, x, y: f(x, ((0, 0), (1, 1), (1, 1), (0, 0))),
+    "image.resize": lambda f, x, y: f(x, (2, 2)),
+    **{name: (lambda f, x, y: f(x, axis=(1, 2))) for name in _OPS_REDUCTIONS},
+    **{name: (lambda f, x, y: f(x, y)) for name in _OPS_BINARY},
+}
+
+_OP_CLASSES = None  # {public keras.ops function name: the operation class its call records}
+_OPS_LOCK = threading.Lock()
 
 
-def _register_ops():
-    from keras.src.ops import nn as ops_nn
-    from keras.src.ops import numpy as ops_numpy
+def _probe_op_classes():
+    """``{name: class}`` for every function named above that Keras has and records as a node.
 
-    for name in _OPS_ELEMENTWISE:
-        if hasattr(ops_numpy, name):
-            register_rule(getattr(ops_numpy, name), ElementwiseOp())
+    Done once, on the first lookup of an operation that is not a layer (see :func:`rule_for`):
+    the probe's operations take automatic names ("add", "relu", ...), which must not rename
+    the ops of a model built before pn-tf first looks at it.
+    """
+    names = (_OPS_BINARY + _OPS_ELEMENTWISE + _OPS_ACTIVATIONS + _OPS_REDUCTIONS
+             + ("softmax", "log_softmax", "concatenate", "reshape", "expand_dims", "squeeze",
+                "transpose", "pad", "image.resize"))
+    x = keras.Input((4, 4, 3), name="pn_tf_probe_x")
+    y = keras.Input((4, 4, 3), name="pn_tf_probe_y")
+    classes, missing = {}, []
+    for name in names:
+        function = keras.ops
+        for part in name.split("."):
+            function = getattr(function, part, None)
+        if function is None:
+            missing.append(f"keras.ops.{name} (not in this Keras)")
+            continue
+        call = _OP_CALLS.get(name, lambda f, x, y: f(x))
+        try:
+            output = call(function, x, y)
+            operations = keras.Model([x, y], output, name="pn_tf_probe").operations
+        except Exception as error:  # noqa: BLE001 - a changed signature: say which, go on
+            missing.append(f"keras.ops.{name} ({type(error).__name__}: {error})")
+            continue
+        op = operations[-1]  # topological order: the op that made the output is last
+        if isinstance(op, keras.layers.InputLayer):
+            missing.append(f"keras.ops.{name} (records no operation on a symbolic tensor)")
+            continue
+        classes[name] = type(op)
+    if missing:
+        log.warning("pn-tf could not find the graph operations of %d keras.ops functions, so "
+                    "their nodes in a functional model are opaque (left unpruned): %s. Keras "
+                    "changed these functions; pn-tf's rules in pn_tf/graph/rules.py need the "
+                    "new call.", len(missing), "; ".join(missing))
+    return classes
+
+
+def keras_op_class(name):
+    """The operation class that the public function ``keras.ops.<name>`` records in a graph.
+
+    ``name`` is a public name ("add", "softmax", "image.resize"); None when this Keras has
+    no such function or it records no operation.
+    """
+    _ensure_ops()
+    return _OP_CLASSES.get(name)
+
+
+def _ensure_ops():
+    global _OP_CLASSES
+    if _OP_CLASSES is not None:
+        return
+    with _OPS_LOCK:
+        if _OP_CLASSES is None:
+            classes = _probe_op_classes()
+            _register_ops(classes)
+            _OP_CLASSES = classes
+
+
+def _register_ops(classes):
+    """Rules for the keras.ops operations; a rule a user registered first for one is kept."""
+
+    def register(name, rule):
+        cls = classes.get(name)
+        if cls is not None and cls not in _RULES:
+            register_rule(cls, rule)
+
+    for name in _OPS_BINARY + _OPS_ELEMENTWISE:
+        register(name, ElementwiseOp())
     for name in _OPS_ACTIVATIONS:
-        if hasattr(ops_nn, name):
-            register_rule(getattr(ops_nn, name), ElementwiseOp(nonlinear=True))
-    for name in ("Softmax", "LogSoftmax"):
-        if hasattr(ops_nn, name):
-            register_rule(getattr(ops_nn, name), Couple("normalizes across channels (softmax)"))
-    if hasattr(ops_numpy, "Concatenate"):
-        register_rule(ops_numpy.Concatenate, Concat())
-    for name in ("Reshape", "ExpandDims", "Squeeze"):
-        register_rule(getattr(ops_numpy, name), Reshape())
-    for name in ("Mean", "Max", "Min", "Sum", "Amax", "Amin"):
-        if hasattr(ops_numpy, name):
-            register_rule(getattr(ops_numpy, name), AxisOp(_reduces_other_axes, "reduces over channels"))
-    register_rule(ops_numpy.Transpose, AxisOp(_keeps_last_axis, "moves the channel axis"))
-    register_rule(ops_numpy.Pad, AxisOp(_pads_other_axes, "pads the channel axis"))
-    from keras.src.ops import core as ops_core
-    from keras.src.ops import image as ops_image
-
-    register_rule(ops_core.Cast, ElementwiseOp())
-    register_rule(ops_image.Resize, Carry(weights=()))
+        register(name, ElementwiseOp(nonlinear=True))
+    for name in ("softmax", "log_softmax"):
+        register(name, Couple("normalizes across channels (softmax)"))
+    register("concatenate", Concat())
+    for name in ("reshape", "expand_dims", "squeeze"):
+        register(name, Reshape())
+    for name in _OPS_REDUCTIONS:
+        register(name, AxisOp(_reduces_other_axes, "reduces over channels"))
+    register("transpose", AxisOp(_keeps_last_axis, "moves the channel axis"))
+    register("pad", AxisOp(_pads_other_axes, "pads the channel axis"))
+    register("image.resize", Carry(weights=()))
 
 
 def _register_applications():
-    """The keras.applications families' own layers (ConvNeXt, InceptionResNetV2)."""
-    try:
-        from keras.src.applications import convnext, inception_resnet_v2
-    except ImportError:  # pragma: no cover - a Keras without them
-        return
-    register_rule(convnext.LayerScale, Carry(weights="auto", keeps_zero=True,
-                                             config_channels=("projection_dim",)))
-    register_rule(inception_resnet_v2.CustomScaleLayer, Merge("all"))
+    """The keras.applications families' own layers (ConvNeXt, InceptionResNetV2).
+
+    Keras exports no public name for these classes (keras.applications.convnext exports the
+    model functions only, and the layers are not in the serialization registry), so they are
+    read from Keras's source modules. If Keras moved them, their layers stay opaque (left
+    unpruned) and one warning says so.
+    """
+    wanted = (("convnext", "LayerScale", Carry(weights="auto", keeps_zero=True,
+                                               config_channels=("projection_dim",))),
+              ("inception_resnet_v2", "CustomScaleLayer", Merge("all")))
+    for family, name, rule in wanted:
+        try:
+            module = importlib.import_module(f"keras.src.applications.{family}")
+            cls = getattr(module, name)
+        except (ImportError, AttributeError):
+            log.warning("pn-tf found no keras.src.applications.%s.%s in Keras %s (Keras moved "
+                        "or renamed it): the %s layers of keras.applications.%s models are "
+                        "opaque (left unpruned)", family, name, keras.__version__, name, family)
+            continue
+        register_rule(cls, rule)
 
 
 def _register_pn_tf():
