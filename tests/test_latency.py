@@ -239,3 +239,30 @@ def test_tool_refuses_bad_arguments():
     out = subprocess.run([sys.executable, "tools/latency_model.py", "--arch=nope"], cwd=REPO_ROOT,
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 2 and "unknown --arch=nope" in out.stderr
+
+
+def test_a_layer_type_declares_its_tflite_fusion_in_its_rule():
+    """A unit is what each layer type's channel rule says TFLite fuses (rules.TFLite)."""
+    import keras
+
+    from pn_tf.graph import rules
+
+    class Halve(keras.layers.Layer):
+        def call(self, x):
+            return x * 0.5
+
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.ZeroPadding2D(1)(inputs)
+    x = keras.layers.Conv2D(4, 3)(x)
+    x = keras.layers.BatchNormalization()(x)
+    x = keras.layers.ReLU()(x)
+    x = Halve()(x)
+    model = keras.Model(inputs, keras.layers.Dense(2)(keras.layers.GlobalAveragePooling2D()(x)))
+    # pad + conv + BN + ReLU fuse; an undeclared layer type starts a unit of its own.
+    assert [len(unit) for unit in split_units(model)] == [4, 1, 1, 1]
+    assert rules.tflite_for(model.layers[2]) == rules.TFLite(fusion_target=True, absorbs_pad=True)
+    rules.register_rule(Halve, rules.Carry(weights=()).with_tflite(fuses_into_previous=True))
+    try:
+        assert [len(unit) for unit in split_units(model)] == [5, 1, 1]
+    finally:
+        rules.unregister_rule(Halve)

@@ -9,10 +9,12 @@ A :class:`ChannelRule` says everything pn-tf needs to know about a layer type (o
   where gates may sit (a gate must come after the last op that can revive a zero);
 * ``weight_axes`` / ``narrow_config`` / ``narrow_arguments``: how extraction slices its
   weights, rewrites its config and slices constants for the kept channels;
-* ``filter_norms``: per-output-channel L1 norms for the magnitude criterion.
+* ``filter_norms``: per-output-channel L1 norms for the magnitude criterion;
+* ``tflite``: what the TFLite converter fuses it with (:class:`TFLite`, set with
+  ``with_tflite``), which the latency units read.
 
-The graph engine, gate insertion, extraction and channel selection only ask this
-registry. A user's own layer is supported by registering a rule for its class::
+The graph engine, gate insertion, extraction, channel selection and the latency units only
+ask this registry. A user's own layer is supported by registering a rule for its class::
 
     from pn_tf.graph import rules
 
@@ -22,6 +24,7 @@ An unregistered layer is *opaque*: its channels are left unpruned, with a warnin
 names it and points here. Lookup follows the class's MRO, so subclasses inherit a rule.
 """
 
+import copy
 import dataclasses
 import importlib
 import logging
@@ -109,6 +112,27 @@ def _axes(axis, rank):
     return [a % rank for a in (axis if isinstance(axis, (list, tuple)) else [axis])]
 
 
+@dataclasses.dataclass(frozen=True)
+class TFLite:
+    """What the TFLite converter (and its XNNPACK delegate) makes of a layer type.
+
+    The latency units (:func:`pn_tf.latency.units.split_units`) read it: a unit is what
+    TFLite runs as one op. Declared with :meth:`ChannelRule.with_tflite` where the layer
+    type's rule is registered; the default says none of these.
+
+    Attributes:
+        fuses_into_previous: folded into the op before it when that op is a
+            ``fusion_target`` and this is its only reader (BatchNormalization, an activation).
+        fusion_target: an op such layers fold into (a convolution, Dense, Add).
+        absorbs_pad: XNNPACK folds a zero padding right before it into it (2-D convolutions).
+        pad: a zero padding, folded into the ``absorbs_pad`` op it alone feeds.
+    """
+
+    fuses_into_previous: bool = False
+    fusion_target: bool = False
+    absorbs_pad: bool = False
+    pad: bool = False
+
 
 class ChannelRule:
     """How one layer type treats the channel (last) axis. Base class of every rule.
@@ -121,10 +145,22 @@ class ChannelRule:
             ``"opaque"``.
         elementwise: an element-wise function of each value (an activation): gates may
             move past it, so that they sit after BN-ReLU as in the zoo.
+        tflite: a :class:`TFLite`, what the TFLite converter makes of the layer type (which
+            op it fuses into); set with :meth:`with_tflite`.
     """
 
     kind = OPAQUE
     elementwise = False
+    tflite = TFLite()
+
+    def with_tflite(self, **fields):
+        """A copy of this rule declaring :class:`TFLite` ``fields`` for its layer type.
+
+        ``register_rule(MyConv, rules.Convolution().with_tflite(fusion_target=True))``
+        """
+        rule = copy.copy(self)
+        rule.tflite = dataclasses.replace(self.tflite, **fields)
+        return rule
 
     def flow(self, graph, op, node):
         """Sets the channel spaces of ``node``'s outputs on ``graph`` (a ChannelGraph).
@@ -774,18 +810,35 @@ def rule_for(op):
     return _DEFAULT
 
 
+def tflite_for(op):
+    """What TFLite makes of ``op``'s layer type: its rule's :class:`TFLite` (by the class's MRO).
+
+    Unlike :func:`rule_for`, a channels_first layer still has its type's declaration (TFLite
+    fuses it all the same).
+    """
+    for cls in type(op).__mro__:
+        rule = _RULES.get(cls)
+        if rule is not None:
+            return rule.tflite
+    return _DEFAULT.tflite
+
+
 def _register_builtins():
     L = keras.layers
     carry = Carry()
     for cls in (L.Dropout, L.SpatialDropout1D, L.SpatialDropout2D, L.SpatialDropout3D,
-                L.GaussianNoise, L.GaussianDropout, L.AlphaDropout, L.Identity, L.Rescaling,
+                L.GaussianNoise, L.GaussianDropout, L.AlphaDropout, L.Rescaling,
                 L.MaxPooling1D, L.MaxPooling2D, L.MaxPooling3D, L.AveragePooling1D,
                 L.AveragePooling2D, L.AveragePooling3D, L.GlobalAveragePooling1D,
                 L.GlobalAveragePooling2D, L.GlobalAveragePooling3D, L.GlobalMaxPooling1D,
-                L.GlobalMaxPooling2D, L.GlobalMaxPooling3D, L.ZeroPadding1D, L.ZeroPadding2D,
+                L.GlobalMaxPooling2D, L.GlobalMaxPooling3D, L.ZeroPadding1D,
                 L.ZeroPadding3D, L.Cropping1D, L.Cropping2D, L.Cropping3D, L.UpSampling1D,
                 L.UpSampling2D, L.UpSampling3D):
         register_rule(cls, carry)
+    # What TFLite fuses, for the latency units: BN and activations fold into the conv, dense
+    # or addition before them; XNNPACK folds a zero pad into the 2-D convolution it feeds.
+    register_rule(L.Identity, carry.with_tflite(fuses_into_previous=True))
+    register_rule(L.ZeroPadding2D, carry.with_tflite(pad=True))
     for name in ("AdaptiveAveragePooling1D", "AdaptiveAveragePooling2D", "AdaptiveAveragePooling3D",
                  "AdaptiveMaxPooling1D", "AdaptiveMaxPooling2D", "AdaptiveMaxPooling3D",
                  "RepeatVector", "ActivityRegularization", "Resizing", "CenterCrop", "RandomFlip",
@@ -805,26 +858,31 @@ def _register_builtins():
         if hasattr(L, name):
             register_rule(getattr(L, name), Opaque(f"{what}: pn-tf does not prune it", warn=True))
     activation = Activation()
-    for cls in (L.Activation, L.ReLU, L.LeakyReLU, L.PReLU, L.ELU):
+    for cls in (L.Activation, L.ReLU):
+        register_rule(cls, activation.with_tflite(fuses_into_previous=True))
+    for cls in (L.LeakyReLU, L.PReLU, L.ELU):
         register_rule(cls, activation)
     register_rule(L.Softmax, Couple("normalizes across channels (softmax)"))
-    register_rule(L.BatchNormalization, BatchNorm())
+    register_rule(L.BatchNormalization, BatchNorm().with_tflite(fuses_into_previous=True))
     register_rule(L.Normalization, Normalization())
     register_rule(L.GroupNormalization, GroupNorm())
     register_rule(L.LayerNormalization, AxisNormalization())
     if hasattr(L, "RMSNormalization"):
         register_rule(L.RMSNormalization, AxisNormalization())
     register_rule(L.UnitNormalization, Couple("normalizes across its channels (unit norm)"))
-    for cls in (L.Conv1D, L.Conv2D, L.Conv3D):
-        register_rule(cls, Convolution())
-    for cls in (L.Conv1DTranspose, L.Conv2DTranspose, L.Conv3DTranspose):
-        register_rule(cls, Convolution(transpose=True))
-    register_rule(L.Dense, Dense())
-    for cls in (L.DepthwiseConv1D, L.DepthwiseConv2D):
-        register_rule(cls, Depthwise())
-    for cls in (L.SeparableConv1D, L.SeparableConv2D):
-        register_rule(cls, Separable())
-    for cls in (L.Add, L.Subtract, L.Average, L.Maximum, L.Minimum):
+    register_rule(L.Conv1D, Convolution().with_tflite(fusion_target=True))
+    register_rule(L.Conv2D, Convolution().with_tflite(fusion_target=True, absorbs_pad=True))
+    register_rule(L.Conv3D, Convolution())
+    register_rule(L.Conv1DTranspose, Convolution(transpose=True))
+    register_rule(L.Conv2DTranspose, Convolution(transpose=True).with_tflite(fusion_target=True))
+    register_rule(L.Conv3DTranspose, Convolution(transpose=True))
+    register_rule(L.Dense, Dense().with_tflite(fusion_target=True))
+    register_rule(L.DepthwiseConv1D, Depthwise())
+    register_rule(L.DepthwiseConv2D, Depthwise().with_tflite(fusion_target=True, absorbs_pad=True))
+    register_rule(L.SeparableConv1D, Separable())
+    register_rule(L.SeparableConv2D, Separable().with_tflite(fusion_target=True, absorbs_pad=True))
+    register_rule(L.Add, Merge("all").with_tflite(fusion_target=True))
+    for cls in (L.Subtract, L.Average, L.Maximum, L.Minimum):
         register_rule(cls, Merge("all"))
     register_rule(L.Multiply, Merge("any"))
     register_rule(L.Concatenate, Concat())

@@ -3,7 +3,8 @@
 A unit is one layer call, plus the BatchNormalization / activation / ReLU / Identity calls that
 follow a conv, depthwise conv, dense layer or addition and read only its output (what the TFLite
 converter fuses into one op); a ZeroPadding2D goes with the convolution it feeds (XNNPACK folds
-a zero PAD into it). Every unit becomes a small Keras model on fresh batch-1 inputs with the
+a zero PAD into it): each layer type's channel rule declares which of these it is
+(:class:`pn_tf.graph.rules.TFLite`). Every unit becomes a small Keras model on fresh batch-1 inputs with the
 same layer objects and weights (:func:`unit_model`), which :func:`convert` turns into a
 ``.tflite`` file for timing. tools/profile_layers.py and the latency tables
 (:mod:`pn_tf.latency.table`) are built on this.
@@ -16,46 +17,37 @@ import numpy as np
 DTYPES = ("float32", "int8")
 
 
-def _unit_kinds():
-    import keras
-
-    heads = (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.DepthwiseConv2D,
-             keras.layers.SeparableConv2D, keras.layers.Conv2DTranspose, keras.layers.Dense,
-             keras.layers.Add)
-    followers = (keras.layers.BatchNormalization, keras.layers.Activation, keras.layers.ReLU,
-                 keras.layers.Identity)
-    return heads, followers
-
-
 def split_units(model):
-    """The model's layer calls grouped into units (lists of nodes), in topological order."""
+    """The model's layer calls grouped into units (lists of nodes), in topological order.
+
+    What fuses with what is each layer type's :class:`~pn_tf.graph.rules.TFLite` declaration
+    in its channel rule (:func:`pn_tf.graph.rules.tflite_for`).
+    """
     import keras
 
-    heads, followers = _unit_kinds()
+    from pn_tf.graph.rules import tflite_for
+
     nodes = [node for depth in sorted(model._nodes_by_depth, reverse=True)
              for node in model._nodes_by_depth[depth]
              if not node.is_input and not isinstance(node.operation, keras.layers.InputLayer)]
     consumers = collections.Counter(id(t) for node in nodes for t in node.input_tensors)
     for tensor in keras.tree.flatten(model.outputs):
         consumers[id(tensor)] += 1
-    convs = (keras.layers.Conv2D, keras.layers.DepthwiseConv2D, keras.layers.SeparableConv2D)
     units, open_ends = [], {}  # id(last output of a fusable unit) -> unit
     for node in nodes:
+        tflite = tflite_for(node.operation)
         inputs = node.input_tensors
         unit = open_ends.get(id(inputs[0])) if len(inputs) == 1 else None
-        after_pad = (unit is not None and len(unit) == 1
-                     and isinstance(unit[0].operation, keras.layers.ZeroPadding2D))
+        after_pad = unit is not None and len(unit) == 1 and tflite_for(unit[0].operation).pad
         if (unit is not None and consumers[id(inputs[0])] == 1
-                and (isinstance(node.operation, convs) if after_pad
-                     else isinstance(node.operation, followers))):
+                and (tflite.absorbs_pad if after_pad else tflite.fuses_into_previous)):
             unit = open_ends.pop(id(inputs[0]))
             unit.append(node)
             open_ends[id(node.output_tensors[0])] = unit
             continue
         unit = [node]
         units.append(unit)
-        if (isinstance(node.operation, heads + (keras.layers.ZeroPadding2D,))
-                and len(node.output_tensors) == 1):
+        if (tflite.fusion_target or tflite.pad) and len(node.output_tensors) == 1:
             open_ends[id(node.output_tensors[0])] = unit
     return units
 
@@ -67,9 +59,9 @@ def unit_names(unit):
 
 def head(unit):
     """The unit's main operation (the convolution after a padding, else its first call)."""
-    import keras
+    from pn_tf.graph.rules import tflite_for
 
-    padded = len(unit) > 1 and isinstance(unit[0].operation, keras.layers.ZeroPadding2D)
+    padded = len(unit) > 1 and tflite_for(unit[0].operation).pad
     return (unit[1] if padded else unit[0]).operation
 
 
