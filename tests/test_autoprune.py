@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from pn_tf import auto
-from pn_tf.extract import set_gate_masks
+from pn_tf.extract import extract_at, set_gate_masks
 from pn_tf.graph import ChannelGraph, FlopsModel, count_params
 from pn_tf.layers import gate_layers, set_gate_mode
 from pn_tf.models import build_model
@@ -57,7 +57,8 @@ def test_keras_application_prunes_equivalently(name):
     np.testing.assert_array_equal(original, np.asarray(gated(x)))  # identity gates: same model
 
     auto.random_gate_logits(gated, seed=2)
-    narrow, selection, graph = auto.extract_at(gated, 0.4)
+    extraction = extract_at(gated, 0.4)
+    narrow, selection, graph = extraction.model, extraction.selection, extraction.graph
     assert [g.size for g in graph.groups] == [g.size for g in groups]
     reference, diff = _equivalence(gated, narrow, selection, graph, x)
     assert diff <= 1e-4 * max(1.0, np.abs(reference).max()), diff
@@ -88,7 +89,8 @@ def test_lambda_layer_channels_are_left_alone(caplog):
 
     gated = auto.insert_gates(model)
     auto.random_gate_logits(gated, seed=0)
-    narrow, selection, graph = auto.extract_at(gated, 0.3)
+    extraction = extract_at(gated, 0.3)
+    narrow, selection, graph = extraction.model, extraction.selection, extraction.graph
     assert narrow.get_layer("c2").kernel.shape == (3, 3, selection.widths[0], 12)
     assert narrow.get_layer("c3").kernel.shape[2] == 12
     x = random_images((16, 16, 3))
@@ -162,7 +164,7 @@ def test_prune_smoke_on_cifar10(data_dir):
     assert pruned.output_shape == (None, 10)
     assert "loss" in summary["search_history"]
     # One 4-step epoch at gate lr 5e-2 cannot close half the MACs' gates: the summary says so.
-    assert summary["reached_budget"] is False and summary["threshold_flops_ratio"] > 0.55
+    assert summary["reached_budget"] is False and summary["threshold_cost_ratio"] > 0.55
     assert any("raise flops_reg_weight" in w for w in summary["warnings"])
 
 

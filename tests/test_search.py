@@ -70,9 +70,9 @@ def test_search_changes_only_gates_and_fills_memory(predictor):
     assert any(not np.allclose(a, b.numpy()) for a, b in zip(gates, search.gate_logits))
     assert int(search.memory.count.numpy()) == 3  # one entry per 2 steps
     assert search.pn_start_step == (None if predictor == "none" else 4)  # 2 entries, 2 steps each
-    evaluated = search.evaluate(_batches(1), verbose=0, return_dict=True)["flops_ratio"]
-    assert search.threshold_flops_ratio == pytest.approx(float(evaluated), rel=1e-6)
-    for key in ("cls_loss", "res_loss", "pn_loss", "pn_mae", "flops_ratio", "grad_cos"):
+    evaluated = search.evaluate(_batches(1), verbose=0, return_dict=True)["cost_ratio"]
+    assert search.threshold_cost_ratio == pytest.approx(float(evaluated), rel=1e-6)
+    for key in ("cls_loss", "res_loss", "pn_loss", "pn_mae", "cost_ratio", "grad_cos"):
         assert np.isfinite(history[key][-1]), key
     if predictor == "none":
         assert history["pn_loss"][-1] == 0.0
@@ -108,9 +108,9 @@ def test_real_search_moves_flops_toward_budget(data_dir):
     # A large gate step so that 10 steps move logits past the threshold (-base).
     search.compile(gate_optimizer=keras.optimizers.AdamW(0.5, weight_decay=1e-2))
     ds = make_dataset("cifar10", "holdout", batch_size=32, training=True, data_dir=data_dir, take=320, seed=0)
-    start = search.evaluate(ds.take(2), verbose=0, return_dict=True)["flops_ratio"]
+    start = search.evaluate(ds.take(2), verbose=0, return_dict=True)["cost_ratio"]
     history = search.fit(ds, epochs=1, verbose=0).history
-    end = search.evaluate(ds.take(2), verbose=0, return_dict=True)["flops_ratio"]
+    end = search.evaluate(ds.take(2), verbose=0, return_dict=True)["cost_ratio"]
     assert history["res_loss"][-1] > 0
     assert end < start - 0.05, (start, end)
     assert end > search.budget_ratio - 0.2, (end, search.budget_ratio)

@@ -7,8 +7,8 @@ Reads ``<workdir>/<method>_seed<s>/search/history.csv`` (one row per search epoc
 the search stage's CSV logger) and draws, per method, the mean over seeds with a band of
 +-1 std: the gated network's accuracy and classification loss on the evaluation split after
 every epoch (the test split when the runs used ``--search_eval_split=test``, as
-``configs/compare_resnet56.flags`` does; noise-free hard gates), the FLOPs ratio of those
-gates, and the PN predictor's training loss (epoch mean). Prints the plotted numbers as JSON.
+``configs/compare_resnet56.flags`` does; noise-free hard gates), the cost ratio (FLOPs or
+latency) of those gates, and the PN predictor's training loss (epoch mean). Prints the plotted numbers as JSON.
 """
 
 import csv
@@ -28,7 +28,7 @@ flags.mark_flag_as_required("workdir")
 
 PANELS = (("val_accuracy", "accuracy of the gated network (eval split)"),
           ("val_loss", "classification loss (eval split)"),
-          ("val_flops_ratio", "FLOPs ratio of the hard gates"),
+          ("val_cost_ratio", "cost ratio of the hard gates (FLOPs or latency)"),
           ("pn_loss", "PN predictor training loss"))
 LABELS = {"pn": "PN (GRU, projection)", "pn_noproj": "PN, no projection", "lr": "LR predictor",
           "dg": "DG (no predictor)"}
@@ -40,7 +40,9 @@ def read_history(path):
         rows = list(csv.DictReader(f))
     if not rows:
         raise ValueError(f"{path} has no rows")
-    return {key: np.array([float(r[key]) for r in rows]) for key in rows[0]}
+    # Histories written before 2026-12-07 name the cost ratio after FLOPs.
+    renamed = {"val_flops_ratio": "val_cost_ratio", "flops_ratio": "cost_ratio"}
+    return {renamed.get(key, key): np.array([float(r[key]) for r in rows]) for key in rows[0]}
 
 
 def collect(workdir, method):

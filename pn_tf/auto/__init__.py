@@ -3,7 +3,7 @@
 The one channel-dependency engine (:class:`pn_tf.graph.ChannelGraph`) does the
 analysis; this package only decides *which* of the spaces it finds to prune and
 *where* to put the gates, then hands the gated copy to the same FLOPs model, PN
-search and extraction that the zoo uses.
+search and extraction (:func:`pn_tf.extract.extract_at`) that the zoo uses.
 
 * :func:`find_groups` lists the prunable channel spaces of an un-gated model.
 * :func:`insert_gates` builds a copy of the model (same weights) with one
@@ -25,24 +25,18 @@ Modules:
 * ``analysis`` -- :class:`Analysis`, ``POLICIES``, :func:`analyse`, :func:`find_groups`,
   :func:`strip_gates`.
 * ``insert``   -- :func:`insert_gates` and its graph-rebuild helpers.
-* ``extract``  -- :func:`extract_at`, :func:`simplify`.
-* ``data``     -- :func:`image_folder_dataset`.
 * ``pruning``  -- :func:`prune`, :func:`random_gate_logits`.
 * ``_util``    -- private helpers shared by the above (logger, ``_quiet``).
 """
 
 from pn_tf.auto.analysis import POLICIES, Analysis, analyse, find_groups, strip_gates
-from pn_tf.auto.data import image_folder_dataset
-from pn_tf.auto.extract import extract_at, simplify
 from pn_tf.auto.insert import insert_gates
 from pn_tf.auto.pruning import prune, random_gate_logits
 
-__all__ = ["Analysis", "POLICIES", "analyse", "extract_at",
-           "find_groups", "image_folder_dataset", "insert_gates", "prune", "random_gate_logits",
-           "simplify", "strip_gates"]
+__all__ = ["Analysis", "POLICIES", "analyse", "find_groups", "insert_gates", "prune",
+           "random_gate_logits", "strip_gates"]
 
 # The public functions keep the module name they had when this was one file.
-for _function in (analyse, extract_at, find_groups, image_folder_dataset, insert_gates, prune,
-                  random_gate_logits, simplify, strip_gates):
+for _function in (analyse, find_groups, insert_gates, prune, random_gate_logits, strip_gates):
     _function.__module__ = __name__
 del _function

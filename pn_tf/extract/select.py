@@ -18,6 +18,7 @@ import numpy as np
 
 from pn_tf.graph import FlopsModel
 from pn_tf.graph.rules import rule_for
+from pn_tf.settings import SELECTIONS
 
 log = logging.getLogger(__name__)
 
@@ -95,11 +96,10 @@ def random_scores(graph, seed=0):
     return [rng.uniform(size=group.size) for group in graph.groups]
 
 
-SELECTIONS = ("gates", "l1", "uniform", "random")
 
 
 def channel_scores(method, model, graph, seed=0):
-    """Per-group channel scores for a selection method from :data:`SELECTIONS`.
+    """Per-group channel scores for a selection method from :data:`pn_tf.settings.SELECTIONS`.
 
     ``gates`` reads the (searched) gate logits; ``l1`` ranks filters by L1 norm globally
     (z-scored per group); ``uniform`` keeps the same fraction of every group (its best

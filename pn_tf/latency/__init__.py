@@ -7,8 +7,8 @@ FLOPs model that the search and the channel selection take.
 """
 
 from pn_tf.latency.model import LatencyModel
-from pn_tf.latency.table import (LatencyTableError, build_table, cached_table, extract_at,
+from pn_tf.latency.table import (LatencyTableError, build_table, cached_table, widths_model,
                                  load_table, save_table, time_files)
 
-__all__ = ["LatencyModel", "LatencyTableError", "build_table", "cached_table", "extract_at",
+__all__ = ["LatencyModel", "LatencyTableError", "build_table", "cached_table", "widths_model",
            "load_table", "save_table", "time_files"]

@@ -17,7 +17,7 @@ import time
 import numpy as np
 
 from pn_tf.latency import units as unit_lib
-from pn_tf.latency.table import extract_at, kept_width, time_files
+from pn_tf.latency.table import kept_width, time_files, widths_model
 
 
 def random_widths(graph, rng):
@@ -36,7 +36,7 @@ def check(gated, graph, latency, configs=20, seed=0, runs=100, progress=print):
     try:
         paths = [unit_lib.convert(unit_lib.overhead_model(), os.path.join(directory, "overhead.tflite"))]
         for index, widths in enumerate(all_widths):
-            paths.append(unit_lib.convert(unit_lib.batch1_model(extract_at(gated, graph, widths)),
+            paths.append(unit_lib.convert(unit_lib.batch1_model(widths_model(gated, graph, widths)),
                                           os.path.join(directory, f"config_{index}.tflite"),
                                           latency.table["dtype"]))
             if index % 5 == 0:

@@ -132,12 +132,12 @@ def width_fraction(dependence, widths, full):
     return float(fraction)
 
 
-def extract_at(gated, graph, widths):
+def widths_model(gated, graph, widths):
     """The plain (gate-free) network keeping the first ``widths[g]`` channels of each group."""
-    from pn_tf.extract import extract_model
+    from pn_tf.extract import extract_at
 
     keep = [np.arange(g.size) < w for g, w in zip(graph.groups, widths)]
-    return extract_model(gated, keep, graph)
+    return extract_at(gated, keep=keep, graph=graph).model
 
 
 def time_files(paths, num_threads, runs, warmup=5, block=5, seed=0):
@@ -190,7 +190,7 @@ def build_table(gated, graph=None, dtype="float32", num_threads=1, levels=LEVELS
         recorded = graph.recorded()
         for level, fraction in enumerate(fractions):
             widths = _level_widths(graph, fraction)
-            plain = extract_at(gated, graph, widths)
+            plain = widths_model(gated, graph, widths)
             wholes.append(len(paths))
             paths.append(unit_lib.convert(unit_lib.batch1_model(plain), os.path.join(
                 directory, f"whole_{level}.tflite"), dtype))

@@ -1,27 +1,28 @@
 """The run context and the runner: validate everything, then run the stages in order.
 
-Each stage (:mod:`pn_tf.pipeline.stages`) reads what earlier stages wrote in the work
-directory and writes its own sub-folder; the runner writes ``<stage>/<stage>.json``
-(:func:`pn_tf.pipeline.artifacts.summary_file`) last, atomically, once the stage
-returned its summary: a stage whose JSON exists is finished and never redone.
+Validation checks every option against its declared limits and choices, resolves the model,
+the data and the budget, asks each stage to be run for its own checks (``check(ctx)``), and
+leaves a frozen, normalized config. Each stage (:mod:`pn_tf.pipeline.stages`) reads what
+earlier stages wrote in the work directory and writes its own sub-folder; the runner writes
+``<stage>/<stage>.json`` (:func:`pn_tf.pipeline.artifacts.summary_file`) last, atomically,
+once the stage returned its summary: a stage whose JSON exists is finished and never redone.
 Interrupted training stages resume from their epoch backups.
 """
 
 import dataclasses
 import json
-import math
 import os
 import sys
 import time
 
-from pn_tf.pipeline import artifacts, budget
-from pn_tf.pipeline.config import STAGES, TFLITE_VARIANTS, config_from_flags
+from pn_tf.pipeline import artifacts
+from pn_tf.pipeline.budgets import budget_of
+from pn_tf.pipeline.config import OPTIONS, config_from_flags
 from pn_tf.pipeline.errors import PipelineError
+from pn_tf.pipeline.stages import BY_NAME, STAGE_NAMES
 
 # Settings that a work directory's earlier stages depend on: resuming with others is refused.
-CONFIG_KEYS_FIXED = ("arch", "model", "prune_policy", "exclude", "dataset", "image_dir", "input_range",
-                     "input_size", "num_classes", "target_flops_reduction", "target_latency_reduction",
-                     "seed")
+PINNED = tuple(o.name for o in OPTIONS if o.pins)
 
 
 def _check_workdir_path(workdir):
@@ -43,21 +44,13 @@ def _round_to(value):
     return multiple
 
 
-def _positive(config, *names, allow_zero=()):
-    for name in names:
-        value = getattr(config, name)
-        if value is None:
-            continue
-        if value < 0 or (value == 0 and name not in allow_zero):
-            raise PipelineError(f"--{name} must be {'>= 0' if name in allow_zero else '> 0'}, got {value}")
-
-
-def _check_finite(config):
-    """Every number flag must be a finite number (``--finetune_lr=nan`` would fail stages later)."""
-    for field in dataclasses.fields(config):
-        value = getattr(config, field.name)
-        if isinstance(value, float) and not math.isfinite(value):
-            raise PipelineError(f"--{field.name} must be a finite number, got {value}")
+def _check_options(config):
+    """Every option's value within its declared limits and choices (finite numbers included)."""
+    for option in OPTIONS:
+        try:
+            option.check(getattr(config, option.name, None))
+        except ValueError as err:
+            raise PipelineError(str(err)) from None
 
 
 def check_tf_config(text):
@@ -109,21 +102,21 @@ def _same(a, b):
 
 
 class Pipeline:
-    """One run: its validated config, data, model, strategy and work directory.
+    """One run: its validated config, budget, data, model, strategy and work directory.
 
-    The stages receive this object as their run context; they read ``config``, ``data``
-    (a :class:`pn_tf.data_sources.DataSource`), ``model`` (a
-    :class:`pn_tf.pipeline.models.ZooModel` or ``FileModel``) and ``strategy``, and use
-    the helpers below for files and summaries.
+    The stages receive this object as their run context; they read ``config`` (frozen once
+    validated), ``budget`` (a :class:`pn_tf.pipeline.budgets.Budget`), ``data`` (a
+    :class:`pn_tf.data_sources.DataSource`), ``model`` (a :class:`pn_tf.pipeline.models.ZooModel`
+    or ``FileModel``) and ``strategy``, and use the helpers below for files and summaries.
     """
+
+    stage_names = STAGE_NAMES  # every stage, in order (pn_tf.pipeline.stages)
 
     def __init__(self, config, strategy):
         self.config = config
         self.strategy = strategy
-        self.workdir = os.path.abspath(config.workdir)
-        self.data = self.model = None
-        self.baseline_source = self.baseline_init_source = None
-        self.latency_table = None  # the table of a latency budget, once validated
+        self.workdir = os.path.abspath(config.workdir) if config.workdir else None
+        self.data = self.model = self.budget = None
 
     # -- setup and validation ----------------------------------------------------
 
@@ -137,55 +130,46 @@ class Pipeline:
         return pipeline
 
     def validate(self):
-        """Every check that can fail before long work starts."""
+        """Every check that can fail before long work starts; leaves ``self.config`` frozen and
+        normalized (defaults that depend on the model or data filled in)."""
         c = self.config
-        _check_finite(c)
+        _check_options(c)
+        if not c.workdir:
+            raise PipelineError("--workdir is required: the folder that holds this run")
         _check_workdir_path(c.workdir)
-        if c.verbose is None:
-            c.verbose = 1 if sys.stdout.isatty() else 2
-        unknown = [s for s in c.stages if s not in STAGES]
-        if unknown:
-            raise PipelineError(f"unknown --stages {unknown}; choose from {', '.join(STAGES)}")
-        c.stages = [s for s in STAGES if s in c.stages]
-        self._check_sources()
-        c.round_to = _round_to(c.round_to)
-        _positive(c, "baseline_epochs", "search_epochs", "batch_size", "search_batch_size",
-                  "baseline_lr", "finetune_lr", "gate_lr", "flops_reg_weight", "calibration_images",
-                  "tflite_threads", "tflite_runs", "pn_batch_size", "train_take", "eval_take", "search_take",
-                  "finetune_epochs", "weight_decay", "pn_noise", "search_eval_take",
-                  allow_zero=("baseline_epochs", "finetune_epochs", "weight_decay", "pn_noise"))
-        from pn_tf.extract import SELECTIONS
-
-        if c.selection not in SELECTIONS:
-            raise PipelineError(f"unknown --selection={c.selection}; choose from {', '.join(SELECTIONS)}")
-        if c.search_eval_split == "test" and not self.data.has_test:
-            raise PipelineError("--search_eval_split=test needs a test split: pass --test_dir")
-        bad = [q for q in c.tflite if q not in TFLITE_VARIANTS]
-        if bad:
-            raise PipelineError(f"unknown --tflite variants {bad}; choose from {', '.join(TFLITE_VARIANTS)}")
-        self._check_split_sizes()
-        self._check_budget()
-        self._check_baseline()
+        changes = self._check_sources(c)
+        changes.update(
+            stages=[s for s in STAGE_NAMES if s in c.stages], round_to=_round_to(c.round_to),
+            verbose=(1 if sys.stdout.isatty() else 2) if c.verbose is None else c.verbose)
+        self.config = c = dataclasses.replace(c, **changes)
+        self.budget = budget_of(c)
+        self.budget.check_flags()
+        try:
+            network = self.build_network()
+        except ValueError as err:
+            raise PipelineError(f"--arch={c.arch} cannot be built at --input_size={c.input_size}: {err}") from err
+        for stage in c.stages:
+            BY_NAME[stage].check(self)
         self._check_workdir()
-        self._check_resume()
         self._warn_precision()
-        self._check_latency_budget()
+        self.budget.check(network, self)
         self._record_config()
 
-    def _check_sources(self):
-        """Resolves --arch/--model and --dataset/--image_dir into ``self.model`` and ``self.data``."""
+    def _check_sources(self, c):
+        """Resolves --arch/--model and --dataset/--image_dir into ``self.model`` and ``self.data``;
+        the settings they decide."""
         from pn_tf.data_sources import DataSourceError, open_data
         from pn_tf.models import ARCHITECTURES
         from pn_tf.pipeline.models import FileModel, ZooModel
 
-        c = self.config
         if c.model and c.arch:
             raise PipelineError(f"pass --model (your own model) or --arch (a zoo architecture), not "
                                 f"both (got --model={c.model} --arch={c.arch})")
         if c.image_dir and c.dataset:
             raise PipelineError(f"pass --image_dir (your own images) or --dataset (TFDS), not both "
                                 f"(got --image_dir={c.image_dir} --dataset={c.dataset})")
-        c.dataset = "" if c.image_dir else (c.dataset or "cifar10")
+        changes = {"dataset": "" if c.image_dir else (c.dataset or "cifar10")}
+        input_size = c.input_size
         if c.model:
             zoo_only = [f"--{name}" for name in ("baseline_weights", "baseline_init", "num_classes")
                         if getattr(c, name)]
@@ -193,15 +177,16 @@ class Pipeline:
                 raise PipelineError(f"{', '.join(zoo_only)} go with --arch; --model's file holds its "
                                     "own weights and classes (retrain it with --baseline_epochs)")
             model = FileModel(c.model, c.prune_policy, c.exclude, c.input_size)
-            c.input_size = model.input_size
+            input_size = model.input_size
             if c.input_range == "auto" and not model.starts_with_preprocessing:
                 print(f"[pn-tf] warning: --model={c.model} does not start with a Rescaling or "
                       "Normalization layer; pn-tf feeds it pixels 0..255. If it expects another "
                       "range, pass --input_range=0_1 or -1_1", flush=True)
         else:
-            c.arch = c.arch or "resnet56"
-            if c.arch not in ARCHITECTURES:
-                raise PipelineError(f"unknown --arch={c.arch}; known: {', '.join(sorted(ARCHITECTURES))}")
+            changes["arch"] = c.arch or "resnet56"
+            if changes["arch"] not in ARCHITECTURES:
+                raise PipelineError(f"unknown --arch={changes['arch']}; known: "
+                                    f"{', '.join(sorted(ARCHITECTURES))}")
             given = [f"--{name}" for name in ("exclude",) if getattr(c, name)]
             if c.prune_policy != "all":
                 given.append("--prune_policy")
@@ -211,10 +196,10 @@ class Pipeline:
             if c.input_range not in ("auto", "0_255"):
                 raise PipelineError(f"--input_range={c.input_range}: zoo architectures take pixels "
                                     "0..255 and normalize them themselves; leave it out")
-        c.input_range = "0_255" if c.input_range == "auto" else c.input_range
+        changes["input_range"] = "0_255" if c.input_range == "auto" else c.input_range
         try:
-            self.data = open_data(c.dataset, c.image_dir, c.test_dir, c.data_dir, c.input_range,
-                                  c.input_size)
+            self.data = open_data(changes["dataset"], c.image_dir, c.test_dir, c.data_dir,
+                                  changes["input_range"], input_size)
         except DataSourceError as err:
             raise PipelineError(str(err)) from err
         if c.model:
@@ -223,95 +208,51 @@ class Pipeline:
                     f"--model={c.model} outputs {model.num_classes} class scores, but "
                     f"{self.data.name} has {self.data.num_classes} classes; give the model a head of "
                     f"{self.data.num_classes} classes (label k is the k-th sub-folder in sorted order)")
-            c.baseline_epochs = c.baseline_epochs or 0
+            changes["baseline_epochs"] = c.baseline_epochs or 0
         else:
-            c.num_classes = c.num_classes or self.data.num_classes
-            c.input_size = c.input_size or self.data.image_size
-            c.baseline_epochs = 200 if c.baseline_epochs is None else c.baseline_epochs
-            model = ZooModel(c.arch, c.input_size, c.num_classes, self.data.normalization)
+            changes["num_classes"] = c.num_classes or self.data.num_classes
+            input_size = input_size or self.data.image_size
+            changes["baseline_epochs"] = 200 if c.baseline_epochs is None else c.baseline_epochs
+            model = ZooModel(changes["arch"], input_size, changes["num_classes"], self.data.normalization)
+        changes["input_size"] = input_size
         self.model = model
+        return changes
 
-    def _check_split_sizes(self):
-        """Training drops partial batches: each training split needs one full batch at least."""
-        c = self.config
-        needs = []
-        if "search" in c.stages and c.selection == "gates":
-            needs.append(("holdout", c.search_take, c.search_batch_size, "--search_batch_size"))
-        if "finetune" in c.stages and c.finetune_epochs or "baseline" in c.stages and self.trains_baseline:
-            needs.append(("train_main", c.train_take, c.batch_size, "--batch_size"))
-        for split, take, batch, flag in needs:
-            count = self.data.count(split)
-            count = min(count, take) if take else count
-            if count < batch:
-                raise PipelineError(f"the {split} split of {self.data.name} has {count} images, fewer "
-                                    f"than {flag}={batch}: lower {flag} or add images")
+    def check_split(self, split, take, batch, flag):
+        """Training drops partial batches: ``split`` (at most ``take`` images) needs one full batch
+        of ``batch`` (set by ``flag``)."""
+        count = self.data.count(split)
+        count = min(count, take) if take else count
+        if count < batch:
+            raise PipelineError(f"the {split} split of {self.data.name} has {count} images, fewer "
+                                f"than {flag}={batch}: lower {flag} or add images")
 
     def _warn_precision(self):
         """mixed_bfloat16 on a CPU without bfloat16 instructions is emulated, several times slower."""
+        from pn_tf.pipeline.stages import baseline
         from pn_tf.training import bfloat16_hardware
 
         c = self.config
-        training = "finetune" in c.stages or ("baseline" in c.stages and self.trains_baseline)
+        training = "finetune" in c.stages or ("baseline" in c.stages and baseline.trains(c))
         if c.precision == "mixed_bfloat16" and training and bfloat16_hardware() is False:
             print("[pn-tf] warning: --precision=mixed_bfloat16 on a CPU without AMX/AVX512-BF16 "
                   "(no amx_bf16 or avx512_bf16 in /proc/cpuinfo): bfloat16 is emulated and "
                   "training is several times slower than --precision=float32 "
                   "(tools/bench_train_speed.py measures both)", flush=True)
 
-    @property
-    def trains_baseline(self):
-        c = self.config
-        return not c.baseline_weights and c.baseline_epochs > 0
-
-    def _check_budget(self):
-        c = self.config
-        budget.check_flags(c)
-        try:
-            network = self.build_network()
-        except ValueError as err:
-            raise PipelineError(f"--arch={c.arch} cannot be built at --input_size={c.input_size}: {err}") from err
-        self.flops_total = budget.check_flops(c, network).total
-
-    def _check_latency_budget(self):
-        """Loads (or builds, and caches) the latency table; refuses a target it cannot reach."""
-        c = self.config
-        if c.target_latency_reduction is not None and {"search", "extract"} & set(c.stages):
-            self.latency_table = budget.latency_table(c, self.build_network(), self.workdir,
-                                                      self.model.name, self.is_chief)
-
     def cost_model(self, graph):
-        """What the search regularizes and extraction selects on: the FLOPs T(a), or L(a)."""
-        return budget.cost_model(self.config, graph, self.latency_table)
+        """What the search regularizes and extraction selects on, for the run's budget."""
+        return self.budget.cost_model(graph)
 
     @property
     def target_reduction(self):
-        """The budget's fraction to remove: of the latency when one is asked, else of the FLOPs."""
-        return budget.target_reduction(self.config)
-
-    def _check_baseline(self):
-        from pn_tf.checkpoints import CheckpointError, load_checked, resolve_weights
-
-        c = self.config
-        if c.model:
-            return
-        try:
-            if c.baseline_weights and c.baseline_init:
-                raise CheckpointError(
-                    "--baseline_weights loads a finished baseline and --baseline_init starts training "
-                    "from one; pass only one of them")
-            self.baseline_source = resolve_weights(c.baseline_weights, c.arch, c.dataset)
-            self.baseline_init_source = resolve_weights(c.baseline_init, c.arch, c.dataset,
-                                                        flag="baseline_init")
-            for path in (self.baseline_source, self.baseline_init_source):
-                if path:
-                    load_checked(self.build_network(), path)
-        except CheckpointError as err:
-            raise PipelineError(str(err)) from err
+        """The budget's fraction to remove."""
+        return self.budget.reduction
 
     def _check_workdir(self):
         c = self.config
         path = os.path.join(self.workdir, artifacts.CONFIG)
-        current = {k: getattr(c, k) for k in CONFIG_KEYS_FIXED}
+        current = {k: getattr(c, k) for k in PINNED}
         if os.path.exists(path):
             try:
                 with open(path) as f:
@@ -335,17 +276,17 @@ class Pipeline:
 
             write_json(path, dataclasses.asdict(self.config))
 
-    def _check_resume(self):
+    def check_resume(self, stage):
         """An interrupted training stage must resume in the precision it started with."""
         from pn_tf.training import ResumeError, check_resume_precision
 
-        for stage in ("baseline", "finetune"):
-            if stage in self.config.stages and not os.path.exists(self.summary_path(stage)):
-                try:
-                    check_resume_precision(self.stage_dir(stage), self.config.precision, stage,
-                                           self.config.allow_precision_change)
-                except ResumeError as err:
-                    raise PipelineError(str(err)) from err
+        if os.path.exists(self.summary_path(stage)):
+            return
+        try:
+            check_resume_precision(self._stage_path(stage), self.config.precision, stage,
+                                   self.config.allow_precision_change)
+        except ResumeError as err:
+            raise PipelineError(str(err)) from err
 
     @property
     def is_chief(self):
@@ -367,22 +308,37 @@ class Pipeline:
             return self.model.build()
 
     def load_network(self, weights):
-        """The gated network with ``weights`` loaded (None: its initial weights)."""
+        """The gated network with ``weights`` (a path, relative to the workdir or not; None: its
+        initial weights) loaded."""
         from pn_tf.checkpoints import load_checked
 
         network = self.build_network()
-        return load_checked(network, weights) if weights else network
+        return load_checked(network, self.path(weights)) if weights else network
 
     def load_keras(self, path):
-        """A ``.keras`` file an earlier stage wrote."""
+        """A ``.keras`` file an earlier stage wrote (``path`` relative to the workdir or not)."""
         import keras
 
         import pn_tf.layers  # noqa: F401  (registers the custom layers)
 
+        path = self.path(path)
         if not os.path.exists(path):
             raise PipelineError(f"{path} is missing; rerun the stage that writes it")
         with self.strategy.scope():
             return keras.saving.load_model(path, compile=False)
+
+    def path(self, path):
+        """A path as a summary stores it (relative to the workdir, or absolute) made usable."""
+        return None if path is None else os.path.join(self.workdir, path)
+
+    def relative(self, path):
+        """How a summary stores ``path``: relative to the workdir when inside it, else absolute
+        (so a work directory can be moved or copied whole)."""
+        if path is None:
+            return None
+        path = os.path.abspath(path)
+        inside = os.path.commonpath([path, self.workdir]) == self.workdir
+        return os.path.relpath(path, self.workdir) if inside else path
 
     def images(self, split="holdout", count=64):
         """The first ``count`` images of ``split`` as one array (for equivalence checks)."""
@@ -394,10 +350,14 @@ class Pipeline:
         return self.data.batches(split, batch_size, training, image_size=self.config.input_size,
                                  seed=seed, take=take)
 
+    def _stage_path(self, stage):
+        if self.is_chief:
+            return os.path.join(self.workdir, stage)
+        return os.path.join(self.workdir, ".workers", str(self.strategy.cluster_resolver.task_id), stage)
+
     def stage_dir(self, stage):
-        path = os.path.join(self.workdir, stage)
-        if not self.is_chief:
-            path = os.path.join(self.workdir, ".workers", str(self.strategy.cluster_resolver.task_id), stage)
+        """The stage's folder, created (a worker of a multi-worker run gets its own)."""
+        path = self._stage_path(stage)
         os.makedirs(path, exist_ok=True)
         return path
 
@@ -441,8 +401,6 @@ class Pipeline:
     # -- running -------------------------------------------------------------------
 
     def run(self):
-        from pn_tf.pipeline.stages import STAGE_MODULES
-
         print(f"[pn-tf] {self.title}, stages {','.join(self.config.stages)}, workdir {self.workdir}",
               flush=True)
         for stage in self.config.stages:
@@ -451,7 +409,7 @@ class Pipeline:
                 continue
             print(f"[pn-tf] stage {stage}: starting", flush=True)
             start = time.time()
-            summary = STAGE_MODULES[stage].run(self)
+            summary = BY_NAME[stage].run(self)
             summary["stage_seconds"] = round(time.time() - start, 1)
             self.write_summary(stage, summary)
             print(f"[pn-tf] stage {stage}: done in {summary['stage_seconds']:.0f}s", flush=True)

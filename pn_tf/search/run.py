@@ -13,41 +13,48 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from pn_tf import settings
 from pn_tf.search.search_model import PNSearch
 from pn_tf.training import standard_callbacks
 
 
+def _setting(name):
+    return dataclasses.field(default=settings.default(name))
+
+
 @dataclasses.dataclass
 class SearchConfig:
-    """The search recipe (defaults: the paper's CIFAR-10 ResNet-56 setting).
+    """The search recipe: the settings of :mod:`pn_tf.settings` (same names, same defaults: the
+    paper's CIFAR-10 ResNet-56 setting) and the paper's fixed values.
 
-    Fields shared with the pipeline carry its flag names (:mod:`pn_tf.pipeline.config`), so
-    :meth:`of` takes them from a run's config; the rest are the paper's fixed values.
+    ``target_reduction`` is the fraction of the cost model's total to remove (the run's budget
+    decides which cost); ``p`` overrides the regularizer bound it implies.
     """
 
-    search_epochs: int = 200
-    search_batch_size: int = 256
-    predictor: str = "gru"
-    projection: str = "always"
-    pn_noise: float = 15.0
-    pn_batch_size: int = 64
-    target_flops_reduction: float = 0.5
-    target_latency_reduction: float = None
+    search_epochs: int = _setting("search_epochs")
+    search_batch_size: int = _setting("search_batch_size")
+    predictor: str = _setting("predictor")
+    projection: str = _setting("projection")
+    pn_noise: float = _setting("pn_noise")
+    pn_batch_size: int = _setting("pn_batch_size")
+    gate_lr: float = _setting("gate_lr")
+    flops_reg_weight: float = _setting("flops_reg_weight")
+    seed: int = _setting("seed")
+    target_reduction: float = 0.5
     p: float = None
-    gate_lr: float = 5e-2
-    flops_reg_weight: float = 2.0
     gate_weight_decay: float = 1e-2
     pn_lr: float = 1e-3
     pn_weight_decay: float = 1e-3
     lr_drop_at: float = 0.8
-    seed: int = 0
     knobs: tuple = ("--search_epochs", "--flops_reg_weight")  # how warnings name the two knobs
 
     @classmethod
-    def of(cls, config):
-        """The recipe of a run's ``config`` (any object with the flag-named attributes)."""
-        return cls(**{f.name: getattr(config, f.name) for f in dataclasses.fields(cls)
-                      if hasattr(config, f.name)})
+    def of(cls, config, **values):
+        """The recipe of a run's ``config`` (any object with the settings' attributes), with
+        ``values`` (e.g. the budget's ``target_reduction`` and ``p``) on top."""
+        fields = {f.name: getattr(config, f.name) for f in dataclasses.fields(cls)
+                  if hasattr(config, f.name)}
+        return cls(**{**fields, **values})
 
 
 class GateChart(keras.callbacks.Callback):
@@ -67,7 +74,7 @@ class GateChart(keras.callbacks.Callback):
             for gate, fraction in zip(self.model.gates, kept):
                 tf.summary.scalar(f"kept_fraction/{gate.name}", fraction)
             tf.summary.image("kept_width_per_layer", bar_chart(kept)[None])
-            tf.summary.scalar("flops_budget_ratio", self.model.budget_ratio)
+            tf.summary.scalar("budget_cost_ratio", self.model.budget_ratio)
         self.writer.flush()
 
 
@@ -100,7 +107,7 @@ def late_pn_warning(pn_start, total_steps, pn_batch_size, average_every):
 
 def over_budget_warning(threshold_ratio, budget_ratio, tolerance=0.02,
                         knobs=("--search_epochs", "--flops_reg_weight"), budget="FLOPs"):
-    """A warning when the search's hard gates end above the FLOPs budget, else None.
+    """A warning when the search's hard gates end above the budget (of ``budget``'s cost), else None.
 
     Extraction lands on the budget anyway, by cutting the lowest-scored channels, some of
     whose gates are still open; the extracted model then starts far below the gated
@@ -121,9 +128,9 @@ def run_search(network, train, config, evaluation=None, workdir=None, strategy=N
 
     Searches the gate logits of ``network`` (a gated model whose weights are the baseline)
     in place, by ``config``'s recipe: gates AdamW with its learning rate x0.1 after
-    ``lr_drop_at`` of the steps, the PN AdamW, the FLOPs regularizer (or, with ``cost`` a
-    :class:`~pn_tf.latency.LatencyModel` and ``config.target_latency_reduction`` set, the
-    same regularizer on the latency estimate L(a)).
+    ``lr_drop_at`` of the steps, the PN AdamW, the regularizer on ``cost`` (the budget's cost
+    model: the FLOPs T(a) by default, or e.g. the latency estimate L(a)) at
+    ``config.target_reduction`` of it.
 
     Args:
         train: batched ``(images, labels)`` to search on (the held-out split), one pass per epoch.
@@ -146,12 +153,8 @@ def run_search(network, train, config, evaluation=None, workdir=None, strategy=N
         raise ValueError("the search data must be a finite dataset of at least one batch")
     trainable = [(layer, layer.trainable) for layer in network._flatten_layers(include_self=False)]
     with strategy.scope():
-        latency = config.target_latency_reduction is not None
-        if latency and cost is None:
-            raise ValueError("a latency budget needs its LatencyModel (cost=)")
-        target = config.target_latency_reduction if latency else config.target_flops_reduction
-        search = PNSearch(network, predictor=config.predictor, target_reduction=target,
-                          cost=cost if latency else None, p=config.p, projection=config.projection, pn_noise=config.pn_noise,
+        search = PNSearch(network, predictor=config.predictor, target_reduction=config.target_reduction,
+                          cost=cost, p=config.p, projection=config.projection, pn_noise=config.pn_noise,
                           pn_batch_size=config.pn_batch_size, reg_weight=config.flops_reg_weight,
                           seed=config.seed)
         drop = max(1, int(config.search_epochs * config.lr_drop_at * steps_per_epoch))
@@ -176,9 +179,9 @@ def run_search(network, train, config, evaluation=None, workdir=None, strategy=N
                          verbose=verbose, shuffle=False)  # the data shuffles itself
     if evaluation is not None:
         final = search.evaluate(evaluation, verbose=0, return_dict=True)
-        threshold_ratio, accuracy = float(final["flops_ratio"]), float(final["accuracy"])
+        threshold_ratio, accuracy = float(final["cost_ratio"]), float(final["accuracy"])
     else:
-        threshold_ratio, accuracy = float(search.threshold_flops_ratio), None
+        threshold_ratio, accuracy = float(search.threshold_cost_ratio), None
     kept = search.deterministic_gates()
     warning = over_budget_warning(threshold_ratio, search.budget_ratio, knobs=config.knobs,
                                   budget=search.cost.name)
@@ -191,8 +194,8 @@ def run_search(network, train, config, evaluation=None, workdir=None, strategy=N
         "projection": config.projection,
         "p": search.p,
         "budget": search.cost.name,
-        "budget_flops_ratio": search.budget_ratio,
-        "threshold_flops_ratio": threshold_ratio,
+        "budget_cost_ratio": search.budget_ratio,
+        "threshold_cost_ratio": threshold_ratio,
         "reached_budget": warning is None,
         f"{eval_split}_accuracy_threshold_gates": accuracy,
         "threshold_widths": [int(k.sum()) for k in kept],

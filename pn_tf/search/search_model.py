@@ -76,7 +76,7 @@ class PNSearch(keras.Model):
         cost: the regularizer's cost model: None for the FLOPs T(a) (a
             :class:`~pn_tf.graph.FlopsModel` of ``network``), or a
             :class:`~pn_tf.latency.LatencyModel` for a latency budget L(a); ``target_reduction``
-            is then a fraction of it. The ``flops_ratio`` metric is the cost's ratio.
+            is then a fraction of it. The ``cost_ratio`` metric is T(a)/T_all (or L(a)/L_all).
     """
 
     def __init__(self, network, predictor="gru", target_reduction=0.5, p=None, projection="always",
@@ -114,11 +114,11 @@ class PNSearch(keras.Model):
         self.pn_optimizer = None
         self._trackers = {
             name: keras.metrics.Mean(name=name)
-            for name in ("loss", "cls_loss", "res_loss", "pn_loss", "pn_mae", "flops_ratio",
+            for name in ("loss", "cls_loss", "res_loss", "pn_loss", "pn_mae", "cost_ratio",
                          "batch_acc", "pred_acc", "grad_cos")
         }
         self._eval_trackers = {name: keras.metrics.Mean(name=name)
-                               for name in ("loss", "accuracy", "flops_ratio")}
+                               for name in ("loss", "accuracy", "cost_ratio")}
         self.built = True  # every part (network, predictor, memory) is built already
 
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
@@ -222,7 +222,7 @@ class PNSearch(keras.Model):
         total = cls_loss + res_loss + pn_loss
         values = {
             "loss": total, "cls_loss": cls_loss, "res_loss": res_loss, "pn_loss": pn_loss,
-            "pn_mae": pn_mae, "flops_ratio": cost_value / self.cost.total,
+            "pn_mae": pn_mae, "cost_ratio": cost_value / self.cost.total,
             "batch_acc": batch_acc, "pred_acc": predicted,
             "grad_cos": dots / (tf.sqrt(norms_l * norms_p) + 1e-12),
         }
@@ -257,7 +257,7 @@ class PNSearch(keras.Model):
         acc = tf.reduce_mean(tf.cast(tf.equal(tf.argmax(outputs, -1, output_type=tf.int32),
                                               tf.cast(y, tf.int32)), tf.float32))
         ratio = self.cost([g.hard_values(tf.zeros_like(g.noise)) for g in self.gates]) / self.cost.total
-        for name, value in (("loss", loss), ("accuracy", acc), ("flops_ratio", ratio)):
+        for name, value in (("loss", loss), ("accuracy", acc), ("cost_ratio", ratio)):
             self._eval_trackers[name].update_state(value)
         return self._logs(self._eval_trackers)
 
@@ -274,6 +274,6 @@ class PNSearch(keras.Model):
         return [(g.logits.numpy() + g.base >= 0).astype("float32") for g in self.gates]
 
     @property
-    def threshold_flops_ratio(self):
+    def threshold_cost_ratio(self):
         """T(a)/T_all at the noise-free hard gates (what extraction starts from); no data needed."""
         return float(self.cost([tf.constant(v) for v in self.deterministic_gates()]) / self.cost.total)

@@ -11,10 +11,15 @@ from pn_tf.pipeline.stages.baseline import weights_of
 
 def deployable(network):
     """The gated network without its gates (identity gates are no-ops): what users deploy."""
-    from pn_tf.auto import simplify, strip_gates
+    from pn_tf.auto import strip_gates
+    from pn_tf.extract import simplify
     from pn_tf.layers import gate_layers
 
     return simplify(strip_gates(network), {gate.name for gate in gate_layers(network)})
+
+
+def check(ctx):
+    """Nothing beyond the option table's choices for --tflite."""
 
 
 def run(ctx):
@@ -42,8 +47,11 @@ def run(ctx):
             if kind.startswith("tflite_"):
                 accuracy[f"{who}_{kind}"] = export_lib.top1_accuracy(
                     lambda x, p=info["path"]: tflite_predict(p, x), evaluation)
+    for files in artifacts_.values():
+        for info in files.values():
+            info["path"] = ctx.relative(info["path"])
     summary = {"artifacts": artifacts_, "tflite_test_accuracy": accuracy,
                "accuracy_split": ctx.data.eval_split, "int8_calibration_repair": repair}
     if ctx.data.class_names and ctx.is_chief:
-        summary["labels"] = artifacts.write_labels(out, ctx.data.class_names)
+        summary["labels"] = ctx.relative(artifacts.write_labels(out, ctx.data.class_names))
     return summary

@@ -11,6 +11,14 @@ import os
 from pn_tf.pipeline import artifacts
 
 
+def check(ctx):
+    """One full training batch; the precision an interrupted fine-tuning started in."""
+    c = ctx.config
+    if c.finetune_epochs:
+        ctx.check_split("train_main", c.train_take, c.batch_size, "--batch_size")
+    ctx.check_resume("finetune")
+
+
 def run(ctx):
     from pn_tf.io import atomic_path
     from pn_tf.training import evaluate_splits
@@ -26,5 +34,5 @@ def run(ctx):
     path = os.path.join(workdir, artifacts.FINETUNED_MODEL)
     with atomic_path(path) as tmp:
         model.save(tmp)
-    summary["model"] = path
+    summary["model"] = ctx.relative(path)
     return summary

@@ -2,15 +2,20 @@
 
 FLOPs reduction is measured on the exported float32 TFLite files (MACs counted from
 their graphs); latency is batch-1 TFLite latency of the baseline and the pruned file,
-measured interleaved in this process: float32, and with a latency budget also the budgeted
-``--latency_dtype`` (``latency_reduction`` is the budgeted one's, beside the target and the
-latency table's estimate).
+measured interleaved in this process: float32, and also the variant the budget names
+(``latency_reduction`` is that one's). The budget adds its own fields and writes the first
+line. Paths in the report are relative to the work directory.
 """
 
 import os
 
 from pn_tf.io import atomic_path, write_json
 from pn_tf.pipeline import artifacts
+from pn_tf.pipeline.budgets import kind_of
+
+
+def check(ctx):
+    """Nothing of its own: it reads what the earlier stages wrote."""
 
 
 def run(ctx):
@@ -21,12 +26,12 @@ def run(ctx):
     base, ext, fine = ctx.summary("baseline"), ctx.summary("extract"), ctx.summary("finetune")
     exported = ctx.summary("export")
     files = exported["artifacts"]
-    base_tfl = files["baseline"]["tflite_float32"]["path"]
-    pruned_tfl = files["pruned"]["tflite_float32"]["path"]
-    budgeted = c.latency_dtype if c.target_latency_reduction is not None else "float32"
+    base_tfl = ctx.path(files["baseline"]["tflite_float32"]["path"])
+    pruned_tfl = ctx.path(files["pruned"]["tflite_float32"]["path"])
+    budgeted = ctx.budget.timed_dtype
     timed = [base_tfl, pruned_tfl]
     if budgeted != "float32":
-        timed += [files[who][f"tflite_{budgeted}"]["path"] for who in ("baseline", "pruned")]
+        timed += [ctx.path(files[who][f"tflite_{budgeted}"]["path"]) for who in ("baseline", "pruned")]
     latency = measure_latency(timed, num_threads=c.tflite_threads, runs=c.tflite_runs)
     base_macs, pruned_macs = tflite_macs(base_tfl), tflite_macs(pruned_tfl)
     accuracy = exported["tflite_test_accuracy"]
@@ -40,7 +45,6 @@ def run(ctx):
         "class_names": ctx.data.class_names,
         "skipped_images": len(ctx.data.skipped),
         "skipped_image_examples": [f"{path} ({reason})" for path, reason in ctx.data.skipped[:5]],
-        "target_flops_reduction": c.target_flops_reduction,
         "flops_reduction": 1.0 - pruned_macs / base_macs,
         "baseline": {
             "accuracy": base["accuracy"],
@@ -78,23 +82,19 @@ def run(ctx):
                       for kind, info in kinds.items()},
         "labels": exported.get("labels"),
         "search": {k: v for k, v in ctx.summary("search").items() if k not in ("recipe", "history")},
-        "stages_seconds": {s: ctx.summary(s).get("stage_seconds") for s in
-                           ("baseline", "search", "extract", "finetune", "export")},
+        "stages_seconds": {s: ctx.summary(s).get("stage_seconds") for s in ctx.stage_names if s != "report"},
         "eval_take": c.eval_take,
     }
     if budgeted != "float32":
         for who, path in zip(("baseline", "pruned"), timed[2:]):
             report[who][f"tflite_{budgeted}_ms"] = latency[path]["median_ms"]
-    if c.target_latency_reduction is not None:
-        report.update({key: ext[key] for key in ("target_latency_reduction", "estimated_latency_reduction",
-                                                 "estimated_latency_ms", "estimated_baseline_latency_ms")})
-        report["latency_table"] = os.path.join(ctx.workdir, artifacts.LATENCY_TABLE)
+    report.update(ctx.budget.report_fields(ext, ctx))
     path = os.path.join(ctx.workdir, artifacts.REPORT_JSON)
     write_json(path, report)
     with atomic_path(os.path.join(ctx.workdir, artifacts.REPORT_MD)) as tmp:
         with open(tmp, "w") as f:
             f.write(markdown(report))
-    return {"report": path}
+    return {"report": ctx.relative(path)}
 
 
 def markdown(r):
@@ -116,7 +116,7 @@ def markdown(r):
     lines = [
         f"# pn-tf report: {r['arch']} on {r['dataset']}",
         "",
-        budget_line(r),
+        kind_of(r).report_line(r),
         f"Extracted vs hard-gated max abs difference: {r['equivalence_max_abs_diff']:.2e} "
         f"({r['equivalence_max_rel_diff']:.1e} of the logit scale).",
         "",
@@ -144,18 +144,6 @@ def markdown(r):
         lines += [f"- class names: `{r['labels']}`"]
     lines += [""]
     return "\n".join(lines)
-
-
-def budget_line(r):
-    """What was asked and what the exported model measures."""
-    dtype = r.get("latency_dtype", "float32")
-    if r.get("target_latency_reduction") is None:
-        return (f"Target FLOPs reduction {r['target_flops_reduction']:.1%}; measured on the exported "
-                f"model **{r['flops_reduction']:.1%}**; latency reduction {r['latency_reduction']:.1%}.")
-    return (f"Target latency reduction ({dtype}, {r['tflite_threads']} thread) "
-            f"{r['target_latency_reduction']:.1%}; estimated by the latency table "
-            f"{r['estimated_latency_reduction']:.1%}; measured on the exported models "
-            f"**{r['latency_reduction']:.1%}**; FLOPs reduction {r['flops_reduction']:.1%}.")
 
 
 def _fmt(value):
