@@ -139,10 +139,26 @@ def test_check_times_random_configurations_beside_the_full_network(tiny):
     for _ in range(20):
         widths = random_widths(graph, rng)
         assert all(1 <= w <= g.size for w, g in zip(widths, graph.groups))
-    result = check(network, graph, LatencyModel(graph, table, network), configs=3, runs=5,
-                   progress=lambda line: None)
+    latency = LatencyModel(graph, table, network)
+    result = check(network, graph, latency, configs=3, runs=5, progress=lambda line: None)
     assert len(result["measured_ms"]) == len(result["predicted_ms"]) == 3
-    assert np.isfinite(result["mean_abs_pct_error"]) and result["max_abs_pct_error"] >= result["mean_abs_pct_error"]
+    # The configurations are the seed's: each prediction is the table's count for them,
+    # anchored on the full network's measured time (ratios are what a budget uses).
+    rng = np.random.default_rng(0)
+    widths = [random_widths(graph, rng) for _ in range(3)]
+    assert result["full_predicted_ms"] == pytest.approx(latency.total, rel=1e-9)
+    assert result["full_measured_ms"] > 0
+    anchored = np.array([latency.count(w) for w in widths]) / latency.total * result["full_measured_ms"]
+    np.testing.assert_allclose(result["predicted_ms"], anchored, rtol=1e-9)
+    # Narrower than the full network everywhere, so predicted faster than it.
+    assert all(p < result["full_measured_ms"] for p in result["predicted_ms"])
+    # The errors are those of these predictions and measurements.
+    predicted, measured = np.array(result["predicted_ms"]), np.array(result["measured_ms"])
+    errors = np.abs(predicted - measured) / measured * 100
+    assert result["mean_abs_pct_error"] == pytest.approx(errors.mean(), rel=1e-9)
+    assert result["max_abs_pct_error"] == pytest.approx(errors.max(), rel=1e-9)
+    assert result["max_abs_latency_reduction_error"] == pytest.approx(
+        np.abs(predicted - measured).max() / result["full_measured_ms"], rel=1e-9)
 
 
 def test_table_files_are_checked(tiny, tmp_path):
@@ -230,7 +246,17 @@ def test_latency_budget_end_to_end_on_own_model(tmp_path):
     assert report["target_latency_reduction"] == 0.3 and report["latency_dtype"] == "int8"
     assert 0.3 - 1e-9 <= report["estimated_latency_reduction"] <= 0.36  # at or under the budget
     assert report["pruned"]["tflite_int8_ms"] > 0 and report["baseline"]["tflite_int8_ms"] > 0
-    assert -1 < report["latency_reduction"] < 1 and report["flops_reduction"] > 0
+    base_ms, pruned_ms = report["baseline"]["tflite_int8_ms"], report["pruned"]["tflite_int8_ms"]
+    assert report["latency_reduction"] == pytest.approx(1 - pruned_ms / base_ms, rel=1e-9)
+    # The measured cut against the target. The bar for the zoo networks is 0.04 (ResNet-56
+    # measured 0.402 and 0.408 for 0.40, docs/latency_budgets.md); this tiny model runs in
+    # a fraction of a millisecond, where one 50-run timing on a shared 2-core machine and a
+    # 20-run table resolve less: the check there puts a table's error on a latency
+    # *reduction* at up to 0.059 for int8 ResNet-56. 0.1 holds that with room for the timing
+    # noise of a sub-millisecond model, and still fails a budget that did not cut (0) or
+    # overshot by a third.
+    assert abs(report["latency_reduction"] - 0.3) <= 0.1, report
+    assert report["flops_reduction"] > 0
     assert (tmp_path / "run" / "latency_table.json").exists()
     assert "Target latency reduction (int8" in (tmp_path / "run" / "report.md").read_text()
 

@@ -6,6 +6,7 @@
 from pn_tf.models.mobilenetv2 import mobilenetv2, mobilenetv2_cifar
 from pn_tf.models.resnet import resnet, resnet34, resnet50, resnet101
 from pn_tf.models.resnet_cifar import resnet56, resnet_cifar
+from pn_tf.models.shufflenetv2plus import shufflenetv2plus
 
 # name -> (builder, default input size, default number of classes)
 ARCHITECTURES = {
@@ -17,15 +18,10 @@ ARCHITECTURES = {
     "mobilenetv2": (mobilenetv2, 224, 1000),
 }
 
-try:  # ShuffleNetV2+ lives in its own module.
-    from pn_tf.models.shufflenetv2plus import shufflenetv2plus
-
-    for _size in ("Large", "Medium", "Small"):
-        ARCHITECTURES[f"shufflenetv2plus_{_size.lower()}"] = (
-            (lambda size: lambda **kw: shufflenetv2plus(size=size, **kw))(_size), 224, 1000)
-    ARCHITECTURES["shufflenetv2plus"] = ARCHITECTURES["shufflenetv2plus_large"]
-except ImportError:  # pragma: no cover
-    pass
+for _size in ("Large", "Medium", "Small"):
+    ARCHITECTURES[f"shufflenetv2plus_{_size.lower()}"] = (
+        (lambda size: lambda **kw: shufflenetv2plus(size=size, **kw))(_size), 224, 1000)
+ARCHITECTURES["shufflenetv2plus"] = ARCHITECTURES["shufflenetv2plus_large"]
 
 
 def build_model(name, input_size=None, num_classes=None, **kwargs):
@@ -47,4 +43,4 @@ def build_model(name, input_size=None, num_classes=None, **kwargs):
 
 
 __all__ = ["ARCHITECTURES", "build_model", "mobilenetv2", "mobilenetv2_cifar", "resnet", "resnet34",
-           "resnet50", "resnet101", "resnet56", "resnet_cifar"]
+           "resnet50", "resnet101", "resnet56", "resnet_cifar", "shufflenetv2plus"]
