@@ -17,6 +17,9 @@ SELECTIONS = ("gates", "l1", "uniform", "random")  # how extraction ranks channe
 PREDICTORS = ("gru", "bigru", "linear", "linear_scaled", "none")
 PROJECTIONS = ("always", "conflict", "off")
 SCHEDULES = ("step", "cosine", "constant")
+# Where the quick API (pn_tf.prune, tools/autoprune.py) departs from the pipeline's search
+# recipe: a search of minutes, not hours.
+QUICK_SEARCH = {"search_epochs": 5, "search_batch_size": 64}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -32,28 +32,33 @@ import pn_tf  # noqa: E402,F401 -- first, so TensorFlow starts with pn-tf's defa
 
 
 def _parser():
+    from pn_tf import settings
+    from pn_tf.pipeline.budgets.flops import FlopsBudget
+
+    quick = settings.QUICK_SEARCH
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--keras_application", help="name in keras.applications, e.g. ResNet50")
     src.add_argument("--model", help="path of a saved .keras functional model")
     p.add_argument("--input_size", type=int, default=224, help="square input side (applications)")
     p.add_argument("--classes", type=int, default=10, help="classifier size (applications)")
-    p.add_argument("--target_flops_reduction", type=float, default=0.5)
-    p.add_argument("--policy", default="all", choices=("all", "internal"))
+    p.add_argument("--target_flops_reduction", type=float, default=FlopsBudget.target.default)
+    p.add_argument("--policy", default=settings.default("prune_policy"),
+                   choices=settings.OPTION["prune_policy"].choices)
     p.add_argument("--round_to", type=lambda v: v if v == "tile" else int(v), default=1,
                    help="kept-width multiple: an integer, or 'tile' (per group, see docs/latency.md)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=settings.default("seed"))
     p.add_argument("--json", action="store_true", help="print one JSON object")
     data = p.add_mutually_exclusive_group()
     data.add_argument("--dataset", help="TFDS name for the search (its holdout split)")
     data.add_argument("--image_dir", help="folder of class sub-folders of images")
     p.add_argument("--data_dir", default=None, help="TFDS data directory")
     p.add_argument("--output", help="where to save the pruned .keras model")
-    p.add_argument("--search_epochs", type=int, default=5)
-    p.add_argument("--batch_size", type=int, default=64)
-    p.add_argument("--flops_reg_weight", type=float, default=2.0,
+    p.add_argument("--search_epochs", type=int, default=quick["search_epochs"])
+    p.add_argument("--batch_size", type=int, default=quick["search_batch_size"])
+    p.add_argument("--flops_reg_weight", type=float, default=settings.default("flops_reg_weight"),
                    help="w of the FLOPs regularizer; raise it if the search ends above the budget")
-    p.add_argument("--predictor", default="gru", choices=("gru", "bigru", "linear", "linear_scaled", "none"))
+    p.add_argument("--predictor", default=settings.default("predictor"), choices=settings.PREDICTORS)
     p.add_argument("--take", type=int, default=None, help="use only this many examples")
     return p
 

@@ -74,9 +74,9 @@ class ReuseError(ValueError):
 def reuse_stages(source, target, stages):
     """Copies ``source``'s ``config.json`` and finished ``stages`` into a new run dir ``target``.
 
-    Paths inside the copied stage summaries (absolute: the pipeline resolves its workdir) are
-    rewritten to point into ``target``, so the new run does not depend on ``source`` staying
-    where it is.
+    Stage summaries hold paths relative to their work directory, so the copies point into
+    ``target`` as they are (summaries written before 2026-12-07 hold absolute paths, which keep
+    pointing into ``source``).
     """
     import shutil
 
@@ -93,11 +93,6 @@ def reuse_stages(source, target, stages):
     shutil.copyfile(os.path.join(source, artifacts.CONFIG), os.path.join(tmp, artifacts.CONFIG))
     for stage in stages:
         shutil.copytree(os.path.join(source, stage), os.path.join(tmp, stage))
-        path = artifacts.summary_file(tmp, stage)
-        with open(path) as f:
-            text = f.read()
-        with open(path, "w") as f:
-            f.write(text.replace(os.path.abspath(source), os.path.abspath(target)))
     os.rename(tmp, target)
     return True
 

@@ -10,8 +10,7 @@ from pn_tf.graph import count_params
 from pn_tf.layers import gate_layers, set_gate_mode
 from pn_tf.pipeline.budgets.flops import FlopsBudget
 
-# Where the quick API departs from the pipeline's recipe (a search of minutes, not hours).
-QUICK = {"search_epochs": 5, "search_batch_size": 64}
+QUICK = settings.QUICK_SEARCH
 
 
 def prune(model, dataset, target_flops_reduction=FlopsBudget.target.default,
