@@ -34,6 +34,8 @@ class Option:
             None: no limit.
         pins: a work directory's finished stages depend on it, so resuming with another
             value is refused.
+        standard: for a size whose ``default`` is None ("follows the data"): the value used
+            when the data allow it (the pipeline lowers it to fit a small split, and says so).
     """
 
     name: str
@@ -45,6 +47,7 @@ class Option:
     high: float = None
     closed: str = ""
     pins: bool = False
+    standard: object = None
 
     def check(self, value):
         """Raises a ValueError naming the flag when ``value`` breaks this option's limits or
@@ -126,7 +129,8 @@ OPTIONS = (
        "are).", low=0, closed="low"),
     _o("baseline_lr", "float", 0.1, "Baseline peak learning rate (SGD, momentum 0.9).", low=0),
     _o("baseline_schedule", "enum", "step", "Baseline LR schedule.", SCHEDULES),
-    _o("batch_size", "integer", 128, "Batch size of baseline training and fine-tuning.", low=0),
+    _o("batch_size", "integer", None, "Batch size of baseline training and fine-tuning (default: "
+       "128, or the training split's size when it holds fewer images).", low=0, standard=128),
     _o("weight_decay", "float", 1e-4, "PyTorch-style L2 weight decay (converted for Keras SGD).", low=0, closed="low"),
     _o("precision", "enum", "float32", "Compute precision of baseline training and fine-tuning: "
        "mixed_bfloat16 for CPUs with AMX/AVX512-BF16 (measure with tools/bench_train_speed.py), "
@@ -137,7 +141,8 @@ OPTIONS = (
        "change is recorded in the stage's summary."),
     # Search.
     _o("search_epochs", "integer", 200, "Search epochs over the held-out split.", low=0),
-    _o("search_batch_size", "integer", 256, "Search batch size.", low=0),
+    _o("search_batch_size", "integer", None, "Search batch size (default: 256, or the held-out "
+       "split's size when it holds fewer images).", low=0, standard=256),
     _o("predictor", "enum", "gru", "Performance predictor (linear: the supplement's LR; "
        "linear_scaled: LR with its input scaled by 1/sqrt(#gates), which does not saturate).",
        PREDICTORS),
@@ -147,8 +152,9 @@ OPTIONS = (
     _o("flops_reg_weight", "float", 2.0, "w of the FLOPs regularizer w * log(max(T/T_total, p) / p) "
        "(METHOD.md item 4: 2; with --target_latency_reduction the same regularizer on the latency "
        "estimate L). Raise it when a short search ends above the budget (the search stage warns).", low=0),
-    _o("pn_batch_size", "integer", 64, "PN batch drawn from memory; the PN terms start once the "
-       "memory holds this many entries (one per 2 steps).", low=0),
+    _o("pn_batch_size", "integer", None, "PN batch drawn from memory; the PN terms start once the "
+       "memory holds this many entries (one per 2 steps). Default: 64, or fewer when the search "
+       "is too short for the PN terms to act in its second half.", low=0, standard=64),
     _o("search_take", "integer", None, "Use only this many held-out images for the search.", low=0),
     _o("search_eval_split", "enum", "holdout", "Split on which the gated network is evaluated after "
        "every search epoch (test: the Figure-2 curves).", ("holdout", "test")),
@@ -165,7 +171,8 @@ OPTIONS = (
     _o("finetune_schedule", "enum", "step", "Fine-tuning schedule.", SCHEDULES),
     # Export and report.
     _o("tflite", "list", list(TFLITE_VARIANTS), "TFLite variants to export.", TFLITE_VARIANTS),
-    _o("calibration_images", "integer", 512, "Training images for int8 calibration.", low=0),
+    _o("calibration_images", "integer", None, "Training images for int8 calibration (default: "
+       "512, or all of them when there are fewer).", low=0, standard=512),
     _o("int8_calibration_repair", "bool", True, "Repair int8 calibration ranges that TFLite widens "
        "for in-place ops (tensorflow/tensorflow#127842); see pn_tf/tflite/calibration.py."),
     _o("tflite_threads", "integer", 1, "Threads for the TFLite latency measurement.", low=0),
@@ -176,6 +183,7 @@ OPTION = {o.name: o for o in OPTIONS}  # name -> Option
 
 
 def default(name):
-    """The default of setting ``name`` (a list default is copied)."""
-    value = OPTION[name].default
+    """The default of setting ``name`` (a list default is copied; a size that follows the data:
+    its standard value)."""
+    value = OPTION[name].default if OPTION[name].default is not None else OPTION[name].standard
     return list(value) if isinstance(value, list) else value

@@ -94,11 +94,25 @@ def _check_report(workdir):
     return report
 
 
+SIZES = ("--search_batch_size", "--batch_size", "--pn_batch_size", "--calibration_images")
+
+
 def test_own_model_and_image_folder_end_to_end(own, tmp_path):
-    out = _run(own, tmp_path / "run")
+    """A folder of 3 classes x 30 images and no batch-size flags: the sizes follow the data, every
+    stage runs, and the run ends with its answer."""
+    small = dict(own, images=str(make_folder(tmp_path / "small", per_class=30)))
+    command = [f for f in _command(small, tmp_path / "run") if not f.startswith(SIZES)]
+    out = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stderr[-4000:]
     report = _check_report(tmp_path / "run")
-    assert report["model_file"] == own["model"] and report["dataset"] == own["images"]
+    assert report["model_file"] == own["model"] and report["dataset"] == small["images"]
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert "[pn-tf] sizes that fit the data: --batch_size=" in out.stdout
+    assert config["search_batch_size"] < 256 and config["batch_size"] < 128  # ~9 and ~81 of 90 images
+    last = out.stdout.strip().splitlines()[-6:]
+    assert last[0].startswith("[pn-tf] done:") and "Target FLOPs reduction 40.0%" in last[1]
+    assert "pruned_int8.tflite" in last[4] and "labels.txt" in last[4]
+    assert last[5] == f"  report: {tmp_path / 'run' / 'report.md'}"
     # The pruned model keeps the softmax output and the user's layer names, without gates.
     import keras
 
@@ -111,11 +125,12 @@ def test_own_model_and_image_folder_end_to_end(own, tmp_path):
 
     int8 = tmp_path / "run" / "export" / "pruned_int8.tflite"
     assert read_labels(int8) == list(CLASSES)
-    image = os.path.join(own["images"], "cats", "000.jpg")
+    image = os.path.join(small["images"], "cats", "000.jpg")
     top = classify(str(int8), [image], k=3, labels=read_labels(int8))[0]["top_k"]
     assert {entry["label"] for entry in top} == set(CLASSES)
-    again = _run(own, tmp_path / "run")
+    again = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=900)
     assert again.returncode == 0 and again.stdout.count("already finished") == 6
+    assert again.stdout.strip().splitlines()[-6:] == last  # a finished run still ends with its answer
 
 
 @pytest.mark.slow

@@ -138,6 +138,7 @@ class Pipeline:
             raise PipelineError("--workdir is required: the folder that holds this run")
         _check_workdir_path(c.workdir)
         changes = self._check_sources(c)
+        changes.update(self._fit_to_data(c))
         changes.update(
             stages=[s for s in STAGE_NAMES if s in c.stages], round_to=_round_to(c.round_to),
             verbose=(1 if sys.stdout.isatty() else 2) if c.verbose is None else c.verbose)
@@ -217,6 +218,41 @@ class Pipeline:
         changes["input_size"] = input_size
         self.model = model
         return changes
+
+    def _fit_to_data(self, c):
+        """Sizes left unset follow the data: each at its standard value (pn_tf.settings), or lower
+        when a split holds fewer images (and the PN batch when the search is short); one line
+        says what was lowered. A size the user set is kept (and refused later if it does not fit)."""
+        from pn_tf import settings
+
+        def count(split, take):
+            n = self.data.count(split)
+            return min(n, take) if take else n
+
+        chosen, lowered = {}, []
+
+        def choose(name, fits, why):
+            standard = settings.OPTION[name].standard
+            if getattr(c, name) is not None:
+                return getattr(c, name)
+            chosen[name] = max(1, min(standard, fits))
+            if chosen[name] < standard:
+                lowered.append(f"--{name}={chosen[name]} ({why})")
+            return chosen[name]
+
+        train_main, holdout = count("train_main", c.train_take), count("holdout", c.search_take)
+        choose("batch_size", train_main, f"the training split has {train_main} images")
+        search_batch = choose("search_batch_size", holdout, f"the held-out split has {holdout} images")
+        steps = c.search_epochs * max(1, holdout // search_batch)
+        # The PN terms start once the memory holds --pn_batch_size entries, one per 2 steps: a PN
+        # batch of at most steps / 4 starts them by the middle of the search.
+        choose("pn_batch_size", max(2, steps // 4), f"the search has {steps} steps")
+        train = count("train", c.train_take)
+        choose("calibration_images", train, f"the training images number {train}")
+        if lowered:
+            print(f"[pn-tf] sizes that fit the data: {', '.join(lowered)}; pass a flag to choose "
+                  "another", flush=True)
+        return chosen
 
     def check_split(self, split, take, batch, flag):
         """Training drops partial batches: ``split`` (at most ``take`` images) needs one full batch
@@ -413,3 +449,9 @@ class Pipeline:
             summary["stage_seconds"] = round(time.time() - start, 1)
             self.write_summary(stage, summary)
             print(f"[pn-tf] stage {stage}: done in {summary['stage_seconds']:.0f}s", flush=True)
+        # The run ends with its answer: the headline of the last finished stage that has one.
+        for stage in reversed(self.config.stages):
+            module = BY_NAME[stage]
+            if hasattr(module, "headline") and os.path.exists(self.summary_path(stage)):
+                print("\n".join(module.headline(self)), flush=True)
+                break

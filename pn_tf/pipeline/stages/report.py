@@ -97,6 +97,30 @@ def run(ctx):
     return {"report": ctx.relative(path)}
 
 
+def headline(ctx):
+    """The run's answer, for the last lines of a run: the budget asked and what landed, accuracy
+    before and after, the files to deploy and the report's path."""
+    import json
+
+    with open(os.path.join(ctx.workdir, artifacts.REPORT_JSON)) as f:
+        r = json.load(f)
+    b, p = r["baseline"], r["pruned"]
+    on = "test" if r.get("accuracy_split", "test") == "test" else "held-out"
+    int8 = ""
+    if p.get("tflite_int8_accuracy") is not None:
+        int8 = f" (int8 TFLite {p['tflite_int8_accuracy']:.2%})"
+    deploy = [r["artifacts"][key] for key in ("pruned_tflite_int8", "pruned_tflite_float16",
+                                              "pruned_tflite_float32") if key in r["artifacts"]][:1]
+    files = [os.path.join(ctx.workdir, path) for path in deploy + ([r["labels"]] if r.get("labels") else [])]
+    return [f"[pn-tf] done: {r['arch']} on {r['dataset']}",
+            f"  budget: {kind_of(r).report_line(r).replace('**', '')}",
+            f"  MACs {b['flops'] / 1e6:,.2f}M -> {p['flops'] / 1e6:,.2f}M, parameters {b['params']:,} -> "
+            f"{p['params']:,}, TFLite float32 latency {b['tflite_ms']:.2f} -> {p['tflite_ms']:.2f} ms",
+            f"  {on} accuracy: {b['accuracy']:.2%} -> {p['accuracy']:.2%}{int8}",
+            f"  files: {', '.join(files)}",
+            f"  report: {os.path.join(ctx.workdir, artifacts.REPORT_MD)}"]
+
+
 def markdown(r):
     b, p = r["baseline"], r["pruned"]
     split = r.get("accuracy_split", "test")
