@@ -248,14 +248,19 @@ def test_latency_budget_end_to_end_on_own_model(tmp_path):
     assert report["pruned"]["tflite_int8_ms"] > 0 and report["baseline"]["tflite_int8_ms"] > 0
     base_ms, pruned_ms = report["baseline"]["tflite_int8_ms"], report["pruned"]["tflite_int8_ms"]
     assert report["latency_reduction"] == pytest.approx(1 - pruned_ms / base_ms, rel=1e-9)
-    # The measured cut against the target. The bar for the zoo networks is 0.04 (ResNet-56
-    # measured 0.402 and 0.408 for 0.40, docs/latency_budgets.md); this tiny model runs in
-    # a fraction of a millisecond, where one 50-run timing on a shared 2-core machine and a
-    # 20-run table resolve less: the check there puts a table's error on a latency
-    # *reduction* at up to 0.059 for int8 ResNet-56. 0.1 holds that with room for the timing
-    # noise of a sub-millisecond model, and still fails a budget that did not cut (0) or
-    # overshot by a third.
-    assert abs(report["latency_reduction"] - 0.3) <= 0.1, report
+    # The measured cut against the target. The zoo networks meet a 0.04 bar
+    # (docs/latency_budgets.md: ResNet-56 measured 0.402 and 0.408 for 0.40), and the int8
+    # table check there puts a table's error on a latency *reduction* at up to 0.059 for
+    # ResNet-56. This tiny model's int8 file runs in ~24 us and its table has 4 levels (20
+    # runs each), so it resolves less: in 7 recorded runs of this test (2026-12-07, a shared
+    # 2-core machine; 3 of them timed with 1000 runs instead of 50) the search ended at other
+    # widths each time, the estimate was 0.302-0.304 and the measured cut 0.18-0.37. Widths
+    # [10, 17, 9] (twice) ran at 19.8 us against a 24.1 us baseline where the 0.303 estimate
+    # implies ~16.8 us: 0.18 measured, the table interpolating linearly between its levels
+    # over a step in the kernels' time; the other widths measured 0.30-0.37. 0.15 holds what
+    # was seen; it still fails a budget that did not cut (0) or one cut at the FLOPs-budget
+    # scale (0.6 of the MACs went here).
+    assert abs(report["latency_reduction"] - 0.3) <= 0.15, report
     assert report["flops_reduction"] > 0
     assert (tmp_path / "run" / "latency_table.json").exists()
     assert "Target latency reduction (int8" in (tmp_path / "run" / "report.md").read_text()
