@@ -87,7 +87,7 @@ def _check_report(workdir):
     assert report["pruned"]["params"] < report["baseline"]["params"]
     assert report["equivalence_max_rel_diff"] < 1e-5
     assert report["class_names"] == list(CLASSES) and report["accuracy_split"] == "holdout"
-    assert report["skipped_images"] == 1  # broken.jpg; the truncated JPEG is dropped when decoded
+    assert report["skipped_images"] == 2  # broken.jpg and the truncated JPEG, both found by the scan
     labels = workdir / "export" / "labels.txt"
     assert labels.read_text().split() == list(CLASSES)
     assert (workdir / "export" / "pruned_int8.tflite").exists()
