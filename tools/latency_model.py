@@ -13,7 +13,10 @@ the device you deploy to: it needs Python, TensorFlow and this package, no data)
 
 ``--check`` then extracts ``--configs`` random width configurations, times them and the full
 network interleaved in one run, and prints the estimate's errors (``mean_abs_pct_error``,
-``max_abs_pct_error``; see pn_tf.latency.check). Exit status 2 on bad arguments.
+``max_abs_pct_error``; see pn_tf.latency.check). A table whose whole-model fit is beyond
+pn_tf.latency.table.FIT_BAR_PCT is printed with a warning (``fit_problem`` in the JSON). Exit
+status 2 on bad arguments and on a network whose units cannot be converted or timed (one line
+naming the unit and the reason).
 """
 
 import json
@@ -73,7 +76,7 @@ def gated_network():
 def main(argv):
     del argv
     from pn_tf.graph import ChannelGraph
-    from pn_tf.latency import LatencyModel, cached_table, save_table
+    from pn_tf.latency import LatencyModel, LatencyTableError, cached_table, save_table
     from pn_tf.latency.check import check
 
     for name in ("tflite_threads", "levels", "runs", "configs"):
@@ -89,18 +92,29 @@ def main(argv):
     if not graph.groups:
         return _fail(f"{network.name} has no prunable channel groups: there is no latency to budget")
     say = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
-    table = cached_table(network, graph, FLAGS.latency_dtype, FLAGS.tflite_threads, FLAGS.levels,
-                         FLAGS.runs, progress=say, rebuild=FLAGS.rebuild)
-    if FLAGS.output:
-        save_table(table, FLAGS.output)
-        say(f"latency table written to {FLAGS.output}")
-    latency = LatencyModel(graph, table, network)
-    summary = {key: table[key] for key in ("network", "dtype", "num_threads", "runtime", "cpu",
-                                           "distinct_units", "fit_max_abs_pct_error", "seconds")}
+    try:
+        table = cached_table(network, graph, FLAGS.latency_dtype, FLAGS.tflite_threads,
+                             FLAGS.levels, FLAGS.runs, progress=say, rebuild=FLAGS.rebuild)
+        if FLAGS.output:
+            save_table(table, FLAGS.output)
+            say(f"latency table written to {FLAGS.output}")
+        latency = LatencyModel(graph, table, network)
+    except LatencyTableError as err:
+        return _fail(" ".join(str(err).split()))
+    summary = {key: table.get(key) for key in ("network", "dtype", "num_threads", "runtime", "cpu",
+                                               "distinct_units", "scale", "offset_ms",
+                                               "fit_max_abs_pct_error", "cpu_share", "seconds")}
     summary.update({"estimated_ms": latency.total, "max_reduction": latency.max_reduction(),
-                    "width_dependent_units": len(table["units"])})
+                    "width_dependent_units": len(table["units"]),
+                    "fit_problem": latency.fit_problem})
+    if latency.fit_problem:
+        print(f"warning: {latency.fit_problem}", file=sys.stderr, flush=True)
     if FLAGS.check:
-        result = check(network, graph, latency, FLAGS.configs, FLAGS.seed, FLAGS.runs, progress=say)
+        try:
+            result = check(network, graph, latency, FLAGS.configs, FLAGS.seed, FLAGS.runs,
+                           progress=say)
+        except LatencyTableError as err:
+            return _fail(" ".join(str(err).split()))
         summary = {**result, "table": summary}
     if FLAGS.json:
         print(json.dumps(summary, indent=2))

@@ -142,6 +142,7 @@ class ChannelGraph:
         self._gate_atom = {}  # gate name -> atom index
         self._reads = []  # (layer name, role, atoms, masked gate names)
         self._layer_atoms = {}  # operation name -> (in atoms, out atoms) of its first call
+        self._calls = {}  # operation name -> [(in atoms, out atoms)] of every call, in order
         self._operations = {}  # operation name -> operation
         self._labels = {}  # id(operation) -> its name here (keras.ops nodes may share names)
         self._taken = {layer.name for layer in self.model.layers}
@@ -183,6 +184,11 @@ class ChannelGraph:
                 self._taken.add(label)
             self._labels[id(op)] = label
         return label
+
+    def label(self, op):
+        """The name ``op``'s calls are recorded under here (:meth:`name_of`), else its own name
+        (a layer that extraction narrowed is a new object of the same name)."""
+        return self._labels.get(id(op), op.name)
 
     def operation(self, name):
         """The layer or keras.ops operation called ``name`` here."""
@@ -276,6 +282,7 @@ class ChannelGraph:
         set of weights, so with ``shares`` its later calls are tied to its first one.
         """
         name = self.name_of(op)
+        self._calls.setdefault(name, []).append((tuple(in_atoms), tuple(out_atoms)))
         first = self._layer_atoms.get(name)
         if first is None:
             self._layer_atoms[name] = (tuple(in_atoms), tuple(out_atoms))
@@ -438,6 +445,11 @@ class ChannelGraph:
     def recorded(self):
         """``{name: (operation, in atoms, out atoms)}`` for every call the rules recorded."""
         return {name: (self._operations[name],) + atoms for name, atoms in self._layer_atoms.items()}
+
+    def calls(self, name):
+        """``[(in atoms, out atoms)]`` of every recorded call of operation ``name``, in order (a
+        shared layer's later calls may be on other channel spaces than its first)."""
+        return list(self._calls.get(name, ()))
 
     def group_of_atom(self, atom):
         root = self.root(atom)

@@ -7,8 +7,8 @@ FLOPs model that the search and the channel selection take.
 """
 
 from pn_tf.latency.model import LatencyModel
-from pn_tf.latency.table import (LatencyTableError, build_table, cached_table, widths_model,
-                                 load_table, save_table, time_files)
+from pn_tf.latency.table import (LatencyTableError, build_table, cached_table, fit_problem,
+                                 fit_whole, load_table, save_table, time_files, widths_model)
 
-__all__ = ["LatencyModel", "LatencyTableError", "build_table", "cached_table", "widths_model",
-           "load_table", "save_table", "time_files"]
+__all__ = ["LatencyModel", "LatencyTableError", "build_table", "cached_table", "fit_problem",
+           "fit_whole", "load_table", "save_table", "time_files", "widths_model"]

@@ -7,20 +7,23 @@ of the kept group widths ``c_g = sum(a_g)``; so
 
     L(a) = scale * (constant_ms + sum_u t_u(x_u(a))) + offset_ms
 
-is, with 0/1 gates, the estimated latency of the network built at those widths. Its gradient
+is, with 0/1 gates, the estimated latency of the network built at those widths (``scale > 0``
+and ``offset_ms >= 0`` in tables of this version, :func:`~pn_tf.latency.table.fit_whole`, so
+it stays positive and no cut is estimated at 100% or more). Its gradient
 is taken from a smoothed twin: each unit's least-squares line through its knots instead of its
 piecewise-linear curve (the value stays the table's). Measured curves are flat over whole
 ranges of widths (a kernel that works on tiles of 8 or 16 output channels takes as long for 12
 of them as for 16), and a regularizer whose gradient is zero there would never start pruning
-those channels; the line gives every channel the unit's average cost per channel. :class:`LatencyModel` has the interface of :class:`~pn_tf.graph.FlopsModel`
-(``total``, ``prunable``, ``widths``, ``graph``, ``count``, ``__call__``, ``p_for_reduction``,
+those channels; the line gives every channel the unit's average cost per channel.
+:class:`LatencyModel` has the interface of :class:`~pn_tf.graph.FlopsModel` (``total``,
+``prunable``, ``widths``, ``graph``, ``count``, ``__call__``, ``p_for_reduction``,
 ``reduction_for_p``), so the search's regularizer and the channel selection take either.
 """
 
 import numpy as np
 from keras import ops
 
-from pn_tf.latency.table import LatencyTableError, structure_key
+from pn_tf.latency.table import LatencyTableError, fit_problem, structure_key
 
 
 class LatencyModel:
@@ -36,6 +39,8 @@ class LatencyModel:
         total: the estimated ms of the unpruned network.
         prunable: ``total`` minus what no width changes (constant units and the offset).
         widths: the full width of each group.
+        fit_problem: one line when the table's whole-model fit is beyond
+            :data:`~pn_tf.latency.table.FIT_BAR_PCT` (its estimates are unreliable), else None.
     """
 
     name = "latency"
@@ -85,6 +90,7 @@ class LatencyModel:
         self.constant = float(table["constant_ms"])
         self.total = self.count()
         self.prunable = self.total - (self.scale * self.constant + self.offset)
+        self.fit_problem = fit_problem(table)
 
     def _fractions(self, widths):
         x_in = (self.in_fixed + self.in_n @ widths) / self.full_in
@@ -105,7 +111,8 @@ class LatencyModel:
             widths = np.asarray(widths, dtype=np.float64)
             if widths.shape != self.widths.shape:
                 raise ValueError(f"need {len(self.widths)} group widths, got shape {widths.shape}")
-        return float(self.scale * (self.constant + self.unit_ms(widths).sum()) + self.offset)
+        # max(0): a table of an earlier version may have a negative offset
+        return max(float(self.scale * (self.constant + self.unit_ms(widths).sum()) + self.offset), 0.0)
 
     def __call__(self, gate_vectors):
         """L(a) from one gate vector per group (soft or hard); gradient from the smoothed twin."""
@@ -129,8 +136,10 @@ class LatencyModel:
         return self.count(min_widths)
 
     def max_reduction(self, min_widths=None):
-        """The largest latency cut the gated channels can give, by the estimate."""
-        return 1.0 - self.floor(min_widths) / self.total
+        """The largest latency cut the gated channels can give, by the estimate (in [0, 1])."""
+        if self.total <= 0:
+            return 0.0
+        return float(min(max(1.0 - self.floor(min_widths) / self.total, 0.0), 1.0))
 
     def p_for_reduction(self, reduction):
         """The regularizer's p for removing ``reduction`` of the latency: ``p * prunable = (1 - r) total``."""

@@ -12,15 +12,23 @@ fraction is what its cost scales with: ``(c_in / C_in) (c_out / C_out)`` for an 
 one channel space to another (a convolution, a dense layer), ``c / C`` for one that works per
 channel (BN, depthwise, addition, pooling); ``c`` is an affine function of the kept group
 widths read off the :class:`~pn_tf.graph.ChannelGraph` (the same counts as the FLOPs model's).
-A unit that touches no group is a constant. Finally the whole models' times are fitted as
-``scale * (sum of unit times) + offset_ms``: isolated units miss the cache reuse and data
-movement of the whole graph.
+A unit that touches no group is a constant. A unit is a row of the table by its layer names
+*and* its occurrence among the units of those names: a shared layer called twice (or keras.ops
+nodes of one name) gives two rows, each with one time per level.
+
+Finally the whole models' times are fitted as ``scale * (sum of unit times) + offset_ms``
+(:func:`fit_whole`: robust to a level timed slow, ``offset_ms >= 0``): isolated units miss
+the cache reuse and data movement of the whole graph, and the whole graph has per-op costs
+the units' overhead correction does not see. The table records the fit's worst error over the
+levels (``fit_max_abs_pct_error``); :func:`fit_problem` says when that is beyond what the
+budget can promise.
 
 The table is plain JSON (it can be built wherever Python and LiteRT run, then passed to the
 pipeline) and cached on disk under a key of the network's structure, the runtime version, the
 CPU, the dtype and the thread count (:func:`cached_table`).
 """
 
+import functools
 import hashlib
 import json
 import logging
@@ -38,10 +46,95 @@ log = logging.getLogger(__name__)
 
 FORMAT = 1
 LEVELS = 16
+# A table whose whole-model fit misses a level by more than this (percent) is not trusted
+# silently: the budget promises estimates within 10% (docs/latency_budgets.md), and a table
+# that cannot fit its own levels that well cannot predict other widths better.
+FIT_BAR_PCT = 10.0
 
 
 class LatencyTableError(ValueError):
-    """A latency table that is missing, unreadable or made for another network or runtime."""
+    """A latency table that is missing, unreadable, made for another network or runtime, or that
+    cannot be built (a unit that does not convert or run, named with the reason)."""
+
+
+def fit_problem(table):
+    """One line saying why ``table``'s whole-model fit is not to be trusted, or None.
+
+    The check is ``table["fit_max_abs_pct_error"]`` (the fit's worst level) against
+    :data:`FIT_BAR_PCT`, and an offset below zero (tables of an earlier version: the narrowest
+    networks would be estimated at less than nothing).
+    """
+    error = table.get("fit_max_abs_pct_error")
+    if error is None or not np.isfinite(error):
+        return "the latency table has no whole-model fit error; rebuild it with tools/latency_model.py"
+    problems = []
+    if error > FIT_BAR_PCT:
+        problems.append(f"its fit of the whole network's time misses a width level by {error:.1f}% "
+                        f"(bar {FIT_BAR_PCT:g}%)")
+    if table.get("offset_ms", 0.0) < 0:
+        problems.append(f"its fit has a negative offset ({table['offset_ms']:.3f} ms; a table of an "
+                        "earlier version)")
+    if not problems:
+        return None
+    from pn_tf.tflite.timing import BUSY_CPU_SHARE
+
+    share = table.get("cpu_share")
+    why = (f"it was timed with {share:.0%} of the CPU (other work was running): rebuild it on a "
+           "quiet machine" if share is not None and share < BUSY_CPU_SHARE else
+           "the network's time is not close to an affine function of its units' times here "
+           "(rebuild it; if that persists, budget FLOPs)")
+    return f"the latency table is unreliable: {'; '.join(problems)}; {why}"
+
+
+def fit_whole(sums, whole, iterations=20):
+    """``(scale, offset_ms)`` of ``whole ~ scale * sums + offset_ms`` over the levels.
+
+    Least squares on the relative errors (a narrow level counts as much as the full one),
+    iteratively reweighted with Huber weights, so a level timed slow by other work on the
+    machine (long invokes are interrupted more often than short units) does not bend the fit.
+    ``offset_ms >= 0``: the whole graph's own per-op costs are a cost, never a credit; with a
+    negative offset the fit is refitted through zero (``scale * sums``).
+    """
+    sums, whole = np.asarray(sums, np.float64), np.maximum(np.asarray(whole, np.float64), 1e-9)
+    if len(sums) < 2 or np.ptp(sums) <= 0:
+        return float(np.median(whole / np.maximum(sums, 1e-12))), 0.0
+
+    def robust(columns):
+        weights = 1.0 / whole
+        for _ in range(iterations):
+            beta = np.linalg.lstsq(columns * weights[:, None], whole * weights, rcond=None)[0]
+            residual = (columns @ beta - whole) / whole
+            spread = max(1.4826 * float(np.median(np.abs(residual))), 1e-3)
+            weights = np.minimum(1.0, 1.345 * spread / np.maximum(np.abs(residual), 1e-12)) / whole
+        return beta
+
+    scale, offset = robust(np.stack([sums, np.ones_like(sums)], axis=1))
+    if offset < 0 or scale <= 0:
+        (scale,), offset = robust(sums[:, None]), 0.0
+    return float(scale), float(offset)
+
+
+def _reason(err):
+    """An exception as one short line (converter errors span many lines; the first error line)."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    errors = [line for line in lines if "error:" in line.lower()]
+    text = (errors or lines or [""])[0]
+    text = text if len(text) <= 300 else text[:297] + "..."
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__
+
+
+def describe_unit(unit):
+    """How messages name a unit: its layer calls' names and types."""
+    return "unit " + " + ".join(f"'{node.operation.name}' ({type(node.operation).__name__})"
+                                for node in unit)
+
+
+def _convert(make_model, path, dtype, what):
+    """``unit_lib.convert`` of ``make_model()``, its failure a LatencyTableError naming ``what``."""
+    try:
+        return unit_lib.convert(make_model(), path, dtype)
+    except Exception as err:  # any converter failure, named with its unit
+        raise LatencyTableError(f"{what} cannot be converted to TFLite {dtype}: {_reason(err)}") from err
 
 
 def cpu_name():
@@ -95,20 +188,37 @@ def _channel_terms(graph, atoms):
     return fixed, groups
 
 
-def unit_dependence(graph, unit, recorded=None):
+def _atoms_channels(graph, atoms, widths):
+    return sum(widths[g.index] if (g := graph.group_of_atom(a)) is not None else graph.atoms[a].size
+               for a in atoms)
+
+
+def unit_dependence(graph, unit, recorded=None, widths=None):
     """How a unit's width fraction depends on the group widths (None: it does not).
 
     Returns a dict ``{"in_fixed", "in_groups", "out_fixed", "out_groups", "product"}`` (group
     indices as strings, JSON-ready): the unit's input channels are ``in_fixed + sum_g n_g w_g``,
     its output channels the same with ``out_*``; ``product`` tells whether its fraction is the
     product of the two (a map between channel spaces) or the input's alone (per channel).
-    ``recorded``: ``graph.recorded()``, passed in when many units are asked about.
+    ``recorded``: ``graph.recorded()``, passed in when many units are asked about. ``widths``:
+    the group widths ``unit`` was extracted at; with them, a shared layer's call is told from
+    its other calls by its output channels (else its first call is taken).
     """
     recorded = graph.recorded() if recorded is None else recorded
-    names = [n for n in (unit_lib.head(unit).name, *unit_lib.unit_names(unit)) if n in recorded]
-    if not names:
+    # keras.ops nodes of one name are told apart by the graph's labels (the same op objects)
+    ops = [unit_lib.head(unit), *(node.operation for node in unit)]
+    found = [op for op in ops if graph.label(op) in recorded]
+    if not found:
         return None
-    _, in_atoms, out_atoms = recorded[names[0]]
+    name = graph.label(found[0])
+    _, in_atoms, out_atoms = recorded[name]
+    calls = graph.calls(name)
+    if len(set(calls)) > 1 and widths is not None:
+        node = next((n for n in unit if n.operation is found[0]), unit[0])
+        channels = node.output_tensors[0].shape[-1]
+        matching = [c for c in calls if _atoms_channels(graph, c[1], widths) == channels]
+        if matching:
+            in_atoms, out_atoms = matching[0]
     in_fixed, in_groups = _channel_terms(graph, in_atoms)
     out_fixed, out_groups = _channel_terms(graph, out_atoms)
     if not in_groups and not out_groups:
@@ -140,14 +250,29 @@ def widths_model(gated, graph, widths):
     return extract_at(gated, keep=keep, graph=graph).model
 
 
-def time_files(paths, num_threads, runs, warmup=5, block=5, seed=0):
-    """Median batch-1 ms of each ``.tflite`` file, timed interleaved; and the CPU share."""
+def time_files(paths, num_threads, runs, warmup=5, block=5, seed=0, labels=None):
+    """Median batch-1 ms of each ``.tflite`` file, timed interleaved; and the CPU share.
+
+    A file that does not load or run raises a LatencyTableError naming it by its entry in
+    ``labels`` (default: its path) with the reason.
+    """
     from pn_tf.tflite.timing import time_interleaved
 
     rng = np.random.default_rng(seed)
-    interpreters = [unit_lib.timing_interpreter(p, num_threads, rng) for p in paths]
-    times, share = time_interleaved(interpreters, runs, warmup=warmup, block=block,
-                                    num_threads=num_threads)
+    labels = labels or [os.fspath(p) for p in paths]
+    interpreters = []
+    for path, label in zip(paths, labels):
+        try:  # each file loaded and run once alone, so a failure is named
+            interpreter = unit_lib.timing_interpreter(path, num_threads, rng)
+            interpreter.invoke()
+        except Exception as err:  # any runtime failure, named with its file
+            raise LatencyTableError(f"{label} cannot be run by LiteRT: {_reason(err)}") from err
+        interpreters.append(interpreter)
+    try:
+        times, share = time_interleaved(interpreters, runs, warmup=warmup, block=block,
+                                        num_threads=num_threads)
+    except Exception as err:
+        raise LatencyTableError(f"timing {len(paths)} TFLite models failed: {_reason(err)}") from err
     return [float(np.median(t) * 1e3) for t in times], float(share)
 
 
@@ -185,30 +310,41 @@ def build_table(gated, graph=None, dtype="float32", num_threads=1, levels=LEVELS
     own_dir = workdir is None
     directory = workdir or tempfile.mkdtemp(prefix="pn_tf_latency_")
     try:
-        paths = [unit_lib.convert(unit_lib.overhead_model(), os.path.join(directory, "overhead.tflite"))]
+        paths = [_convert(unit_lib.overhead_model, os.path.join(directory, "overhead.tflite"),
+                          "float32", "the one-op model that times the interpreter's own cost")]
+        labels = ["the one-op overhead model"]
         signatures, rows, wholes = {}, {}, []
         recorded = graph.recorded()
         for level, fraction in enumerate(fractions):
             widths = _level_widths(graph, fraction)
             plain = widths_model(gated, graph, widths)
-            wholes.append(len(paths))
-            paths.append(unit_lib.convert(unit_lib.batch1_model(plain), os.path.join(
-                directory, f"whole_{level}.tflite"), dtype))
+            seen = {}
             for unit in unit_lib.split_units(plain):
                 names = unit_lib.unit_names(unit)
+                # A row is a unit's names and its occurrence among the units of those names:
+                # a shared layer (or keras.ops nodes of one name) is several units of a level.
+                row_key = (names, seen.get(names, 0))
+                seen[names] = row_key[1] + 1
                 key = unit_lib.signature(unit)
                 if key not in signatures:
                     signatures[key] = len(paths)
-                    paths.append(unit_lib.convert(unit_lib.unit_model(unit), os.path.join(
-                        directory, f"unit_{len(signatures)}.tflite"), dtype))
-                if names not in rows:  # the same unit at every level: its dependence once
-                    rows[names] = {"names": list(names), "samples": [],
-                                   "dependence": unit_dependence(graph, unit, recorded)}
-                rows[names]["samples"].append((widths, signatures[key]))
+                    what = f"{describe_unit(unit)} (at width level {level + 1}/{levels})"
+                    paths.append(_convert(functools.partial(unit_lib.unit_model, unit), os.path.join(
+                        directory, f"unit_{len(signatures)}.tflite"), dtype, what))
+                    labels.append(what)
+                if row_key not in rows:  # the same unit at every level: its dependence once
+                    rows[row_key] = {"names": list(names), "call": row_key[1], "samples": [],
+                                     "dependence": unit_dependence(graph, unit, recorded, widths)}
+                rows[row_key]["samples"].append((level, widths, signatures[key]))
+            wholes.append(len(paths))
+            what = f"the whole {gated.name} at width level {level + 1}/{levels}"
+            paths.append(_convert(functools.partial(unit_lib.batch1_model, plain), os.path.join(
+                directory, f"whole_{level}.tflite"), dtype, what))
+            labels.append(what)
             say(f"latency table: width level {level + 1}/{levels} extracted, "
                 f"{len(signatures)} distinct units converted ({time.time() - started:.0f} s)")
         say(f"latency table: timing {len(paths)} models interleaved, {runs} runs each")
-        medians, share = time_files(paths, num_threads, runs)
+        medians, share = time_files(paths, num_threads, runs, labels=labels)
     finally:
         if own_dir:
             shutil.rmtree(directory, ignore_errors=True)
@@ -216,13 +352,14 @@ def build_table(gated, graph=None, dtype="float32", num_threads=1, levels=LEVELS
     unit_ms = lambda index: max(0.0, medians[index] - overhead)  # noqa: E731
     units, constant, sums = [], 0.0, np.zeros(levels)
     for row in rows.values():
-        times = [unit_ms(index) for _, index in row["samples"]]
-        sums[:len(times)] += times
+        times = [unit_ms(index) for _, _, index in row["samples"]]
+        for (level, _, _), t in zip(row["samples"], times):
+            sums[level] += t  # the level's whole unit sum, whatever units each level has
         if row["dependence"] is None:
             constant += float(np.mean(times))
             continue
         pairs = sorted((width_fraction(row["dependence"], w, full), t)
-                       for (w, _), t in zip(row["samples"], times))
+                       for (_, w, _), t in zip(row["samples"], times))
         xs, ts = [], []
         for x, t in pairs:  # equal fractions (a group too small to take every level): averaged
             if xs and abs(x - xs[-1]) < 1e-9:
@@ -230,10 +367,10 @@ def build_table(gated, graph=None, dtype="float32", num_threads=1, levels=LEVELS
             else:
                 xs.append(x)
                 ts.append([t])
-        units.append({"names": row["names"], **row["dependence"], "x": xs,
+        units.append({"names": row["names"], "call": row["call"], **row["dependence"], "x": xs,
                       "ms": _isotonic([float(np.mean(t)) for t in ts])})
     whole = np.array([medians[i] - overhead for i in wholes])
-    scale, offset = np.polyfit(sums, whole, 1) if levels > 1 else (whole[0] / sums[0], 0.0)
+    scale, offset = fit_whole(sums, whole)
     table = {
         "format": FORMAT, "network": gated.name, "input_shape": list(gated.input_shape[1:]),
         "dtype": dtype, "num_threads": int(num_threads), "runtime": runtime_version(),
@@ -244,10 +381,13 @@ def build_table(gated, graph=None, dtype="float32", num_threads=1, levels=LEVELS
         "distinct_units": len(signatures), "seconds": time.time() - started, "units": units,
     }
     fit = scale * sums + offset
-    table["fit_max_abs_pct_error"] = float(np.max(np.abs(fit - whole) / whole) * 100)
+    table["fit_max_abs_pct_error"] = float(np.max(np.abs(fit - whole) / np.maximum(whole, 1e-9)) * 100)
     say(f"latency table: {len(units)} width-dependent units, constant part {constant:.3f} ms; "
         f"whole = {scale:.3f} x units + {offset:.3f} ms (max fit error "
-        f"{table['fit_max_abs_pct_error']:.1f}%), {table['seconds']:.0f} s")
+        f"{table['fit_max_abs_pct_error']:.1f}%, CPU share {share:.2f}), {table['seconds']:.0f} s")
+    problem = fit_problem(table)
+    if problem:
+        say(f"latency table: warning: {problem}")
     return table
 
 
