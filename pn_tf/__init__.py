@@ -2,18 +2,21 @@
 
 The package reads in pipeline order:
 
-* ``pn_tf.pipeline``     -- the command (``python -m pn_tf.train`` / ``pn-tf``): settings,
-  runner, one module per stage.
+* ``pn_tf.settings``     -- every setting declared once (name, default, choices, limits).
+* ``pn_tf.pipeline``     -- the command (``python -m pn_tf.train`` / ``pn-tf``): the run's
+  flags, runner, one module per stage, one class per budget kind.
 * ``pn_tf.data_sources`` -- a run's images: TFDS (``pn_tf.data``) or a folder (``pn_tf.image_folder``).
 * ``pn_tf.models``       -- the architecture zoo (specs + builders) with gate layers.
 * ``pn_tf.layers``       -- the gate layer and small channel ops the zoo needs.
 * ``pn_tf.graph``        -- the channel-dependency engine: one rule per layer type, FLOPs T(a).
 * ``pn_tf.search``       -- PN: the search model and the one search driver.
-* ``pn_tf.extract``      -- channel selection at a budget and the narrow model.
+* ``pn_tf.extract``      -- channel selection at a budget and the narrow model (``extract_at``).
 * ``pn_tf.auto``         -- gates on any model; ``pn_tf.prune(model, data, ...)``.
 * ``pn_tf.training``, ``pn_tf.export`` -- fine-tuning recipes; .keras/SavedModel/TFLite files.
 * ``pn_tf.tflite``       -- TFLite files: conversion, int8 calibration, the LiteRT runtime,
   graph inspection (MACs, XNNPACK delegation), batch-1 latency timing.
+* ``pn_tf.latency``      -- latency tables and the estimate L(a) for latency budgets.
+* ``pn_tf.coverage``     -- the coverage harness: models as users write them, one check each.
 """
 
 import os as _os

@@ -3,7 +3,7 @@
 import numpy as np
 import keras
 
-from pn_tf.auto.check import randomize_batchnorm  # noqa: F401 -- shared with the tests
+from pn_tf.coverage.check import randomize_batchnorm  # noqa: F401 -- shared with the tests
 
 
 def random_images(shape, seed=0, batch=2):

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from pn_tf import auto
-from pn_tf.auto.check import check_model, randomize_batchnorm
-from pn_tf.auto.patterns import PATTERNS, autoencoder_conv1d, groupnorm_cnn, shared_block
+from pn_tf.coverage.check import check_model, randomize_batchnorm
+from pn_tf.coverage.models import PATTERNS, autoencoder_conv1d, groupnorm_cnn, shared_block
 from pn_tf.extract import extract_at
 from pn_tf.graph import ChannelGraph, FlopsModel, GraphAnalysisError, flatten, rules
 from pn_tf.layers import gate_layers

@@ -75,8 +75,8 @@ def check_application(name, input_size, target, classes=10, seed=0, policy="all"
     """
     import keras
 
-    from pn_tf.auto.check import check_model, randomize_batchnorm
-    from pn_tf.auto.patterns import application
+    from pn_tf.coverage.check import check_model, randomize_batchnorm
+    from pn_tf.coverage.models import application
 
     keras.utils.set_random_seed(seed)
     model = randomize_batchnorm(application(name, input_size, classes), seed)

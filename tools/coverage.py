@@ -1,7 +1,7 @@
 """The coverage table: which models pn-tf prunes, measured, one row per model.
 
 Every keras.applications family and the model shapes users bring (Sequential, a nested
-backbone, 1-D audio convolutions, a U-Net, ...; ``pn_tf/auto/patterns.py``) at 96 px
+backbone, 1-D audio convolutions, a U-Net, ...; ``pn_tf/coverage/models.py``) at 96 px
 (1-D models: 96 frames): random weights and BN statistics, gates on every prunable
 space, random gate logits, extraction at a FLOPs cut, then the extracted model compared
 with the gated model under hard 0/1 masks, and converted to TFLite float32.
@@ -41,7 +41,7 @@ def _parser():
 
 def rows_to_run(only=None):
     """``[(row name, kind, builder(size))]`` in table order, filtered by ``only``."""
-    from pn_tf.auto.patterns import APPLICATIONS, PATTERNS, application
+    from pn_tf.coverage.models import APPLICATIONS, PATTERNS, application
 
     rows = [(family, f"keras.applications.{name}", lambda size, name=name: application(name, size))
             for family, name in APPLICATIONS.items()]
@@ -77,7 +77,7 @@ def bars(row, target):
 def measure(only=None, size=96, target=0.4, seed=0, tflite=True, progress=sys.stderr):
     import keras
 
-    from pn_tf.auto.check import check_model, randomize_batchnorm
+    from pn_tf.coverage.check import check_model, randomize_batchnorm
 
     rows = []
     todo = rows_to_run(only)
