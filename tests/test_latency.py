@@ -61,9 +61,9 @@ def test_table_times_every_unit_and_fits_the_whole_model(tiny):
 
 def test_a_conv_between_two_groups_scales_with_both(tiny):
     network, graph, _ = tiny
-    from pn_tf.latency.table import extract_at
+    from pn_tf.latency.table import widths_model
 
-    plain = extract_at(network, graph, [g.size for g in graph.groups])
+    plain = widths_model(network, graph, [g.size for g in graph.groups])
     kinds = {}
     for unit in split_units(plain):
         dependence = unit_dependence(graph, unit)
@@ -127,7 +127,7 @@ def test_search_regularizes_the_latency_estimate(tiny):
     assert search.budget_ratio == pytest.approx(0.7)
     x = np.random.default_rng(0).uniform(0, 1, (4, 16, 16, 3)).astype("float32")
     logs = search.train_on_batch(x, np.arange(4) % 10, return_dict=True)
-    assert 0 < logs["flops_ratio"] <= 1.0 + 1e-6  # the latency ratio L(a_hard) / L(1)
+    assert 0 < logs["cost_ratio"] <= 1.0 + 1e-6  # the latency ratio L(a_hard) / L(1)
     LatencyModel(graph, table, network)  # a search's frozen layers are the same network
 
 
@@ -189,7 +189,7 @@ def test_pipeline_refuses_bad_latency_budgets(tiny, tmp_path, data_dir):
     for overrides, message in (
             (dict(target_latency_reduction=None, latency_table="t.json"), "goes with --target_latency"),
             (dict(target_latency_reduction=1.5), "must be in \\(0, 1\\)"),
-            (dict(p=0.5), "leave it out"),
+            (dict(p=0.5), "--p goes with --target_flops_reduction"),
             (dict(latency_dtype="int8", tflite=["float32"]), "--tflite must include float32 and int8"),
             (dict(latency_table=str(tmp_path / "none.json")), "does not exist"),
             (dict(latency_table=save_table(tiny[2], str(tmp_path / "other.json"))),
