@@ -104,3 +104,29 @@ def test_a_third_budget_kind_is_one_class(params_budget):
     fields = budget.selection_fields(extraction.selection)
     assert fields["budget"] == "params" and fields["target_params_reduction"] == 0.4
     assert kind_of(fields).report_line(fields) == "Target parameter reduction 40.0%."
+
+
+def test_a_latency_table_with_a_poor_fit_is_never_used_silently(tmp_path, capsys):
+    """The run says so before any stage, and the extract summary carries it to the report."""
+    from pn_tf.extract import Selection
+    from pn_tf.latency import build_table
+    from pn_tf.pipeline.models import FileModel
+    from tests.test_own_model import make_model
+
+    network = FileModel(str(make_model(tmp_path / "tiny.keras"))).build()
+    table = build_table(network, levels=2, runs=3)
+    table["fit_max_abs_pct_error"] = 40.0  # as a table timed beside other work may come out
+    path = tmp_path / "t.json"
+    from pn_tf.latency import save_table
+
+    save_table(table, str(path))
+    budget = budget_of(_config(target_latency_reduction=0.05, latency_table=str(path),
+                               latency_dtype="float32", tflite_threads=1,
+                               stages=["search", "extract"]))
+    run = types.SimpleNamespace(workdir=str(tmp_path / "w"), is_chief=True,
+                                model=types.SimpleNamespace(name="tiny"))
+    budget.check(network, run)
+    assert budget.fit_problem and "40" in budget.fit_problem
+    assert f"[pn-tf] warning: {budget.fit_problem}" in capsys.readouterr().out
+    fields = budget.selection_fields(Selection([], 1.0, 2.0, []))
+    assert fields["latency_table_fit_problem"] == budget.fit_problem

@@ -30,6 +30,7 @@ class LatencyBudget(Budget):
     def __init__(self, config):
         super().__init__(config)
         self.table = None  # loaded by check()
+        self.fit_problem = None  # why the table's estimates are not to be trusted, if they are not
 
     def check_flags(self):
         super().check_flags()
@@ -87,6 +88,10 @@ class LatencyBudget(Budget):
         if run.is_chief and not os.path.exists(copy):
             os.makedirs(run.workdir, exist_ok=True)
             save_table(table, copy)
+        self.fit_problem = latency.fit_problem
+        if self.fit_problem:  # never used silently: said here, in the extract summary and the report
+            print(f"[pn-tf] warning: {self.fit_problem}; the cut that extraction lands on may miss "
+                  "the measured one (the report measures it)", flush=True)
         print(f"[pn-tf] latency budget: estimated {latency.total:.3f} ms ({c.latency_dtype}, "
               f"{c.tflite_threads} thread(s)) -> target {latency.total * (1 - self.reduction):.3f} ms; "
               f"the gated channels can cut at most {reachable:.1%}", flush=True)
@@ -104,7 +109,8 @@ class LatencyBudget(Budget):
         fields.update({"latency_dtype": self.config.latency_dtype,
                        "estimated_latency_ms": selection.cost,
                        "estimated_baseline_latency_ms": selection.total_cost,
-                       "estimated_latency_reduction": selection.reduction})
+                       "estimated_latency_reduction": selection.reduction,
+                       "latency_table_fit_problem": self.fit_problem})
         return fields
 
     @property
@@ -113,8 +119,9 @@ class LatencyBudget(Budget):
 
     def report_fields(self, extract_summary, run):
         fields = super().report_fields(extract_summary, run)
-        fields.update({key: extract_summary[key] for key in (
-            "estimated_latency_reduction", "estimated_latency_ms", "estimated_baseline_latency_ms")})
+        fields.update({key: extract_summary.get(key) for key in (
+            "estimated_latency_reduction", "estimated_latency_ms", "estimated_baseline_latency_ms",
+            "latency_table_fit_problem")})
         fields["latency_table"] = artifacts.LATENCY_TABLE  # relative to the workdir
         return fields
 

@@ -155,6 +155,9 @@ def markdown(r):
     warning = busy_timing_warning(r.get("latency_cpu_share", 1.0))
     if warning:
         lines += ["", f"**Warning:** {warning}."]
+    if r.get("latency_table_fit_problem"):
+        lines += ["", f"**Warning:** {r['latency_table_fit_problem']}: the estimated cut is less "
+                  "reliable than the table's checks promise; the measured one above is what landed."]
     if split != "test":
         lines += ["", "No test split (pass --test_dir): accuracies are on the held-out 10% of "
                   "--image_dir, which also chose the pruned channels."]
