@@ -208,17 +208,18 @@ def test_pipeline_refuses_an_unreachable_target_and_keeps_the_table(tmp_path):
     images = str(make_folder(tmp_path / "images", per_class=12, broken=False))
     table = save_table(build_table(FileModel(model).build(), levels=3, runs=5), str(tmp_path / "t.json"))
 
-    def validate(target, workdir):
+    def validate(target, workdir, stages=("search", "extract")):
         config = RunConfig(model=model, image_dir=images, workdir=str(tmp_path / workdir),
-                           stages=["search", "extract"], search_batch_size=2,
+                           stages=list(stages), search_batch_size=2, batch_size=2,
                            target_latency_reduction=target, latency_table=table)
         pipeline = Pipeline(config, tf.distribute.get_strategy())
         pipeline.validate()
         return pipeline
 
     with pytest.raises(PipelineError, match="cannot be reached: .* the largest reachable cut is 0"):
-        validate(0.99, "w")
-    assert not (tmp_path / "w" / "search").exists()
+        validate(0.99, "w", stages=["baseline", "search", "extract", "finetune"])
+    # The refusal (the last check) leaves nothing: no stage folder, no settings, no table copy.
+    assert not (tmp_path / "w").exists() or not list((tmp_path / "w").iterdir())
     validate(0.2, "w")  # the refused run pinned no settings in its workdir
     pipeline = validate(0.2, "ok")
     assert (tmp_path / "ok" / "latency_table.json").exists()
