@@ -110,6 +110,18 @@ def _tflite_cell(row):
     return "no: " + row["tflite_error"][:60]
 
 
+PIPELINE_PARAGRAPH = (
+    'The pipeline table, [coverage_pipeline.md](coverage_pipeline.md), goes a step further: each '
+    "row's model saved as a user's `.keras` classifier (3 classes) with a generated folder of 3 x "
+    '30 images, run through the whole `python -m pn_tf.train` (baseline, search, extract, '
+    'fine-tune, export, report; 1 search and 1 fine-tuning epoch, no batch-size flags) once at a '
+    '40% FLOPs budget and once at a 30% int8 latency budget, with where the FLOPs and the latency '
+    'landed, the exports made and the stage a run stopped in. 1-D and video rows are skipped. It '
+    'is generated too; `python tools/coverage_pipeline.py` runs the rows whose results are not '
+    'cached under `--out_dir` (minutes per run) and rewrites the page, `--markdown_only` rewrites '
+    'it from the cache.')
+
+
 def markdown(rows, command, target):
     import keras
     import tensorflow as tf
@@ -158,6 +170,7 @@ def markdown(rows, command, target):
     if notes:
         lines += ["Conversions that fail for the unpruned model too are TFLite's limits, not pruning's: "
                   + "; ".join(f"{r['row']}: {r['tflite_error']}" for r in notes), ""]
+    lines += [PIPELINE_PARAGRAPH, ""]
     return "\n".join(lines)
 
 
