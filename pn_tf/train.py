@@ -4,7 +4,8 @@
     pn-tf --flagfile=configs/quickstart.flags --workdir=runs/quickstart    # the same, installed
     pn-tf --model=my_model.keras --image_dir=photos/ --target_flops_reduction=0.5 --workdir=runs/mine
 
-The flags are declared in :mod:`pn_tf.pipeline.config` (``--help`` lists them).
+The flags are declared once each: in :mod:`pn_tf.settings`, :mod:`pn_tf.pipeline.config`
+(``--stages``) and by each budget kind (:mod:`pn_tf.pipeline.budgets`); ``--help`` lists them.
 
 Everything of one run lives in ``--workdir``: one sub-folder per stage, each finished
 stage marked by its ``<stage>.json``. Running the same command again skips finished
