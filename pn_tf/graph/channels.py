@@ -124,6 +124,8 @@ class ChannelGraph:
         costs: list of :class:`CostTerm`, one per conv/depthwise/dense call.
         atoms: list of :class:`Atom`.
         opaque_layers: names of the operations without a rule (their channels stay).
+        uncounted_layers: layers computing with weight matrices whose MACs no rule counts (a
+            MultiHeadAttention, a user's layer): named in a warning, left out of the FLOPs.
         warnings: messages about opaque layers and dropped gates.
     """
 
@@ -156,6 +158,22 @@ class ChannelGraph:
             self._read(f"model output {tensor.name}", "output", tensor)
             self.fix(self._segments[id(tensor)], "reaches the model output")
         self.groups = self._resolve_groups()
+        self.uncounted_layers = self._uncounted()
+
+    def _uncounted(self):
+        """Layers that multiply by weight matrices (a weight of rank 2 or more; embeddings look
+        rows up and are not counted) but have no MAC term: a warning names them, so a FLOPs
+        count that misses them is never taken for the whole network's silently."""
+        counted = {term.layer for term in self.costs}
+        names = [self.label(op) for op in self.model.operations
+                 if self.label(op) not in counted and not isinstance(op, keras.layers.Embedding)
+                 and any(len(w.shape) >= 2 for w in getattr(op, "weights", ()))]
+        if names:
+            message = (f"the MACs of {len(names)} layer(s) are not counted in pn-tf's FLOPs (no rule "
+                       f"counts them): {', '.join(names)}; FLOPs totals and cuts leave them out")
+            self.warnings.append(message)
+            log.warning(message)
+        return names
 
     # -- traversal ---------------------------------------------------------------
 
