@@ -332,14 +332,18 @@ class ChannelGraph:
                     self.warnings.append(message)
                     log.warning(message)
         else:
+            from pn_tf.graph.replay import unroll_failure
+
             kind = type(op).__name__
             reason = f"passes through {kind} '{name}', which pn-tf cannot analyse"
+            why = unroll_failure(op)
+            why = f" (it could not be unrolled: {why})" if why else ""
             if isinstance(op, keras.Model):
                 hint = "a subclassed model: pn-tf reads functional and Sequential models"
             else:
                 hint = (f"register a rule for it with pn_tf.graph.register_rule({kind}, ...) "
                         "(docs/autoprune.md)")
-            message = (f"layer '{name}' ({kind}) is opaque to channel analysis; its channels are "
+            message = (f"layer '{name}' ({kind}) is opaque to channel analysis{why}; its channels are "
                        f"left unpruned; {hint}")
             self.warnings.append(message)
             self.opaque_layers.append(name)

@@ -12,13 +12,23 @@ by a different layer of the outer graph is cloned under ``<sub-model>_<name>`` (
 weights), and the rename is reported. A nested model called with ``training=False``
 (transfer learning's frozen backbone) passes that argument on to each of its layers
 that takes one, so batch norm keeps its inference behaviour in the flat graph.
+
+A user's layer (a ``keras.layers.Layer`` subclass outside Keras and pn-tf, without a
+registered rule) whose ``call()`` is made of Keras layers and ``keras.ops`` is *unrolled*
+like a nested model (:func:`unrolled`): its ``call`` runs on fresh symbolic inputs, which
+records its inner calls as a functional graph, and that graph is used only if it gives
+the layer's outputs on random inputs. A layer that cannot be unrolled stays one opaque
+call; :func:`unroll_failure` says why.
 """
 
 import logging
+import weakref
 
 import keras
+import numpy as np
 
 from pn_tf.graph.errors import GraphAnalysisError
+from pn_tf.graph.rules import has_rule
 
 log = logging.getLogger(__name__)
 
@@ -57,11 +67,149 @@ def is_nested_model(op):
 
 
 def needs_flattening(model):
-    """Whether ``model`` is Sequential or holds a nested model."""
+    """Whether ``model`` is Sequential or holds a nested model or a layer to unroll."""
     if isinstance(model, keras.Sequential):
         return True
-    return any(is_nested_model(node.operation) for nodes in graph_of(model)._nodes_by_depth.values()
-               for node in nodes)
+    return any(is_nested_model(node.operation) or unrolled(node.operation, node) is not None
+               for nodes in graph_of(model)._nodes_by_depth.values() for node in nodes)
+
+
+# -- unrolling a user's layer ------------------------------------------------------------
+
+_UNROLLED = weakref.WeakKeyDictionary()  # layer -> {id(node): (functional graph or None, why not)}
+_FOREIGN_ROOTS = ("keras", "pn_tf", "tensorflow", "tf_keras")
+_ATOL, _RTOL = 1e-6, 1e-5  # the unrolled graph must give the layer's outputs within these
+
+
+def _may_unroll(op):
+    """A user's layer: not Keras's, not pn-tf's, not a model, no registered rule."""
+    if not isinstance(op, keras.layers.Layer) or isinstance(op, keras.Model):
+        return False
+    if type(op).__module__.split(".")[0] in _FOREIGN_ROOTS:
+        return False
+    # A user's subclass of a Keras layer type (Conv2D, Lambda, ...) keeps that type's treatment.
+    first_foreign = next(cls for cls in type(op).__mro__ if cls.__module__.split(".")[0] in _FOREIGN_ROOTS)
+    return first_foreign is keras.layers.Layer and not has_rule(op)
+
+
+def unrolled(op, node):
+    """The functional graph of user layer ``op``'s call at ``node``, or None.
+
+    None for operations that are not unrolled (Keras's and pn-tf's layers, models, layers
+    with a registered rule) and for a user's layer that cannot be (see :func:`unroll_failure`).
+    Attempts are cached per layer and call.
+    """
+    if not _may_unroll(op):
+        return None
+    calls = _UNROLLED.setdefault(op, {})
+    if id(node) not in calls:
+        try:
+            calls[id(node)] = (_unroll(op, node), "")
+        except _CannotUnroll as why:
+            calls[id(node)] = (None, str(why))
+    return calls[id(node)][0]
+
+
+def unroll_failure(op):
+    """Why the user's layer ``op`` could not be unrolled ("" if it was, or was never tried)."""
+    return next((why for _, why in _UNROLLED.get(op, {}).values() if why), "") if _may_unroll(op) else ""
+
+
+class _CannotUnroll(Exception):
+    pass
+
+
+def _first_line(error):
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0] if text else ''}"[:300]
+
+
+def _unroll(op, node):
+    fresh, inputs = {}, []
+    for t in node.input_tensors:
+        if id(t) not in fresh:
+            fresh[id(t)] = keras.Input(batch_shape=(None,) + tuple(t.shape[1:]), dtype=t.dtype)
+            inputs.append(fresh[id(t)])
+    args, kwargs = node.arguments.fill_in(fresh)
+    try:
+        outputs = keras.tree.flatten(op.call(*args, **kwargs))
+    except Exception as error:  # noqa: BLE001 - whatever call() does on symbolic inputs
+        raise _CannotUnroll(f"its call() fails on symbolic inputs (Python branching on a tensor's "
+                            f"value, or a backend-specific op?): {_first_line(error)}") from None
+    if not all(isinstance(y, keras.KerasTensor) for y in outputs):
+        raise _CannotUnroll("its call() returns values that are not Keras tensors (backend-specific ops?)")
+    if len(outputs) != len(node.outputs):
+        raise _CannotUnroll(f"its call() gives {len(outputs)} outputs on symbolic inputs, "
+                            f"{len(node.outputs)} in the model")
+    try:
+        inner = keras.Model(inputs, outputs, name=op.name)
+    except Exception as error:  # noqa: BLE001
+        raise _CannotUnroll(f"its inner calls do not form a graph: {_first_line(error)}") from None
+    _check_weights(op, inner)
+    _check_outputs(op, node, inputs, inner)
+    return inner
+
+
+def _check_weights(op, inner):
+    """Every weight must belong to a layer of the unrolled graph (a weight used directly in
+    keras.ops would become a frozen constant there)."""
+    held = {id(v) for layer in inner.layers for v in layer.weights}
+    loose = [v.path or v.name for v in op.weights if id(v) not in held]
+    for nodes in inner._nodes_by_depth.values():
+        for n in nodes:
+            loose += [v.path or v.name for v in keras.tree.flatten((n.arguments.args, n.arguments.kwargs))
+                      if isinstance(v, keras.Variable) and (v.path or v.name) not in loose]
+    if loose:
+        raise _CannotUnroll(f"it uses weights directly in keras.ops ({', '.join(loose)}); unrolled they "
+                            "would be frozen constants")
+
+
+def _random_like(x, rng):
+    shape = (2,) + tuple(8 if d is None else int(d) for d in x.shape[1:])
+    dtype = keras.backend.standardize_dtype(x.dtype)
+    if "float" in dtype:
+        return rng.uniform(-1.0, 1.0, shape).astype(dtype)
+    return rng.randint(0, 2, shape).astype(dtype)
+
+
+def _check_outputs(op, node, inputs, inner):
+    """The unrolled graph must give ``op``'s outputs on random inputs (inference mode)."""
+    rng = np.random.RandomState(0)
+    values = {}
+    for t in node.input_tensors:
+        if id(t) not in values:
+            values[id(t)] = _random_like(t, rng)
+    args, kwargs = node.arguments.fill_in(values)
+    try:
+        if getattr(op, "_call_has_training_arg", False) and kwargs.get("training") is None:
+            kwargs = dict(kwargs, training=False)
+        expected = keras.tree.flatten(op(*args, **kwargs))
+        got = keras.tree.flatten(inner([values[id(t)] for t in _unique(node.input_tensors)], training=False))
+    except Exception as error:  # noqa: BLE001
+        raise _CannotUnroll(f"its unrolled graph cannot be run: {_first_line(error)}") from None
+    for e, g in zip(expected, got):
+        e, g = np.asarray(keras.ops.convert_to_numpy(e)), np.asarray(keras.ops.convert_to_numpy(g))
+        scale = max(1.0, float(np.max(np.abs(e)))) if e.size else 1.0
+        if e.shape != g.shape or not np.allclose(g, e, rtol=_RTOL, atol=_ATOL * scale):
+            raise _CannotUnroll("its unrolled graph does not give its outputs on random inputs "
+                                "(state, randomness or Python-level logic in call()?)")
+
+
+def _unique(tensors):
+    seen, out = set(), []
+    for t in tensors:
+        if id(t) not in seen:
+            seen.add(id(t))
+            out.append(t)
+    return out
+
+
+def _as_constant(value):
+    """A backend tensor computed inside an unrolled call (``keras.ops.ones(...)``) as a numpy
+    constant, as keras.ops constants are everywhere else (rules slice numpy constants)."""
+    if isinstance(value, (keras.KerasTensor, keras.Variable)) or not keras.ops.is_tensor(value):
+        return value
+    return np.asarray(keras.ops.convert_to_numpy(value))
 
 
 class _Names:
@@ -126,7 +274,7 @@ def replay(model, substitute=None, rewrite=None, after=None, name=None):
         layer = x._keras_history[0]
         tensors[id(x)] = keras.Input(batch_shape=tuple(x.shape), dtype=x.dtype, name=layer.name)
         names.owner.setdefault(layer.name, layer)
-    _run(graph, tensors, resolve, rewrite, after, training=None, scope="")
+    _run(graph, tensors, resolve, rewrite, after, training=None, scope="", inlined=False)
     for message in names.messages:
         log.warning(message)
     for original, clone in names.pairs:
@@ -136,7 +284,7 @@ def replay(model, substitute=None, rewrite=None, after=None, name=None):
     return keras.Model(inputs, outputs, name=name or model.name)
 
 
-def _run(graph, tensors, resolve, rewrite, after, training, scope):
+def _run(graph, tensors, resolve, rewrite, after, training, scope, inlined):
     for depth in sorted(graph._nodes_by_depth, reverse=True):
         for node in graph._nodes_by_depth[depth]:
             if node.is_input:
@@ -144,11 +292,13 @@ def _run(graph, tensors, resolve, rewrite, after, training, scope):
             op = node.operation
             explicit = node.arguments.kwargs.get("training")
             call_training = explicit if explicit is not None else training
-            if is_nested_model(op):
-                inner = graph_of(op)
-                for x, value in zip(keras.tree.flatten(inner._inputs_struct), node.input_tensors):
+            nested = is_nested_model(op)
+            inner = graph_of(op) if nested else unrolled(op, node)
+            if inner is not None:
+                outer = node.input_tensors if nested else _unique(node.input_tensors)
+                for x, value in zip(keras.tree.flatten(inner._inputs_struct), outer):
                     tensors[id(x)] = tensors[id(value)]
-                _run(inner, tensors, resolve, rewrite, after, call_training, op.name)
+                _run(inner, tensors, resolve, rewrite, after, call_training, op.name, inlined or not nested)
                 for y, inner_y in zip(node.outputs, keras.tree.flatten(inner._outputs_struct)):
                     tensors[id(y)] = tensors[id(inner_y)]
                 continue
@@ -157,6 +307,9 @@ def _run(graph, tensors, resolve, rewrite, after, training, scope):
                 outputs = [tensors[id(node.input_tensors[0])]] * len(node.outputs)
             else:
                 args, kwargs = node.arguments.fill_in(tensors)
+                if inlined:
+                    args = [_as_constant(a) for a in args]
+                    kwargs = {k: _as_constant(v) for k, v in kwargs.items()}
                 if (call_training is not None and kwargs.get("training") is None
                         and getattr(new_op, "_call_has_training_arg", False)):
                     kwargs = dict(kwargs, training=call_training)
@@ -173,6 +326,7 @@ def flatten(model):
     """``model`` as one flat functional graph (``model`` itself if it is one already).
 
     Sequential models and functional or Sequential models nested inside (a backbone
-    inside a classifier) become one graph of the same layer objects, named as before.
+    inside a classifier) become one graph of the same layer objects, named as before; a
+    user's layer made of Keras layers and keras.ops is unrolled into them (:func:`unrolled`).
     """
     return replay(model) if needs_flattening(model) else model

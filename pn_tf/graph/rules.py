@@ -797,6 +797,11 @@ _CHANNELS_FIRST = Opaque("works on channels_first data; pn-tf reads channels on 
                          warn=True)
 
 
+def has_rule(op):
+    """Whether a rule is registered for ``op``'s class or one of its bases (not the default)."""
+    return any(cls in _RULES for cls in type(op).__mro__)
+
+
 def rule_for(op):
     """The rule for ``op`` (a layer or ``keras.ops`` operation), by its class's MRO."""
     if getattr(op, "data_format", None) == "channels_first":

@@ -1,0 +1,135 @@
+"""A user's Layer subclass made of Keras layers and keras.ops is unrolled into the graph."""
+
+import logging
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+
+from pn_tf import auto
+from pn_tf.extract import extract_at
+from pn_tf.graph import ChannelGraph, FlopsModel, flatten
+from tests.helpers import random_images, randomize_batchnorm
+
+
+class ResidualBlock(keras.layers.Layer):
+    """conv-BN-ReLU-conv-BN plus the skip, as users write it (no rule registered)."""
+
+    def __init__(self, channels, width, **kwargs):
+        super().__init__(**kwargs)
+        self.conv1 = keras.layers.Conv2D(width, 3, padding="same", use_bias=False)
+        self.bn1 = keras.layers.BatchNormalization()
+        self.conv2 = keras.layers.Conv2D(channels, 3, padding="same", use_bias=False)
+        self.bn2 = keras.layers.BatchNormalization()
+
+    def call(self, x, training=None):
+        y = keras.ops.relu(self.bn1(self.conv1(x), training=training))
+        y = self.bn2(self.conv2(y), training=training)
+        return keras.ops.relu(y + x)
+
+
+class Stage(keras.layers.Layer):
+    """A user's layer holding another user's layer (unrolled recursively)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.block = ResidualBlock(8, 12)
+        self.head = keras.layers.Conv2D(16, 1)
+
+    def call(self, x):
+        return self.head(self.block(x))
+
+
+class Branching(keras.layers.Layer):
+    """Python branching on a tensor's value: cannot be recorded symbolically."""
+
+    def compute_output_shape(self, input_shape):  # Keras cannot trace call() for the shape either
+        return input_shape
+
+    def call(self, x):
+        if keras.ops.mean(x) > 0:
+            return x * 2.0
+        return x
+
+
+class OwnScale(keras.layers.Layer):
+    """A weight used directly in keras.ops: unrolled it would be a frozen constant."""
+
+    def build(self, input_shape):
+        self.gamma = self.add_weight(shape=(input_shape[-1],), initializer="ones", name="gamma")
+
+    def call(self, x):
+        return x * self.gamma
+
+
+def _model():
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((16, 16, 3))
+    x = keras.layers.Conv2D(8, 3, padding="same", name="stem")(inputs)
+    x = ResidualBlock(8, 16, name="block1")(x)
+    x = ResidualBlock(8, 16, name="block2")(x)
+    x = Stage(name="stage")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    return randomize_batchnorm(keras.Model(inputs, keras.layers.Dense(10, name="head")(x)))
+
+
+def test_residual_block_is_unrolled_and_prunes_equivalently(tmp_path):
+    model = _model()
+    x = random_images((16, 16, 3), seed=1)
+    flat = flatten(model)
+    assert not [layer.name for layer in flat.layers if isinstance(layer, (ResidualBlock, Stage))]
+    np.testing.assert_allclose(np.asarray(flat(x)), np.asarray(model(x)), rtol=1e-6, atol=1e-5)
+    graph = ChannelGraph(model)
+    assert graph.opaque_layers == []
+    inner = {model.get_layer(name).conv1.name for name in ("block1", "block2")}
+    inner.add(model.get_layer("stage").block.conv1.name)
+    groups = auto.find_groups(model)
+    producers = {p for g in groups for p in g.producers}
+    assert inner <= producers  # the blocks' internal widths are prunable groups
+
+    gated = auto.insert_gates(model, groups)
+    original = np.asarray(model(x))
+    assert np.abs(original).max() > 1e-3
+    np.testing.assert_array_equal(original, np.asarray(gated(x)))  # identity gates: same model
+    auto.random_gate_logits(gated, seed=2)
+    extraction = extract_at(gated, 0.3, images=x)
+    assert extraction.equivalent
+    assert extraction.max_abs_diff <= 1e-4 * max(1.0, extraction.output_scale)
+    assert abs(extraction.selection.reduction - 0.3) < 0.01
+    assert FlopsModel(extraction.model).total == pytest.approx(extraction.selection.cost, rel=1e-2)
+
+    narrow = extraction.model
+    path = tmp_path / "pruned.keras"
+    narrow.save(path)
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "y.npy", np.asarray(narrow(x)))
+    # A fresh process that never defines ResidualBlock or Stage (nor imports this file or pn_tf).
+    script = (
+        "import sys, numpy as np, keras\n"
+        "m = keras.models.load_model(sys.argv[1])\n"
+        "y = np.asarray(m(np.load(sys.argv[2])))\n"
+        "assert np.allclose(y, np.load(sys.argv[3]), rtol=1e-5, atol=1e-5), np.abs(y - np.load(sys.argv[3])).max()\n"
+        "print('loaded', len(m.layers))\n")
+    out = subprocess.run([sys.executable, "-c", script, str(path), str(tmp_path / "x.npy"),
+                          str(tmp_path / "y.npy")], check=False, cwd=tmp_path, capture_output=True, text=True,
+                         timeout=240)
+    assert out.returncode == 0 and "loaded" in out.stdout, out.stderr[-3000:]
+
+
+@pytest.mark.parametrize("layer, why", [(Branching, "fails on symbolic inputs"),
+                                        (OwnScale, "uses weights directly in keras.ops")])
+def test_layer_that_cannot_be_unrolled_stays_opaque(caplog, layer, why):
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.Conv2D(6, 3, padding="same", name="c1")(inputs)
+    x = layer(name="odd")(x)
+    x = keras.layers.Conv2D(4, 3, padding="same", name="c2")(x)
+    model = keras.Model(inputs, keras.layers.Dense(2)(keras.layers.GlobalAveragePooling2D()(x)))
+    assert flatten(model) is model
+    with caplog.at_level(logging.WARNING):
+        graph = ChannelGraph(model)
+    assert graph.opaque_layers == ["odd"]
+    messages = [r.getMessage() for r in caplog.records if "'odd'" in r.getMessage()]
+    assert len(messages) == 1 and why in messages[0] and layer.__name__ in messages[0], messages
+    assert [g.producers for g in auto.find_groups(model)] == [["c2"]]
