@@ -17,7 +17,6 @@ import datetime
 import inspect
 import json
 import os
-import platform
 import re
 import signal
 import subprocess
@@ -298,17 +297,6 @@ def sweep(rows, budgets, out_dir, run=run_one, retry=(), progress=None, **kwargs
 
 # -- the table -------------------------------------------------------------------------------
 
-def cpu_model():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def _pct(x):
     return "" if x is None else f"{x:.1%}"
 
@@ -371,7 +359,10 @@ def markdown(rows, budgets, results, command_line, date=None, machine=None, out_
     """The generated page: a header (command, date, machine) and one line per row x budget;
     rows without a cached result say "not run"."""
     date = date or datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    machine = machine or f"{cpu_model()}, {os.cpu_count()} cores"
+    if machine is None:
+        from pn_tf.latency.table import cpu_name
+
+        machine = f"{cpu_name()}, {os.cpu_count()} cores"
     counts = {}
     for row in rows:
         for budget in budgets:
