@@ -61,10 +61,15 @@ def main(argv):
     unknown = sorted(set(FLAGS.rows) - set(known))
     bad_budgets = sorted(set(FLAGS.budgets) - set(pipeline.BUDGETS))
     bad_retry = sorted(set(FLAGS.retry) - set(pipeline.STATUSES))
-    if unknown or bad_budgets or bad_retry or not FLAGS.budgets:
-        print(f"coverage_pipeline: error: unknown rows {unknown} (known: {', '.join(known)}), "
-              f"budgets {bad_budgets or FLAGS.budgets} (known: flops, latency) or --retry statuses "
-              f"{bad_retry}", file=sys.stderr)
+    problems = []
+    if unknown:
+        problems.append(f"unknown rows {', '.join(unknown)} (known: {', '.join(known)})")
+    if bad_budgets or not FLAGS.budgets:
+        problems.append(f"--budgets takes flops and/or latency, got {','.join(FLAGS.budgets) or 'nothing'}")
+    if bad_retry:
+        problems.append(f"--retry takes statuses among {', '.join(pipeline.STATUSES)}, got {', '.join(bad_retry)}")
+    if problems:
+        print("coverage_pipeline: error: " + "; ".join(problems), file=sys.stderr)
         return 2
     rows = pipeline.sweep_order(FLAGS.rows or known)
     budgets = [b for b in pipeline.BUDGETS if b in FLAGS.budgets]
