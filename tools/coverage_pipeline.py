@@ -44,7 +44,7 @@ def _all_rows():
 def write_outputs(rows, budgets, results, argv):
     from pn_tf.io import atomic_path
 
-    line = "python tools/coverage_pipeline.py " + " ".join(argv[1:])
+    line = "python tools/coverage_pipeline.py " + " ".join(sys.argv[1:])  # absl strips flags from argv
     if FLAGS.markdown:
         with atomic_path(FLAGS.markdown) as tmp:
             with open(tmp, "w") as f:
