@@ -32,6 +32,7 @@ class Extraction:
         graph: the gated model's :class:`~pn_tf.graph.ChannelGraph`.
         flops: the narrow model's MACs, counted on it.
         selected_flops: the MACs the FLOPs model gives the selected widths.
+        baseline_flops: the MACs of the unpruned network.
         max_abs_diff, output_scale: the equivalence check on the given images (None: not checked).
     """
 
@@ -40,6 +41,7 @@ class Extraction:
     graph: ChannelGraph
     flops: float
     selected_flops: float
+    baseline_flops: float
     max_abs_diff: float = None
     output_scale: float = None
 
@@ -88,7 +90,8 @@ def extract_at(gated, target_reduction=None, *, keep=None, cost=None, scores=Non
     name = name or gated.name.removesuffix("_gated") + "_pruned"
     narrow = simplify(extract_model(gated, selection.keep, graph, name=name),
                       {gate.name for gate in gate_layers(gated)})
-    result = Extraction(narrow, selection, graph, FlopsModel(narrow).total, flops.count(selection.widths))
+    result = Extraction(narrow, selection, graph, FlopsModel(narrow).total, flops.count(selection.widths),
+                        flops.total)
     if images is not None:
         _compare(gated, result, images)
     if strict and not result.equivalent:
@@ -100,7 +103,8 @@ def extract_at(gated, target_reduction=None, *, keep=None, cost=None, scores=Non
 
 
 def _compare(gated, result, images):
-    mode = gate_layers(gated)[0].mode if gate_layers(gated) else "identity"
+    gates = gate_layers(gated)
+    mode = gates[0].mode if gates else "identity"
     set_gate_masks(gated, result.selection.keep, result.graph)
     set_gate_mode(gated, "mask")
     try:

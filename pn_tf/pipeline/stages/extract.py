@@ -16,7 +16,7 @@ def check(ctx):
 
 def run(ctx):
     from pn_tf.extract import ExtractionError, channel_scores, extract_at
-    from pn_tf.graph import ChannelGraph, FlopsModel, count_params
+    from pn_tf.graph import ChannelGraph, count_params
     from pn_tf.io import atomic_path
     from pn_tf.training import evaluate_splits
 
@@ -36,7 +36,7 @@ def run(ctx):
     if ctx.is_chief:
         with atomic_path(path) as tmp:
             narrow.save(tmp)
-    baseline_flops = FlopsModel(graph).total
+    baseline_flops = extraction.baseline_flops
     summary = {
         "model": ctx.relative(path),
         "widths": selection.widths,
