@@ -186,10 +186,51 @@ def test_int8_calibration_repair(tmp_path, caplog):
         scales[repair] = [d["quantization"][0] for d in interpreter.get_tensor_details()
                           if "x_over_6" in d["name"] and d["name"].endswith("mul")]
     # x / 6, and the input scaling (x / 32 has one consumer, the ADD of -4)
-    assert "repaired the in-place-widened ranges of 2 tensors" in caplog.text
+    assert "repaired the ranges of 2 tensors" in caplog.text
     # x / 6 spans about 1/6 of x; unrepaired it was given the product's range (about x's)
     assert scales[False][0] > 2 * scales[True][0], scales
     assert errors[True] < 0.8 * errors[False], errors
+
+
+def _dead_channel_model():
+    """A one-channel conv that never fires (its BN shift keeps the ReLU at zero), as a group
+    pruned to one channel can be."""
+    import keras
+
+    x = keras.Input((8, 8, 3))
+    bn, conv = keras.layers.BatchNormalization(), keras.layers.Conv2D(1, 3, padding="same", use_bias=False)
+    y = keras.layers.ReLU()(bn(conv(x)))
+    model = keras.Model(x, keras.layers.Conv2D(4, 1)(y))
+    conv.set_weights([np.full((3, 3, 3, 1), 1e-3)])  # at most 27 * 255 * 1e-3 = 6.9 before BN
+    bn.set_weights([np.ones(1), np.array([-10.0]), np.zeros(1), np.ones(1)])
+    return model
+
+
+def test_int8_tensors_zero_in_calibration_still_run_in_xnnpack(tmp_path):
+    """A tensor zero on every calibration batch gets the empty range [0, 0], whose int8 scale 0
+    XNNPACK refuses (the model did not load: 'failed to create XNNPACK runtime'); the export and
+    the latency tables' conversion widen it, and the model runs and matches Keras."""
+    from pn_tf.latency import units as unit_lib
+
+    model = _dead_channel_model()
+    images = random_images((8, 8, 3), seed=6, batch=16)
+    reference = export.keras_outputs(model, images)
+    path = export.export_tflite(model, tmp_path / "dead.tflite", "int8", [images])
+    out = runtime.tflite_predict(path, images)
+    assert np.abs(out - reference).max() <= 0.05 * np.abs(reference).max()
+    unit = unit_lib.convert(unit_lib.batch1_model(model), tmp_path / "unit.tflite", "int8")
+    unit_lib.timing_interpreter(unit, 1, np.random.default_rng(0)).invoke()
+    import tensorflow as tf
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = lambda: iter([[images]])
+    converter._experimental_calibrate_only = True
+    calibrated = flatbuffer_utils.convert_bytearray_to_object(bytearray(converter.convert()))
+    widened = calibration.widen_empty_ranges(calibrated)
+    assert len(widened) >= 1 and all(new == (0.0, calibration.MIN_RANGE) for _, _, new in widened)
+    assert all(0.0 <= recorded[1] - recorded[0] < calibration.MIN_RANGE for _, recorded, _ in widened)
 
 
 def test_repair_finds_the_residual_branches(model):

@@ -114,7 +114,9 @@ def convert(model, path, dtype="float32", seed=0):
     """``.tflite`` of any fixed-shape Keras model (several inputs, any rank), float32 or int8.
 
     int8 models are calibrated on random normal inputs and take and give int8 tensors (inside
-    a whole int8 network a unit's neighbours are int8 too, so no quantize op is timed).
+    a whole int8 network a unit's neighbours are int8 too, so no quantize op is timed); a tensor
+    zero on every calibration input (a narrow ReLU output on random weights) gets a small range
+    instead of an empty one, which XNNPACK refuses (:func:`pn_tf.tflite.calibration.widen_empty_ranges`).
     """
     import tensorflow as tf
     from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
@@ -141,7 +143,10 @@ def convert(model, path, dtype="float32", seed=0):
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
         converter.inference_input_type = tf.int8
         converter.inference_output_type = tf.int8
-    return save_bytes(path, converter.convert())
+    from pn_tf.tflite.calibration import repaired_calibration
+
+    with repaired_calibration([], true_ranges=False):
+        return save_bytes(path, converter.convert())
 
 
 def timing_interpreter(path, num_threads, rng):

@@ -3,6 +3,13 @@
 Calibration data: batches of *training* images, unaugmented (:func:`representative_dataset`),
 handed to the converter as ``[float32 images]`` per step (:func:`calibration_batches`).
 
+**Empty ranges** (:func:`widen_empty_ranges`): a tensor that was zero on every calibration
+batch (a ReLU channel that never fired: likely once a group is pruned to one or two channels,
+and in the latency tables' narrow units on random weights) is recorded with the range [0, 0];
+its int8 scale is then 0, which XNNPACK refuses ("failed to create XNNPACK runtime": the whole
+model does not load). Such ranges are widened to [0, :data:`MIN_RANGE`]: the tensor stays exactly
+zero in int8 and the model runs.
+
 **Calibration repair** (:func:`repaired_calibration`): TFLite's calibrator logs an op's inputs
 again after the op ran, and when the interpreter let the op write its output into an input's
 buffer (an input with no other consumer, e.g. ``x / 6`` in ``(x / 6) * g``), that input is given
@@ -22,6 +29,9 @@ import logging
 import numpy as np
 
 from pn_tf.tflite.runtime import set_batch
+
+# The narrowest range a calibrated tensor keeps (see widen_empty_ranges).
+MIN_RANGE = 1e-3
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +88,29 @@ def _true_ranges(model_content, input_gen):
     return ranges
 
 
-def repair_calibrated_ranges(calibrated, input_gen):
+def _tensor_name(tensor):
+    return tensor.name.decode() if isinstance(tensor.name, bytes) else str(tensor.name)
+
+
+def widen_empty_ranges(model):
+    """Widens each recorded calibration range narrower than :data:`MIN_RANGE` around zero, in
+    place on a flatbuffer model object; returns ``[(name, recorded, widened)]``."""
+    widened = []
+    for tensor in model.subgraphs[0].tensors:
+        stats = tensor.quantization
+        if stats is None or stats.min is None or stats.max is None or len(stats.min) != 1:
+            continue
+        recorded = (float(stats.min[0]), float(stats.max[0]))
+        low, high = min(recorded[0], 0.0), max(recorded[1], 0.0)  # int8 ranges hold zero anyway
+        if high - low >= MIN_RANGE:
+            continue
+        high = low + MIN_RANGE
+        stats.min, stats.max = [low], [high]
+        widened.append((_tensor_name(tensor), recorded, (low, high)))
+    return widened
+
+
+def repair_calibrated_ranges(calibrated, input_gen, true_ranges=True):
     """Replaces in-place-widened calibration ranges in a calibrated model by the true ones.
 
     Args:
@@ -88,13 +120,17 @@ def repair_calibrated_ranges(calibrated, input_gen):
             of ``[images]`` lists: one image input, as every pn-tf model has); it is iterated
             once more.
 
+        true_ranges: bool. Also replace widened ranges by the true ones (False: only widen the
+            empty ones, for models of several inputs).
+
     Returns ``(content, repaired)``: the model bytes with each recorded range that strictly
-    contains the tensor's true range replaced by the true one, and a list of
-    ``(tensor name, recorded (min, max), true (min, max))`` for those tensors.
+    contains the tensor's true range replaced by the true one and each empty range widened
+    (:func:`widen_empty_ranges`), and a list of ``(tensor name, recorded (min, max), new (min,
+    max))`` for those tensors.
     """
     from tensorflow.lite.tools import flatbuffer_utils
 
-    ranges = _true_ranges(calibrated, input_gen)
+    ranges = _true_ranges(calibrated, input_gen) if true_ranges else {}
     model = flatbuffer_utils.convert_bytearray_to_object(bytearray(calibrated))
     repaired = []
     for index, tensor in enumerate(model.subgraphs[0].tensors):
@@ -106,19 +142,20 @@ def repair_calibrated_ranges(calibrated, input_gen):
         slack = 1e-3 * (high - low) + 1e-6
         contains = recorded[0] <= low + slack and recorded[1] >= high - slack
         if contains and (recorded[1] - recorded[0]) - (high - low) > 2 * slack:
-            name = tensor.name.decode() if isinstance(tensor.name, bytes) else str(tensor.name)
-            repaired.append((name, recorded, (low, high)))
+            repaired.append((_tensor_name(tensor), recorded, (low, high)))
             stats.min, stats.max = [low], [high]
+    repaired += widen_empty_ranges(model)
     if not repaired:
         return calibrated, repaired
     return bytes(flatbuffer_utils.convert_object_to_bytearray(model)), repaired
 
 
 @contextlib.contextmanager
-def repaired_calibration(repaired):
+def repaired_calibration(repaired, true_ranges=True):
     """Within the block, the TFLite converter's calibration step repairs its ranges.
 
-    ``repaired``: a list; each repaired tensor's ``(name, recorded, true)`` is appended.
+    ``repaired``: a list; each repaired tensor's ``(name, recorded, new)`` is appended.
+    ``true_ranges``: see :func:`repair_calibrated_ranges` (False for models of several inputs).
     """
     try:
         from tensorflow.lite.python.optimize import calibrator
@@ -130,7 +167,7 @@ def repaired_calibration(repaired):
         return
 
     def calibrate(self, dataset_gen):
-        content, fixed = repair_calibrated_ranges(original(self, dataset_gen), dataset_gen)
+        content, fixed = repair_calibrated_ranges(original(self, dataset_gen), dataset_gen, true_ranges)
         repaired.extend(fixed)
         return content
 

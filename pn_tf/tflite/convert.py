@@ -15,8 +15,9 @@ Quantization (``quantization=...``):
   tensor's ``quantization`` (scale, zero point).
 
   With ``repair_calibration=True`` (the default) the calibration ranges widened by in-place
-  ops are repaired before the converter quantizes (:mod:`pn_tf.tflite.calibration`); the
-  number of repaired tensors is logged.
+  ops, and the empty ranges of tensors zero on every batch (which XNNPACK refuses), are
+  repaired before the converter quantizes (:mod:`pn_tf.tflite.calibration`); the number of
+  repaired tensors is logged.
 
 Why from a SavedModel: with Keras 3 on TF 2.21, ``from_concrete_functions`` on a traced
 ``model.__call__`` silently drops the captured weights (the result is NaN), while
@@ -92,8 +93,9 @@ def convert_saved_model(saved_model_dir, quantization="float32", representative_
     with repaired_calibration(repaired):
         content = converter.convert()
     if repaired:
-        log.info("int8 calibration: repaired the in-place-widened ranges of %d tensors "
-                 "(tensorflow/tensorflow#127842), e.g. %s", len(repaired), repaired[0][0])
+        log.info("int8 calibration: repaired the ranges of %d tensors (widened in place, "
+                 "tensorflow/tensorflow#127842, or empty: zero on every calibration batch), e.g. %s",
+                 len(repaired), repaired[0][0])
     if repairs is not None:
         repairs.extend(repaired)
     return content
