@@ -108,7 +108,8 @@ def test_flops_tool_rejects_unknown_arch():
 
 
 def test_layers_whose_macs_are_not_counted_are_named(caplog):
-    """An attention layer (no MAC rule yet) is named in a warning, never counted as zero silently."""
+    """A recurrent layer (no MAC rule) is named in a warning, never counted as zero silently;
+    attention is counted (tests/test_attention.py)."""
     import keras
 
     from pn_tf.graph import ChannelGraph
@@ -116,10 +117,11 @@ def test_layers_whose_macs_are_not_counted_are_named(caplog):
     tokens = keras.Input((16, 8))
     h = keras.layers.Dense(8, name="embed")(tokens)
     h = keras.layers.MultiHeadAttention(2, 4, name="attention")(h, h)
+    h = keras.layers.LSTM(8, return_sequences=True, name="recurrent")(h)
     h = keras.layers.Embedding(10, 4, name="unused_lookup")(keras.ops.cast(h[..., :1], "int32"))
     outputs = keras.layers.Dense(3)(keras.layers.Flatten()(h))
     with caplog.at_level("WARNING", logger="pn_tf.graph.channels"):
         graph = ChannelGraph(keras.Model(tokens, outputs))
-    assert graph.uncounted_layers == ["attention"]  # an embedding looks rows up: no MACs
+    assert graph.uncounted_layers == ["recurrent"]  # an embedding looks rows up: no MACs
     assert "the MACs of 1 layer(s) are not counted in pn-tf's FLOPs" in caplog.text
     assert not ChannelGraph(build_model("resnet56")).uncounted_layers

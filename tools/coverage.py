@@ -146,7 +146,7 @@ def markdown(rows, command, target):
         "with open gates against the original; *FLOPs cut*, the exact MAC reduction reached; "
         "*TFLite*, whether the pruned model converts to TFLite float32, with its largest "
         "difference to Keras and whether the MACs counted from the TFLite graph's convolution, "
-        "transposed-convolution and fully-connected ops equal pn-tf's count.",
+        "transposed-convolution, fully-connected and batch-matmul ops equal pn-tf's count.",
         "",
         "| model | what | groups | prunable MACs | opaque | extracted vs masked (scale) | identity | "
         "FLOPs cut | params | TFLite float32 |",

@@ -54,14 +54,15 @@ def _resolve_policy(policy, overrides):
 
 
 def _strip_gates(model):
-    """A flat copy of ``model`` with every gate replaced by Identity (same weights)."""
+    """A flat copy of ``model`` with every gate replaced by Identity and every layer holding a gate
+    inside (attention with gated heads) by its plain Keras self (same weights)."""
 
-    from pn_tf.extract.surgery import clone_layer, copy_model
+    from pn_tf.extract.surgery import copy_model, ungated_clone
 
     def clone(layer):
         if isinstance(layer, ChannelGate):
             return keras.layers.Identity(name=layer.name)
-        return clone_layer(layer)
+        return ungated_clone(layer)
 
     return copy_model(model, clone)
 
@@ -86,7 +87,8 @@ def _space_traits(graph, space):
     for name, role, atoms, tensor in graph.reads():
         if role in ("conv", "dense") and any(graph.root(a) == root for a in atoms):
             consumers.add(name)
-            pooled = pooled or role == "dense" or _spatial_is_one(tensor)
+            inner = tensor is None  # read inside the layer's own call (attention heads)
+            pooled = pooled or (not inner and (role == "dense" or _spatial_is_one(tensor)))
     nonlinear = any(rule_for(graph.operation(name)).nonlinear(graph.operation(name))
                     for name in space.carriers + space.producers)
     return residual, consumers, pooled, nonlinear
@@ -130,7 +132,7 @@ def analyse(model, policy="all", exclude=(), **overrides):
             reason = "read at 1x1 (head or squeeze-excite)"
         elif not nonlinear and not rules["prune_linear"]:
             reason = "linear bottleneck (no activation between producer and consumers)"
-        elif not all(a in graph.birth for a in space.atoms[:1]):
+        elif space.atoms[0] not in graph.birth and graph.inner_owner(space.atoms[0]) is None:
             reason = "no tensor holds it alone"
         if reason:
             excluded[label] = reason

@@ -85,6 +85,8 @@ def _plan(graph, groups, gate_depthwise=True):
     consumers = _consumers_by_tensor(graph.model)
     points = {}
     for name, role, atoms, tensor in graph.reads():
+        if tensor is None:  # a space inside a layer's call: gated by swapping the layer (_rebuild)
+            continue
         if role not in ("conv", "dense") and not (gate_depthwise and role == "depthwise"):
             continue
         if not any(graph.root(a) in roots for a in atoms):
@@ -94,11 +96,30 @@ def _plan(graph, groups, gate_depthwise=True):
     return points
 
 
+def _inner_gated(graph, groups, taken):
+    """``{id(layer): (layer, its gated copy)}`` for the layers holding a group inside their call
+    (attention heads): the copy applies a gate of its own to that space (``with_inner_gate``)."""
+    copies = {}
+    for g in groups:
+        owner = graph.inner_owner(g.atoms[0])
+        if owner is not None:
+            layer = graph.operation(owner)
+            gate = _unique_name(f"{owner}_heads_gate", taken)
+            copies[id(layer)] = (layer, rule_for(layer).with_inner_gate(layer, gate))
+    return copies
+
+
 def _rebuild(model, graph, groups, points, name):
-    """Calls ``model``'s operations again, gating the tensors in ``points``."""
+    """Calls ``model``'s operations again, gating the tensors in ``points`` and swapping the layers
+    that hold a group inside for their gated copies."""
+    from pn_tf.extract.surgery import copy_weights
+
     taken = {layer.name for layer in model.layers}
+    swapped = _inner_gated(graph, groups, taken)
     gates = {}
     for g in groups:
+        if graph.inner_owner(g.atoms[0]) is not None:
+            continue
         base = f"{g.producers[0]}_gate" if g.producers else f"space{g.index}_gate"
         gates[graph.root(g.atoms[0])] = ChannelGate(name=_unique_name(base, taken))
     raw, mask_parts = {}, {}  # raw: the ungated new tensor of each original one
@@ -145,7 +166,10 @@ def _rebuild(model, graph, groups, points, name):
             raw[id(x)] = y
         return [gated(x, y) if id(x) in points else y for x, y in zip(node.outputs, outputs)]
 
-    return replay(model, after=after, name=name)
+    rebuilt = replay(model, substitute=lambda op: swapped.get(id(op), (op, op))[1], after=after, name=name)
+    for layer, copy in swapped.values():
+        copy_weights(layer, copy)
+    return rebuilt
 
 
 def _global_pool(source, keepdims, name):

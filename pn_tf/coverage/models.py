@@ -158,6 +158,27 @@ def video_conv3d(size=96, frames=8, classes=10):
     return keras.Model(inputs, layers.Dense(classes)(x), name="video_conv3d")
 
 
+def vit(size=96, classes=10, tokens=8, width=64, depth=2, heads=4, mlp=256):
+    """A small functional ViT: a patch Conv2D to ``tokens`` x ``tokens`` tokens of ``width``, then
+    ``depth`` pre-norm blocks (LayerNormalization, MultiHeadAttention with ``heads`` heads of
+    ``width / heads``, a residual Add; LayerNormalization, a gelu MLP of ``mlp``, a residual Add),
+    average pooling over the tokens and a Dense head."""
+    patch = size // tokens
+    inputs = keras.Input((size, size, 3))
+    x = layers.Rescaling(1 / 255.0)(inputs)
+    x = layers.Conv2D(width, patch, strides=patch, name="patches")(x)
+    x = layers.Reshape((tokens * tokens, width))(x)
+    for b in range(depth):
+        y = layers.LayerNormalization(epsilon=1e-6)(x)
+        y = layers.MultiHeadAttention(heads, width // heads, name=f"attention{b}")(y, y)
+        x = layers.Add()([x, y])
+        y = layers.LayerNormalization(epsilon=1e-6)(x)
+        y = layers.Dense(mlp, activation="gelu", name=f"mlp{b}_in")(y)
+        x = layers.Add()([x, layers.Dense(width, name=f"mlp{b}_out")(y)])
+    x = layers.GlobalAveragePooling1D()(layers.LayerNormalization(epsilon=1e-6)(x))
+    return keras.Model(inputs, layers.Dense(classes, name="head")(x), name="vit")
+
+
 PATTERNS = {
     "sequential_cnn": (sequential_cnn, "keras.Sequential CNN with a nested Sequential block"),
     "nested_mobilenetv2": (nested_mobilenetv2, "MobileNetV2 (alpha 0.35) nested in a classifier"),
@@ -168,6 +189,8 @@ PATTERNS = {
     "shared_block": (shared_block, "a block model called twice (shared weights)"),
     "ops_cnn": (ops_cnn, "keras.ops nodes: h-swish, per-channel constant, Flatten->Dense"),
     "video_conv3d": (video_conv3d, "Conv3D video classifier"),
+    "vit": (vit, "functional ViT: patch Conv2D, 2 pre-norm blocks of MultiHeadAttention (4 heads) "
+                 "and a gelu MLP"),
 }
 
 

@@ -17,7 +17,7 @@ import numpy as np
 from pn_tf.graph import ChannelGraph
 from pn_tf.graph.replay import replay
 from pn_tf.graph.rules import Narrowing, rule_for
-from pn_tf.layers import ChannelGate
+from pn_tf.layers import ChannelGate, gate_layers
 
 
 class ExtractionError(ValueError):
@@ -55,15 +55,57 @@ def clone_layer(layer):
         return layer
 
 
-def _same_weights(old, new):
-    new.set_weights(old.get_weights())
+def ungated_config(layer):
+    """``(class, config)`` of ``layer`` without a gate held inside it: a layer that holds one
+    (:class:`~pn_tf.layers.HeadGatedAttention`) says what it is without it; others are themselves."""
+    if hasattr(layer, "ungated_config"):
+        return layer.ungated_config()
+    return layer.__class__, layer.get_config()
 
 
-def copy_model(model, substitute=clone_layer, rewrite=None, copy_weights=_same_weights, name=None):
+def ungated_clone(layer):
+    """:func:`clone_layer`, but a layer holding a gate inside becomes its plain Keras self."""
+    if not hasattr(layer, "ungated_config"):
+        return clone_layer(layer)
+    cls, config = layer.ungated_config()
+    return cls.from_config(config)
+
+
+def copy_weights(old, new, change=None):
+    """Fills ``new`` with ``old``'s weights, sliced by ``change`` (a Narrowing; None: all of them).
+
+    The layer type's rule does it where it knows how (:meth:`ChannelRule.transfer_weights`: a
+    layer whose copy is of another class); otherwise ``old.get_weights()`` is sliced by the
+    rule's ``weight_axes``.
+    """
+    if rule_for(old).transfer_weights(old, new, change):
+        return
+    values = [np.asarray(w) for w in old.get_weights()]
+    if change is None:
+        new.set_weights(values)
+        return
+    axes = rule_for(old).weight_axes(old)
+    if axes is None or len(axes) != len(values):
+        raise ExtractionError(
+            f"layer '{old.name}' ({type(old).__name__}) holds weights on pruned channels and "
+            "pn-tf does not know how to slice them; give its rule weight_axes (docs/autoprune.md)"
+        )
+    sliced = []
+    for value, spec in zip(values, axes):
+        for axis, role in spec.items():
+            index, size = (change.in_index, change.in_size) if role == "in" else (change.out_index, change.out_size)
+            if len(index) != size:
+                value = np.take(value, index, axis=axis)
+        sliced.append(value)
+    new.set_weights(sliced)
+
+
+def copy_model(model, substitute=clone_layer, rewrite=None, copy_weights=copy_weights, name=None):
     """A flat copy of ``model`` whose layers are ``substitute(layer)``, weights copied over.
 
     ``copy_weights(old, new)`` fills each substituted layer that has weights (default:
-    the same values); ``rewrite`` is :func:`~pn_tf.graph.replay`'s argument hook.
+    the same values, :func:`copy_weights`); ``rewrite`` is :func:`~pn_tf.graph.replay`'s
+    argument hook.
     """
     pairs = []
 
@@ -122,8 +164,9 @@ def extract_model(model, keep, graph=None, name=None):
         if isinstance(op, ChannelGate):
             return keras.layers.Identity(name=op.name)
         if id(op) in plan:  # a layer, or a keras.ops operation whose config holds a width
-            return op.__class__.from_config(rule_for(op).narrow_config(op, op.get_config(), plan[id(op)]))
-        return clone_layer(op)
+            cls, config = ungated_config(op)
+            return cls.from_config(rule_for(op).narrow_config(op, config, plan[id(op)]))
+        return ungated_clone(op)
 
     def rewrite(node, op, args, kwargs):
         change = plan.get(id(node.operation))
@@ -131,35 +174,16 @@ def extract_model(model, keep, graph=None, name=None):
             return args, kwargs
         return rule_for(node.operation).narrow_arguments(node, args, kwargs, change)
 
-    def copy_weights(old, new):
-        _copy_weights(old, new, plan.get(id(old)))
+    def narrowed_weights(old, new):
+        copy_weights(old, new, plan.get(id(old)))
 
-    return copy_model(graph.model, substitute, rewrite, copy_weights, name=name or f"{model.name}_pruned")
-
-
-def _copy_weights(old, new, change):
-    values = [np.asarray(w) for w in old.get_weights()]
-    if change is None:
-        new.set_weights(values)
-        return
-    axes = rule_for(old).weight_axes(old)
-    if axes is None or len(axes) != len(values):
-        raise ExtractionError(
-            f"layer '{old.name}' ({type(old).__name__}) holds weights on pruned channels and "
-            "pn-tf does not know how to slice them; give its rule weight_axes (docs/autoprune.md)"
-        )
-    sliced = []
-    for value, spec in zip(values, axes):
-        for axis, role in spec.items():
-            index, size = (change.in_index, change.in_size) if role == "in" else (change.out_index, change.out_size)
-            if len(index) != size:
-                value = np.take(value, index, axis=axis)
-        sliced.append(value)
-    new.set_weights(sliced)
+    return copy_model(graph.model, substitute, rewrite, narrowed_weights, name=name or f"{model.name}_pruned")
 
 
 def set_gate_masks(model, keep, graph=None):
-    """Writes ``keep`` into the gates' ``mask`` variables (for mode ``"mask"``)."""
+    """Writes ``keep`` into the gates' ``mask`` variables (for mode ``"mask"``); a gate held inside
+    a layer (attention heads) is found too."""
     graph = graph or ChannelGraph(model)
+    gates = {gate.name: gate for gate in gate_layers(model)}
     for group, k in zip(graph.groups, keep):
-        model.get_layer(group.gate).mask.assign(np.asarray(k, dtype="float32"))
+        gates[group.gate].mask.assign(np.asarray(k, dtype="float32"))

@@ -125,7 +125,7 @@ class ChannelGraph:
         atoms: list of :class:`Atom`.
         opaque_layers: names of the operations without a rule (their channels stay).
         uncounted_layers: layers computing with weight matrices whose MACs no rule counts (a
-            MultiHeadAttention, a user's layer): named in a warning, left out of the FLOPs.
+            user's layer that cannot be unrolled, an LSTM): named in a warning, left out of the FLOPs.
         warnings: messages about opaque layers and dropped gates.
     """
 
@@ -142,6 +142,8 @@ class ChannelGraph:
         self._segments = {}  # id(tensor) -> tuple of atom indices
         self._masked = {}  # id(tensor) -> frozenset of gate names zeroing it
         self._gate_atom = {}  # gate name -> atom index
+        self._gate_owner = {}  # gate held inside a layer (attention heads) -> that layer's name
+        self._inner = {}  # atom index -> the layer whose call alone holds the space (inner_space)
         self._reads = []  # (layer name, role, atoms, masked gate names)
         self._layer_atoms = {}  # operation name -> (in atoms, out atoms) of its first call
         self._calls = {}  # operation name -> [(in atoms, out atoms)] of every call, in order
@@ -263,8 +265,36 @@ class ChannelGraph:
         return self._masked[id(tensor)]
 
     def reads(self):
-        """``(layer name, role, atoms, tensor)`` for every call that reads channels (see :meth:`read`)."""
+        """``(layer name, role, atoms, tensor)`` for every call that reads channels (see :meth:`read`);
+        ``tensor`` is None where a layer reads a space inside its own call (:meth:`inner_space`)."""
         return [(name, role, atoms, t) for (name, role, atoms, _), t in zip(self._reads, self._read_tensors)]
+
+    def inner_space(self, op, size, gate=None, reason=""):
+        """A space of ``size`` channels that exists only inside ``op``'s call; returns its atom.
+
+        Attention heads are one: a MultiHeadAttention makes them (query, key and value
+        projections) and reads them (its output projection), and no tensor between layers
+        carries them on its last axis. ``op`` is recorded reading the space as ``"dense"``,
+        through ``gate`` (the name of a ChannelGate that ``op`` holds and applies to the space
+        before reading it) when it has one. Such a space is gated by swapping the layer for
+        its rule's gated copy (:meth:`ChannelRule.with_inner_gate`), not by a gate on a tensor.
+        """
+        name = self.name_of(op)
+        atom = self.new_atom(size, name, reason)
+        self._inner[atom] = name
+        masked = frozenset()
+        if gate:
+            self.tie(self._gate_atom.setdefault(gate, atom), atom)
+            self._gate_owner[gate] = name
+            masked = frozenset({gate})
+        self._reads.append((name, "dense", (atom,), masked))
+        self._read_tensors.append(None)
+        return atom
+
+    def inner_owner(self, atom):
+        """The layer whose call alone holds ``atom``'s space (:meth:`inner_space`), else None."""
+        root = self.root(atom)
+        return next((owner for a, owner in self._inner.items() if self.root(a) == root), None)
 
     def add_cost(self, op, kind, coef, in_atoms, out_atoms=(), linear=False):
         """MACs of one call: ``coef * c_in * c_out`` (``coef * c_in`` when ``linear``)."""
@@ -405,8 +435,10 @@ class ChannelGraph:
                     gate_of_root = {r: g for r, g in gate_of_root.items() if g != gate}
         groups = []
         # Gate order is the model's layer order (what gate_layers() and the search use).
+        # A gate held inside a layer comes with that layer (gate_layers() lists sub-layers there).
         layer_order = {layer.name: i for i, layer in enumerate(self.model.layers)}
-        ordered = sorted(self._gate_atom, key=lambda g: layer_order.get(g, len(layer_order)))
+        ordered = sorted(self._gate_atom, key=lambda g: layer_order.get(
+            self._gate_owner.get(g, g), len(layer_order)))
         for gate in ordered:
             root = self.root(self._gate_atom[gate])
             if gate_of_root.get(root) != gate:

@@ -9,6 +9,8 @@ A :class:`ChannelRule` says everything pn-tf needs to know about a layer type (o
   where gates may sit (a gate must come after the last op that can revive a zero);
 * ``weight_axes`` / ``narrow_config`` / ``narrow_arguments``: how extraction slices its
   weights, rewrites its config and slices constants for the kept channels;
+* ``transfer_weights`` / ``with_inner_gate``: for a layer holding a space inside its call
+  (attention heads), how its weights move to a copy of another class and what gates that space;
 * ``filter_norms``: per-output-channel L1 norms for the magnitude criterion;
 * ``tflite``: what the TFLite converter fuses it with (:class:`TFLite`, set with
   ``with_tflite``), which the latency units read.
@@ -196,6 +198,21 @@ class ChannelRule:
 
     def filter_norms(self, layer):
         """L1 norm of each output channel's filter, or None (not a producer with a kernel)."""
+        return None
+
+    def transfer_weights(self, old, new, change):
+        """Fills ``new`` (the layer a copied model calls instead of ``old``) with ``old``'s weights,
+        sliced by ``change`` (a :class:`Narrowing`, or None: all of them).
+
+        Returns False (the default) to leave it to extraction, which slices ``old.get_weights()``
+        by :meth:`weight_axes`; a rule whose layer's copy is of another class or holds its weights
+        in another order (attention with gated heads) does it here and returns True.
+        """
+        return False
+
+    def with_inner_gate(self, layer, gate_name):
+        """An unbuilt copy of ``layer`` that applies a new ChannelGate ``gate_name`` to the space
+        it holds inside its call (see :meth:`ChannelGraph.inner_space`); None: it holds none."""
         return None
 
 
@@ -495,6 +512,225 @@ class Dense(Producer):
 
     def filter_norms(self, layer):
         return np.abs(np.asarray(layer.kernel)).sum(axis=0)
+
+
+def _einsum_parts(equation):
+    """``(input, kernel, output)`` index strings of an EinsumDense equation (``"abc,cd->abd"``)."""
+    inputs, output = equation.replace(" ", "").split("->")
+    x, kernel = inputs.split(",")
+    return x, kernel, output
+
+
+def einsum_macs(layer, input_shape):
+    """Multiply-accumulates of one example through EinsumDense ``layer``: the product of the sizes
+    of every index of its equation (the batch counted as 1), or None if pn-tf cannot read it."""
+    x, kernel, _ = _einsum_parts(layer.equation)
+    dims = [1] + [None if d is None else int(d) for d in input_shape[1:]]
+    if None in dims or "." in x.replace("...", "", 1) or "." in kernel or ("..." in x and not x.startswith("...")):
+        return None
+    letters = x[3:] if x.startswith("...") else x
+    if len(letters) > len(dims):
+        return None
+    macs = math.prod(dims[:len(dims) - len(letters)])  # what "..." stands for
+    sizes = dict(zip(letters, dims[len(dims) - len(letters):]))
+    sizes.update(zip(kernel, (int(d) for d in layer.kernel.shape)))
+    return macs * math.prod(sizes.values())
+
+
+def _dense_like(layer):
+    """Whether EinsumDense ``layer`` is a Dense on the last axis: ``"<p>c,cd-><p>d"``, bias on d."""
+    x, kernel, output = _einsum_parts(layer.equation)
+    if len(kernel) != 2:
+        return False
+    c, d = kernel
+    return (c != d and x.endswith(c) and c not in x[:-1] and d not in x and output == x[:-1] + d
+            and layer.bias_axes in (None, "", d))
+
+
+class EinsumDense(Producer):
+    """keras.layers.EinsumDense: a Dense on the last axis when its equation is one (``"abc,cd->abd"``,
+    ``"...b,bc->...c"``): input and output channels prune as a Dense's. Any other equation (a
+    projection into heads, a contraction over tokens) is not pruned, but its MACs are counted."""
+
+    units_key = "output_shape"
+
+    def flow(self, graph, op, node):
+        x = node.input_tensors[0]
+        if len(node.input_tensors) == 1 and _dense_like(op):
+            positions = spatial_size(x.shape) if len(x.shape) > 2 else 1  # y's may read None
+            self.produce(graph, op, node, "dense", [("dense", positions, False)])
+            return
+        macs = einsum_macs(op, x.shape)
+        in_atoms = graph.segments(x)
+        graph.opaque(op, node, f"computes '{op.equation}', not a Dense on the last axis: its MACs are "
+                               "counted, its channels left unpruned")
+        if macs is not None:  # else ChannelGraph.uncounted_layers names it in a warning
+            graph.add_cost(op, "einsum", macs / x.shape[-1], in_atoms, linear=True)
+
+    def weight_axes(self, layer):
+        if not _dense_like(layer):
+            return None
+        return [{0: "in", 1: "out"}] + ([{0: "out"}] if layer.bias is not None else [])
+
+    def narrow_config(self, layer, config, change):
+        shape = config["output_shape"]
+        kept = len(change.out_index)
+        config["output_shape"] = kept if isinstance(shape, int) else list(shape[:-1]) + [kept]
+        return config
+
+    def filter_norms(self, layer):
+        return np.abs(np.asarray(layer.kernel)).sum(axis=0) if _dense_like(layer) else None
+
+
+# MultiHeadAttention.call's arguments, in order (the node records them as given).
+_ATTENTION_ARGS = ("query", "value", "key", "query_mask", "value_mask", "key_mask", "attention_mask",
+                   "return_attention_scores", "training", "use_causal_mask")
+# Its projections (sub-layer names, which name their weights "<layer>/<projection>/kernel") and
+# the input each reads; "gate" is the gated-attention branch (``use_gate=True``).
+_PROJECTIONS = {"query": "query", "key": "key", "value": "value", "gate": "query"}
+_OUTPUT_PROJECTION = "attention_output"
+
+
+def _projection_weights(layer):
+    """``{(projection, "kernel" | "bias"): variable}`` of a MultiHeadAttention, by weight path."""
+    weights = {}
+    for v in layer.weights:
+        sub, kind = v.path.split("/")[-2:]
+        if sub in _PROJECTIONS or sub == _OUTPUT_PROJECTION:
+            weights[(sub, kind)] = v
+    return weights
+
+
+def _attention_output_shape(layer, query):
+    """The shape a MultiHeadAttention projects each position to (its ``output_shape`` or the query's width)."""
+    shape = layer.get_config()["output_shape"]
+    return (int(query.shape[-1]),) if not shape else tuple(int(d) for d in shape)
+
+
+def _take(value, index, axis):
+    return value if index is None else np.take(value, index, axis=axis)
+
+
+class Attention(ChannelRule):
+    """keras.layers.MultiHeadAttention: reads query, value and key like Dense layers do, and holds
+    two spaces of its own: its heads and its output.
+
+    * query/value/key channels are read on the projection kernels' axis 0 (as a Dense reads);
+    * the heads are a space inside the call (:meth:`ChannelGraph.inner_space`): a head goes
+      whole, its query, key, value and output-projection slices together, and ``num_heads``
+      says how many are left; their gate sits inside the layer
+      (:class:`~pn_tf.layers.HeadGatedAttention`, see :meth:`with_inner_gate`);
+    * the output (the output projection's units, config ``output_shape``) is a new space like a
+      Dense's, tied to the residual stream where a residual Add reads it.
+
+    MACs: the query, key and value projections (``positions * C_in * heads * key_dim`` each),
+    the token-by-token products QK^T and AV (``heads * pairs * key_dim``, ``heads * pairs *
+    value_dim``, where ``pairs`` are the (query, key) position pairs that attend) and the
+    output projection (``positions * heads * value_dim * C_out``).
+    """
+
+    kind = MIX
+
+    def flow(self, graph, op, node):
+        call = dict(zip(_ATTENTION_ARGS, node.arguments.args), **node.arguments.kwargs)
+        query, value = call["query"], call["value"]
+        key = value if call.get("key") is None else call["key"]
+        q_atoms, v_atoms = graph.read(op, "dense", query), graph.read(op, "dense", value)
+        k_atoms = v_atoms if key is value else graph.read(op, "dense", key)
+        for t in node.input_tensors:  # an attention mask
+            if all(t is not u for u in (query, value, key)):
+                graph.fix(graph.read(op, "opaque", t), f"mask of attention '{op.name}'")
+        gate = getattr(op, "head_gate", None)
+        heads = graph.inner_space(op, op.num_heads, gate.name if gate is not None else None)
+        if call.get("return_attention_scores"):
+            graph.fix([heads], f"attention '{op.name}' returns its scores, whose shape holds the heads")
+        out_shape = _attention_output_shape(op, query)
+        y = node.output_tensors[0]
+        out = graph.new_atom(y.shape[-1], op.name,
+                             "" if len(out_shape) == 1 else f"attention '{op.name}' has a multi-axis output_shape")
+        self._costs(graph, op, (query, value, key), (q_atoms, v_atoms, k_atoms), heads, out, out_shape)
+        graph.set(y, [out])
+        for scores in node.output_tensors[1:]:
+            graph.set(scores, [graph.new_atom(scores.shape[-1] or 1, op.name, "attention scores")])
+        graph.record(op, q_atoms + v_atoms + k_atoms, (heads, out))
+
+    @staticmethod
+    def _costs(graph, op, tensors, atoms, heads, out, out_shape):
+        (query, value, key), (q_atoms, v_atoms, k_atoms) = tensors, atoms
+        q_pos, k_pos, v_pos = (spatial_size(t.shape) for t in (query, key, value))
+        attended = [key.shape[1:-1][axis - 1] for axis in op.attention_axes]
+        pairs = q_pos * math.prod(int(d) for d in attended)
+        graph.add_cost(op, "attention_query", q_pos * op.key_dim, q_atoms, (heads,))
+        graph.add_cost(op, "attention_key", k_pos * op.key_dim, k_atoms, (heads,))
+        graph.add_cost(op, "attention_value", v_pos * op.value_dim, v_atoms, (heads,))
+        if op.get_config().get("use_gate"):
+            graph.add_cost(op, "attention_gate", q_pos * op.value_dim, q_atoms, (heads,))
+        graph.add_cost(op, "attention_scores", pairs * op.key_dim, (heads,), linear=True)
+        graph.add_cost(op, "attention_context", pairs * op.value_dim, (heads,), linear=True)
+        if len(out_shape) == 1:
+            graph.add_cost(op, "attention_output", q_pos * op.value_dim, (heads,), (out,))
+        else:
+            graph.add_cost(op, "attention_output", q_pos * op.value_dim * math.prod(out_shape), (heads,),
+                           linear=True)
+
+    def nonlinear(self, op):
+        return True  # softmax over the scores
+
+    def shares_channels(self, op):
+        return True
+
+    def weight_axes(self, layer):
+        return None  # sliced by transfer_weights
+
+    @staticmethod
+    def _kept(layer, change):
+        """Kept positions of each part: query/value/key inputs, heads, output (None: all)."""
+        if change is None:
+            return dict.fromkeys(("query", "value", "key", "heads", "out"))
+        widths = [int(layer.query_dense.kernel.shape[0]), int(layer.value_dense.kernel.shape[0]),
+                  int(layer.key_dense.kernel.shape[0])]
+
+        def part(index, start, stop):
+            return index[(index >= start) & (index < stop)] - start
+
+        starts = np.cumsum([0] + widths)
+        kept = {name: part(change.in_index, starts[i], starts[i + 1])
+                for i, name in enumerate(("query", "value", "key"))}
+        kept["heads"] = part(change.out_index, 0, layer.num_heads)
+        kept["out"] = part(change.out_index, layer.num_heads, change.out_size)
+        return kept
+
+    def narrow_config(self, layer, config, change):
+        kept = self._kept(layer, change)
+        config["num_heads"] = len(kept["heads"])
+        shape = config.get("output_shape")
+        if (shape and len(shape) == 1) or (not shape and len(kept["out"]) != len(kept["query"])):
+            config["output_shape"] = (len(kept["out"]),)
+        return config
+
+    def transfer_weights(self, old, new, change):
+        if change is None and type(old) is type(new):
+            return False
+        kept, source = self._kept(old, change), _projection_weights(old)
+        one_axis_output = len(old.output_dense.kernel.shape) == 3
+        for (sub, kind), variable in _projection_weights(new).items():
+            value = np.asarray(source[(sub, kind)])
+            if sub in _PROJECTIONS:  # kernel (C_in, heads, dim), bias (heads, dim)
+                if kind == "kernel":
+                    value = _take(value, kept[_PROJECTIONS[sub]], 0)
+                value = _take(value, kept["heads"], 1 if kind == "kernel" else 0)
+            else:  # kernel (heads, value_dim, *output_shape), bias (*output_shape)
+                if kind == "kernel":
+                    value = _take(value, kept["heads"], 0)
+                if one_axis_output:
+                    value = _take(value, kept["out"], -1)
+            variable.assign(value)
+        return True
+
+    def with_inner_gate(self, layer, gate_name):
+        from pn_tf.layers import HeadGatedAttention
+
+        return HeadGatedAttention.gating(layer, gate_name)
 
 
 class Separable(Producer):
@@ -856,7 +1092,7 @@ def _register_builtins():
                        ("RNN", "is recurrent"), ("Bidirectional", "is recurrent"),
                        ("ConvLSTM1D", "is recurrent"), ("ConvLSTM2D", "is recurrent"),
                        ("ConvLSTM3D", "is recurrent"), ("TimeDistributed", "wraps another layer"),
-                       ("MultiHeadAttention", "is attention"), ("Attention", "is attention"),
+                       ("Attention", "is attention"),
                        ("AdditiveAttention", "is attention"), ("Embedding", "is an embedding"),
                        ("Masking", "masks time steps by all their channels"),
                        ("SpectralNormalization", "wraps another layer")):
@@ -882,6 +1118,8 @@ def _register_builtins():
     register_rule(L.Conv2DTranspose, Convolution(transpose=True).with_tflite(fusion_target=True))
     register_rule(L.Conv3DTranspose, Convolution(transpose=True))
     register_rule(L.Dense, Dense().with_tflite(fusion_target=True))
+    register_rule(L.EinsumDense, EinsumDense())
+    register_rule(L.MultiHeadAttention, Attention())
     register_rule(L.DepthwiseConv1D, Depthwise())
     register_rule(L.DepthwiseConv2D, Depthwise().with_tflite(fusion_target=True, absorbs_pad=True))
     register_rule(L.SeparableConv1D, Separable())

@@ -1,6 +1,8 @@
-"""Custom Keras layers: the channel gate, the channel ops of the zoo and a fused batch norm."""
+"""Custom Keras layers: the channel gate (and attention with gated heads), the channel ops of the
+zoo and a fused batch norm."""
 
 from pn_tf.layers import batchnorm
+from pn_tf.layers.attention import HeadGatedAttention
 from pn_tf.layers.channel_ops import ChannelShuffle, ChannelSplit, ChannelZeroPad
 from pn_tf.layers.gates import ChannelGate, gate_layers, set_gate_mode
 
@@ -9,6 +11,7 @@ __all__ = [
     "ChannelShuffle",
     "ChannelSplit",
     "ChannelZeroPad",
+    "HeadGatedAttention",
     "batchnorm",
     "gate_layers",
     "set_gate_mode",

@@ -11,7 +11,7 @@ import numpy as np
 from pn_tf.tflite.runtime import fixed_batch, load_interpreter, quantize, set_batch
 
 # The TFLite ops whose multiply-accumulates tflite_macs counts.
-_MAC_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CONV", "CONV_3D")
+_MAC_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CONV", "CONV_3D", "BATCH_MATMUL")
 
 
 def _interpreter(path_or_interpreter, num_threads=None):
@@ -28,7 +28,9 @@ def tflite_macs(path):
     ``[C_out, k_h, k_w, C_in/groups]``), DEPTHWISE_CONV_2D (``H_out W_out C k_h k_w``),
     FULLY_CONNECTED (``rows * units * in``), TRANSPOSE_CONV (``H_in W_in C_in k_h k_w C_out``,
     the filter ``[C_out, k_h, k_w, C_in]``) and CONV_3D (``D_out H_out W_out C_out k_d k_h k_w
-    C_in``, the filter ``[k_d, k_h, k_w, C_in, C_out]``) over the interpreter's op list
+    C_in``, the filter ``[k_d, k_h, k_w, C_in, C_out]``) and BATCH_MATMUL (``out * K``: attention's
+    QK^T and AV products, where ``K`` is the contracted axis of the first operand) over the
+    interpreter's op list
     (``Interpreter._get_ops_details``, the only op-level listing ai-edge-litert 2.3 exposes
     in Python) with tensor shapes at batch 1, after one run on zeros (so that shapes computed
     at run time are known) -- the convention of :mod:`pn_tf.graph.flops`.
@@ -52,6 +54,10 @@ def tflite_macs(path):
         if name not in _MAC_OPS:
             continue
         weights, out = shapes[op["inputs"][1]], shapes[op["outputs"][0]]
+        if name == "BATCH_MATMUL":  # lhs [..., M, K] (or [..., K, M] adjointed), out [..., M, N]
+            lhs = shapes[op["inputs"][0]]
+            total += int(np.prod(out)) * (lhs[-1] * lhs[-2] // out[-2])
+            continue
         if name == "TRANSPOSE_CONV":  # each input value scatters one full kernel
             total += int(np.prod(shapes[op["inputs"][2]])) * int(np.prod(weights[:3]))
             continue
