@@ -235,3 +235,26 @@ def test_other_einsum_dense_is_counted_not_pruned():
     assert rows[("mix_tokens", "einsum")] == 10 * 6 * 12
     assert graph.fixed_reason(graph.layer_atoms("d1")[1][0])  # what it reads stays
     assert [g.producers for g in auto.analyse(model).groups] == [["d2"]]
+
+
+def test_gated_vit_searches_and_its_checkpoint_reloads(tmp_path):
+    from pn_tf.search import PNSearch
+
+    gated = auto.insert_gates(_vit())
+    auto.random_gate_logits(gated, seed=3)
+    set_gate_mode(gated, "hard")
+    path = tmp_path / "gated.keras"
+    gated.save(path)  # the pipeline's search checkpoints hold HeadGatedAttention layers
+    again = keras.models.load_model(path)
+    assert [g.name for g in gate_layers(again)] == [g.name for g in gate_layers(gated)]
+    x = _images(batch=4)
+    np.testing.assert_array_equal(np.asarray(again(x)), np.asarray(gated(x)))
+    set_gate_mode(gated, "identity")
+
+    search = PNSearch(gated, predictor="none", target_reduction=0.3)
+    search.compile()
+    before = [g.numpy().copy() for g in search.gate_logits]
+    y = np.arange(8, dtype="int32") % 10
+    search.fit(tf.data.Dataset.from_tensor_slices((_images(batch=8), y)).batch(4), epochs=1, verbose=0)
+    moved = [np.abs(b - g.numpy()).max() for b, g in zip(before, search.gate_logits)]
+    assert all(m > 0 for m in moved)  # the heads' gates learn like the MLP's
