@@ -51,10 +51,12 @@ def test_table_times_every_unit_and_fits_the_whole_model(tiny):
         assert len(unit["x"]) == len(unit["ms"]) and unit["x"] == sorted(unit["x"])
         assert all(a <= b for a, b in zip(unit["ms"], unit["ms"][1:]))  # isotonic
     latency = LatencyModel(graph, table, network)
-    # At full width every unit sits on its last knot; the whole is the fit of their sum.
+    # At full width every unit sits on its last knot; the whole is the full network as timed
+    # (made non-decreasing over the levels).
     np.testing.assert_allclose(latency.unit_ms(), [u["ms"][-1] for u in table["units"]], rtol=1e-9)
-    expected = table["scale"] * (table["constant_ms"] + sum(u["ms"][-1] for u in table["units"]))
-    assert latency.total == pytest.approx(expected + table["offset_ms"], rel=1e-9)
+    assert latency.total == pytest.approx(max(table["whole_ms"][-2:]) if table["whole_ms"][-1]
+                                          < table["whole_ms"][-2] else table["whole_ms"][-1], rel=0.5)
+    assert latency.total == pytest.approx(latency.whole_map[1][-1], rel=1e-9)
     fitted = table["scale"] * np.asarray(table["units_sum_ms"]) + table["offset_ms"]
     np.testing.assert_allclose(fitted, table["whole_ms"], rtol=0.5)  # a loose sanity bound
 
@@ -245,7 +247,13 @@ def test_latency_budget_end_to_end_on_own_model(tmp_path):
     assert out.returncode == 0, out.stderr[-4000:]
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     assert report["target_latency_reduction"] == 0.3 and report["latency_dtype"] == "int8"
-    assert 0.3 - 1e-9 <= report["estimated_latency_reduction"] <= 0.36  # at or under the budget
+    # The table was timed here, so extraction landed on measured cuts (pn_tf.latency.landing):
+    # each try's aim, estimate and measurement are reported; the one closest to 0.3 was kept.
+    tries = report["latency_landing_tries"]
+    assert report["latency_landing"] == "measured" and 1 <= len(tries) <= 3 and tries[0]["aim"] == 0.3
+    kept = min(tries, key=lambda t: abs(t["measured_reduction"] - 0.3))
+    assert report["estimated_latency_reduction"] == pytest.approx(kept["estimated_reduction"])
+    assert "timed tries" in (tmp_path / "run" / "report.md").read_text()
     assert report["pruned"]["tflite_int8_ms"] > 0 and report["baseline"]["tflite_int8_ms"] > 0
     base_ms, pruned_ms = report["baseline"]["tflite_int8_ms"], report["pruned"]["tflite_int8_ms"]
     assert report["latency_reduction"] == pytest.approx(1 - pruned_ms / base_ms, rel=1e-9)

@@ -13,8 +13,9 @@ the device you deploy to: it needs Python, TensorFlow and this package, no data)
 
 ``--check`` then extracts ``--configs`` random width configurations, times them and the full
 network interleaved in one run, and prints the estimate's errors (``mean_abs_pct_error``,
-``max_abs_pct_error``; see pn_tf.latency.check). A table whose whole-model fit is beyond
-pn_tf.latency.table.FIT_BAR_PCT is printed with a warning (``fit_problem`` in the JSON). Exit
+``max_abs_pct_error``; see pn_tf.latency.check; ``*_affine``: the same for the table's affine
+fit of the unit sum alone). A table whose whole-network times do not grow with the width
+(pn_tf.latency.fit_problem) is printed with a warning (``fit_problem`` in the JSON). Exit
 status 2 on bad arguments and on a network whose units cannot be converted or timed (one line
 naming the unit and the reason).
 """

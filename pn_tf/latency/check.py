@@ -56,6 +56,8 @@ def check(gated, graph, latency, configs=20, seed=0, runs=100, progress=print):
     error = np.abs(anchored[1:] - measured[1:]) / measured[1:] * 100
     raw_error = np.abs(predicted[1:] - measured[1:]) / measured[1:] * 100
     ratio_error = np.abs((1 - anchored[1:] / measured[0]) - (1 - measured[1:] / measured[0]))
+    affine = np.array([latency.affine_count(w) for w in all_widths])  # the table's affine fit alone
+    affine_error = np.abs(affine[1:] / affine[0] * measured[0] - measured[1:]) / measured[1:] * 100
     return {
         "network": gated.name, "dtype": latency.table["dtype"],
         "num_threads": latency.table["num_threads"], "configs": configs, "runs": runs,
@@ -64,6 +66,8 @@ def check(gated, graph, latency, configs=20, seed=0, runs=100, progress=print):
         "mean_abs_pct_error_unanchored": float(raw_error.mean()),
         "max_abs_pct_error_unanchored": float(raw_error.max()),
         "max_abs_latency_reduction_error": float(ratio_error.max()),
+        "mean_abs_pct_error_affine": float(affine_error.mean()),
+        "max_abs_pct_error_affine": float(affine_error.max()),
         "full_measured_ms": float(measured[0]), "full_predicted_ms": float(predicted[0]),
         "measured_ms": measured[1:].tolist(), "predicted_ms": anchored[1:].tolist(),
         "cpu_share": share, "table_cpu_share": latency.table.get("cpu_share"),

@@ -16,12 +16,16 @@ A unit that touches no group is a constant. A unit is a row of the table by its 
 *and* its occurrence among the units of those names: a shared layer called twice (or keras.ops
 nodes of one name) gives two rows, each with one time per level.
 
-Finally the whole models' times are fitted as ``scale * (sum of unit times) + offset_ms``
-(:func:`fit_whole`: robust to a level timed slow, ``offset_ms >= 0``): isolated units miss
-the cache reuse and data movement of the whole graph, and the whole graph has per-op costs
-the units' overhead correction does not see. The table records the fit's worst error over the
-levels (``fit_max_abs_pct_error``); :func:`fit_problem` says when that is beyond what the
-budget can promise.
+Finally the whole models are timed at every level too: the estimate goes through them
+(:class:`~pn_tf.latency.LatencyModel`: isolated units miss the cache reuse and data movement of
+the whole graph, and the whole/unit ratio changes with the width). The affine fit
+``scale * (sum of unit times) + offset_ms`` (:func:`fit_whole`) is kept beside them, for the
+search's gradient and for comparison, with its worst error over the levels
+(``fit_max_abs_pct_error``); :func:`fit_problem` flags a table whose whole-network times do
+not grow with the width (timed beside other work).
+
+Channel counts are taken in whole kernel tiles (:mod:`pn_tf.latency.tiles`, measured at the
+start of the build and kept as ``channel_tiles``).
 
 The table is plain JSON (it can be built wherever Python and LiteRT run, then passed to the
 pipeline) and cached on disk under a key of the network's structure, the runtime version, the
@@ -41,10 +45,12 @@ import time
 import numpy as np
 
 from pn_tf.latency import units as unit_lib
+from pn_tf.latency.tiles import measure_tiles, tiled
 
 log = logging.getLogger(__name__)
 
-FORMAT = 1
+FORMAT = 2  # 2: channel tiles (``channel_tiles``; format-1 tables are read as untiled)
+FORMATS = (1, 2)
 LEVELS = 16
 # A table whose whole-model fit misses a level by more than this (percent) is not trusted
 # silently: the budget promises estimates within 10% (docs/latency_budgets.md), and a table
@@ -57,33 +63,37 @@ class LatencyTableError(ValueError):
     cannot be built (a unit that does not convert or run, named with the reason)."""
 
 
-def fit_problem(table):
-    """One line saying why ``table``'s whole-model fit is not to be trusted, or None.
+def whole_noise_pct(table):
+    """How far the whole networks' times are from growing with the width level: the largest
+    distance of a level's time from the closest non-decreasing sequence, in percent."""
+    whole = np.asarray(table.get("whole_ms") or [], np.float64)
+    if whole.size == 0:
+        return None
+    monotone = np.asarray(isotonic(whole))
+    return float(np.max(np.abs(whole - monotone) / np.maximum(whole, 1e-9)) * 100)
 
-    The check is ``table["fit_max_abs_pct_error"]`` (the fit's worst level) against
-    :data:`FIT_BAR_PCT`, and an offset below zero (tables of an earlier version: the narrowest
-    networks would be estimated at less than nothing).
+
+def fit_problem(table):
+    """One line saying why ``table``'s estimates are not to be trusted, or None.
+
+    The estimate goes through the whole networks timed at the table's levels
+    (:class:`~pn_tf.latency.LatencyModel`), so those times must grow with the width: a level
+    timed more than :data:`FIT_BAR_PCT` away from that (:func:`whole_noise_pct`: other work took
+    the CPU while it ran) is flagged, as is a table without whole-network times.
     """
-    error = table.get("fit_max_abs_pct_error")
+    error = whole_noise_pct(table)
     if error is None or not np.isfinite(error):
-        return "the latency table has no whole-model fit error; rebuild it with tools/latency_model.py"
-    problems = []
-    if error > FIT_BAR_PCT:
-        problems.append(f"its fit of the whole network's time misses a width level by {error:.1f}% "
-                        f"(bar {FIT_BAR_PCT:g}%)")
-    if table.get("offset_ms", 0.0) < 0:
-        problems.append(f"its fit has a negative offset ({table['offset_ms']:.3f} ms; a table of an "
-                        "earlier version)")
-    if not problems:
+        return "the latency table has no whole-network times; rebuild it with tools/latency_model.py"
+    if error <= FIT_BAR_PCT:
         return None
     from pn_tf.tflite.timing import BUSY_CPU_SHARE
 
     share = table.get("cpu_share")
     why = (f"it was timed with {share:.0%} of the CPU (other work was running): rebuild it on a "
            "quiet machine" if share is not None and share < BUSY_CPU_SHARE else
-           "the network's time is not close to an affine function of its units' times here "
-           "(rebuild it; if that persists, budget FLOPs)")
-    return f"the latency table is unreliable: {'; '.join(problems)}; {why}"
+           "rebuild it on a quiet machine; if that persists, budget FLOPs")
+    return (f"the latency table is unreliable: a wider network was timed {error:.1f}% faster than "
+            f"the narrower ones around it (bar {FIT_BAR_PCT:g}%); {why}")
 
 
 def fit_whole(sums, whole, iterations=20):
@@ -229,17 +239,24 @@ def unit_dependence(graph, unit, recorded=None, widths=None):
             "product": product}
 
 
-def width_fraction(dependence, widths, full):
-    """The unit's width fraction at group ``widths`` (numpy; ``full``: the full widths)."""
-    def channels(fixed, groups, w):
-        return fixed + sum(n * w[int(g)] for g, n in groups.items())
+def width_fraction(dependence, widths, full, tiles=None):
+    """The unit's width fraction at group ``widths`` (numpy; ``full``: the full widths).
 
-    fraction = (channels(dependence["in_fixed"], dependence["in_groups"], widths)
-                / channels(dependence["in_fixed"], dependence["in_groups"], full))
-    if dependence["product"]:
-        fraction *= (channels(dependence["out_fixed"], dependence["out_groups"], widths)
-                     / channels(dependence["out_fixed"], dependence["out_groups"], full))
-    return float(fraction)
+    ``tiles``: the table's ``channel_tiles`` (:mod:`pn_tf.latency.tiles`): a map's input
+    channels count in input tiles, its output channels (and a per-channel op's channels) in
+    output tiles. None: channels count one by one.
+    """
+    tiles = tiles or {}
+
+    def fraction(fixed, groups, tile):
+        total = fixed + sum(n * full[int(g)] for g, n in groups.items())
+        count = fixed + sum(n * widths[int(g)] for g, n in groups.items())
+        return float(tiled(count, tile, total)) / total
+
+    if not dependence["product"]:
+        return fraction(dependence["in_fixed"], dependence["in_groups"], tiles.get("out", 1))
+    return (fraction(dependence["in_fixed"], dependence["in_groups"], tiles.get("in", 1))
+            * fraction(dependence["out_fixed"], dependence["out_groups"], tiles.get("out", 1)))
 
 
 def widths_model(gated, graph, widths):
@@ -276,7 +293,7 @@ def time_files(paths, num_threads, runs, warmup=5, block=5, seed=0, labels=None)
     return [float(np.median(t) * 1e3) for t in times], float(share)
 
 
-def _isotonic(values):
+def isotonic(values):
     """The non-decreasing sequence closest to ``values`` in least squares (pool adjacent violators):
     a unit never gets faster with more channels in the table, whatever the timing noise."""
     blocks = []  # [mean, count]
@@ -305,6 +322,7 @@ def build_table(gated, graph=None, dtype="float32", num_threads=1, levels=LEVELS
     if not graph.groups:
         raise LatencyTableError(f"{gated.name} has no prunable channel groups: nothing to time")
     started = time.time()
+    tiles = measure_tiles(dtype, num_threads, progress=say)
     full = [g.size for g in graph.groups]
     fractions = [k / levels for k in range(1, levels + 1)]
     own_dir = workdir is None
@@ -358,7 +376,7 @@ def build_table(gated, graph=None, dtype="float32", num_threads=1, levels=LEVELS
         if row["dependence"] is None:
             constant += float(np.mean(times))
             continue
-        pairs = sorted((width_fraction(row["dependence"], w, full), t)
+        pairs = sorted((width_fraction(row["dependence"], w, full, tiles), t)
                        for (_, w, _), t in zip(row["samples"], times))
         xs, ts = [], []
         for x, t in pairs:  # equal fractions (a group too small to take every level): averaged
@@ -368,14 +386,14 @@ def build_table(gated, graph=None, dtype="float32", num_threads=1, levels=LEVELS
                 xs.append(x)
                 ts.append([t])
         units.append({"names": row["names"], "call": row["call"], **row["dependence"], "x": xs,
-                      "ms": _isotonic([float(np.mean(t)) for t in ts])})
+                      "ms": isotonic([float(np.mean(t)) for t in ts])})
     whole = np.array([medians[i] - overhead for i in wholes])
     scale, offset = fit_whole(sums, whole)
     table = {
         "format": FORMAT, "network": gated.name, "input_shape": list(gated.input_shape[1:]),
         "dtype": dtype, "num_threads": int(num_threads), "runtime": runtime_version(),
         "cpu": cpu_name(), "levels": fractions, "runs": int(runs), "group_sizes": full,
-        "structure": structure_key(gated, graph), "constant_ms": constant,
+        "structure": structure_key(gated, graph), "channel_tiles": tiles, "constant_ms": constant,
         "scale": float(scale), "offset_ms": float(offset), "invoke_overhead_ms": overhead,
         "whole_ms": whole.tolist(), "units_sum_ms": sums.tolist(), "cpu_share": share,
         "distinct_units": len(signatures), "seconds": time.time() - started, "units": units,
@@ -409,7 +427,7 @@ def load_table(path):
     except (OSError, ValueError) as err:
         raise LatencyTableError(f"latency table {path} is not readable JSON ({err}); rebuild it "
                                 "with tools/latency_model.py") from err
-    if not isinstance(table, dict) or table.get("format") != FORMAT or "units" not in table:
+    if not isinstance(table, dict) or table.get("format") not in FORMATS or "units" not in table:
         raise LatencyTableError(f"{path} is not a pn-tf latency table (format {FORMAT}); rebuild "
                                 "it with tools/latency_model.py")
     return table
@@ -423,7 +441,7 @@ def cache_dir():
 
 def cache_key(gated, graph, dtype, num_threads, levels=LEVELS, runs=100):
     text = "|".join([structure_key(gated, graph), dtype, str(num_threads), str(levels), str(runs),
-                     runtime_version(), cpu_name()])
+                     runtime_version(), cpu_name(), f"format {FORMAT}"])
     return hashlib.sha1(text.encode()).hexdigest()[:20]
 
 

@@ -76,6 +76,14 @@ class Budget:
 
     # -- what it landed on -----------------------------------------------------------
 
+    def land(self, extract, network, graph, cost):
+        """``(extraction, summary fields)``: where extraction lands for this budget.
+
+        ``extract``: ``reduction -> Extraction`` (channels selected on ``cost`` at that cut).
+        The default selects at the target; a kind whose cost is measured may correct the aim.
+        """
+        return extract(self.reduction), {}
+
     def selection_fields(self, selection):
         """The extract summary's fields for a :class:`~pn_tf.extract.Selection` on this budget."""
         return {"budget": self.kind, self.target.name: self.reduction,

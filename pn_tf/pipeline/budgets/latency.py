@@ -21,6 +21,12 @@ class LatencyBudget(Budget):
         option("latency_dtype", "enum", "float32", "With --target_latency_reduction: the TFLite "
                "model whose latency is budgeted and measured (int8 needs int8 in --tflite).",
                ("float32", "int8")),
+        option("latency_landing", "enum", "auto", "With --target_latency_reduction: how "
+               "extraction lands on the target. measured: select by the estimate, convert and time "
+               "the narrow model against the unpruned one here, and correct the selection until the "
+               "measured cut is within 0.02 of the target (at most 3 tries); estimate: the latency "
+               "table's estimate alone; auto: measured when the table was timed on this CPU and "
+               "runtime, else estimate.", ("auto", "measured", "estimate")),
         option("latency_table", "string", "", "With --target_latency_reduction: a table from "
                "tools/latency_model.py --output (built on the deployment device); default: built "
                "here at the start of the run (LiteRT, XNNPACK, --tflite_threads), cached, and "
@@ -97,6 +103,34 @@ class LatencyBudget(Budget):
               f"the gated channels can cut at most {reachable:.1%}", flush=True)
         self.table = table
 
+    def measures_landing(self):
+        """Whether extraction lands on a measured cut (``--latency_landing``)."""
+        from pn_tf.latency.landing import measurable_here
+
+        mode = self.config.latency_landing
+        return mode == "measured" or (mode == "auto" and self.table is not None
+                                      and measurable_here(self.table))
+
+    def land(self, extract, network, graph, cost):
+        """At the target by the estimate; with a measured landing (:mod:`pn_tf.latency.landing`),
+        the selection is corrected until the measured cut is within 0.02 of the target."""
+        if not self.measures_landing():
+            return extract(self.reduction), {"latency_landing": "estimate"}
+        from pn_tf.extract.select import min_widths
+        from pn_tf.latency import widths_model
+        from pn_tf.latency.landing import land
+
+        c = self.config
+        baseline = widths_model(network, graph, [g.size for g in graph.groups])
+        extraction, tries = land(
+            extract, self.reduction, baseline, dtype=c.latency_dtype, num_threads=c.tflite_threads,
+            runs=max(int(self.table.get("runs", 100)), 50),
+            reachable=cost.max_reduction(min_widths(cost.widths, c.round_to)),
+            progress=lambda line: print(f"[pn-tf] {line}", flush=True))
+        measured = min(tries, key=lambda t: abs(t["measured_reduction"] - self.reduction))
+        return extraction, {"latency_landing": "measured", "latency_landing_tries": tries,
+                            "measured_latency_reduction_at_extraction": measured["measured_reduction"]}
+
     def cost_model(self, graph):
         from pn_tf.latency import LatencyModel
 
@@ -121,14 +155,20 @@ class LatencyBudget(Budget):
         fields = super().report_fields(extract_summary, run)
         fields.update({key: extract_summary.get(key) for key in (
             "estimated_latency_reduction", "estimated_latency_ms", "estimated_baseline_latency_ms",
-            "latency_table_fit_problem")})
+            "latency_table_fit_problem", "latency_landing", "latency_landing_tries")})
         fields["latency_table"] = artifacts.LATENCY_TABLE  # relative to the workdir
         return fields
 
     @staticmethod
     def report_line(report):
+        tries = report.get("latency_landing_tries") or []
+        landing = ""
+        if tries:
+            steps = ", ".join(f"{t['aim']:.1%} -> {t['measured_reduction']:.1%}" for t in tries)
+            landing = (f" (extraction selected at the estimate's {report['estimated_latency_reduction']:.1%} "
+                       f"after {len(tries)} timed tries, aim -> measured: {steps})")
         return (f"Target latency reduction ({report.get('latency_dtype', 'float32')}, "
                 f"{report['tflite_threads']} thread) {report['target_latency_reduction']:.1%}; "
-                f"estimated by the latency table {report['estimated_latency_reduction']:.1%}; measured "
-                f"on the exported models **{report['latency_reduction']:.1%}**; FLOPs reduction "
-                f"{report['flops_reduction']:.1%}.")
+                f"estimated by the latency table {report['estimated_latency_reduction']:.1%}{landing}; "
+                f"measured on the exported models **{report['latency_reduction']:.1%}**; FLOPs "
+                f"reduction {report['flops_reduction']:.1%}.")

@@ -24,11 +24,15 @@ def run(ctx):
     network = ctx.load_network(ctx.summary("search")["weights"])
     graph = ChannelGraph(network)
     scores = channel_scores(c.selection, network, graph, seed=c.seed)
-    try:
+    cost, images = ctx.budget.cost_model(graph), ctx.images("holdout", 64)
+
+    def extract(reduction):
         with ctx.strategy.scope():
-            extraction = extract_at(network, ctx.budget.reduction, cost=ctx.budget.cost_model(graph),
-                                    scores=scores, round_to=c.round_to, images=ctx.images("holdout", 64),
-                                    graph=graph, name=ctx.model.pruned_name)
+            return extract_at(network, reduction, cost=cost, scores=scores, round_to=c.round_to,
+                              images=images, graph=graph, name=ctx.model.pruned_name)
+
+    try:
+        extraction, landing = ctx.budget.land(extract, network, graph, cost)
     except ExtractionError as err:
         raise PipelineError(f"{err} (workdir {ctx.workdir})") from err
     narrow, selection = extraction.model, extraction.selection
@@ -52,6 +56,7 @@ def run(ctx):
         "selection": c.selection,
         "notes": selection.notes,
         **ctx.budget.selection_fields(selection),
+        **landing,
     }
     accuracy = evaluate_splits(narrow, ctx.data, c.eval_take)
     for split in ("holdout", "test"):

@@ -1,0 +1,80 @@
+"""Landing a latency target on measured time: select by the estimate, time the result, correct.
+
+The latency estimate L(a) (:class:`~pn_tf.latency.LatencyModel`) is a model of the network's
+time; on a small network, or one whose whole time is not a smooth function of its units'
+times, the cut it selects can miss the measured one by several points (a 0.3 target measured
+0.19-0.40 on the coverage table's small models). Where the table was timed on this machine,
+extraction therefore closes the loop: it selects channels at an *aim* (first the target),
+converts the narrow model and the unpruned one to TFLite, times them interleaved, and when
+the measured cut misses the target by more than ``tolerance`` it moves the aim by the miss
+and selects again, at most ``tries`` times; the try measured closest to the target is kept.
+Every try is reported (aim, estimated and measured cut).
+"""
+
+import os
+import shutil
+import tempfile
+import time
+
+from pn_tf.latency import units as unit_lib
+from pn_tf.latency.table import _convert, cpu_name, runtime_version, time_files
+
+TOLERANCE = 0.02  # measured cut within this of the target: done
+TRIES = 3
+
+
+def measurable_here(table):
+    """Whether ``table`` was timed on this CPU and runtime (then a measured landing is
+    meaningful; a table built on a phone is not timed here)."""
+    return table.get("cpu") == cpu_name() and table.get("runtime") == runtime_version()
+
+
+def _file(model, directory, name, dtype, what):
+    return _convert(lambda: unit_lib.batch1_model(model), os.path.join(directory, name), dtype, what)
+
+
+def land(extract, target, baseline, *, dtype, num_threads, runs=100, reachable=1.0,
+         tolerance=TOLERANCE, tries=TRIES, progress=print):
+    """The extraction whose measured latency cut is closest to ``target``, and the tries.
+
+    Args:
+        extract: ``aim -> Extraction`` (channels selected by the estimate at the cut ``aim``).
+        target: the latency cut asked for.
+        baseline: the unpruned plain network (what the cut is measured against).
+        dtype, num_threads: the TFLite variant and thread count of the budget.
+        runs: timed invokes per model and try.
+        reachable: the largest cut the estimate allows (aims stay below it).
+
+    Returns ``(extraction, tries)``: ``tries`` one dict per try with ``aim``,
+    ``estimated_reduction``, ``measured_reduction``, ``baseline_ms`` and ``pruned_ms``.
+    """
+    directory = tempfile.mkdtemp(prefix="pn_tf_landing_")
+    started = time.time()
+    try:
+        base = _file(baseline, directory, "baseline.tflite", dtype, "the unpruned network")
+        aim, done, best = target, [], None
+        for attempt in range(tries):
+            extraction = extract(aim)
+            path = _file(extraction.model, directory, f"try_{attempt}.tflite", dtype,
+                         f"the network extracted at {aim:.3f}")
+            (base_ms, pruned_ms), _ = time_files([base, path], num_threads, runs,
+                                                 labels=["the unpruned network", "the extraction"])
+            measured = 1.0 - pruned_ms / base_ms
+            done.append({"aim": float(aim), "estimated_reduction": float(extraction.selection.reduction),
+                         "measured_reduction": float(measured), "baseline_ms": float(base_ms),
+                         "pruned_ms": float(pruned_ms)})
+            progress(f"latency landing: try {attempt + 1}/{tries} at the estimate's {aim:.3f} measured "
+                     f"{measured:.3f} ({base_ms:.3f} -> {pruned_ms:.3f} ms, {dtype}; target "
+                     f"{target:.3f}, {time.time() - started:.0f} s)")
+            if best is None or abs(measured - target) < abs(best[1] - target):
+                best = (extraction, measured)
+            if abs(measured - target) <= tolerance:
+                break
+            next_aim = min(max(aim + (target - measured), 0.0), reachable - 1e-3)
+            if abs(next_aim - aim) < 1e-4:  # pinned at a bound: another try changes nothing
+                break
+            aim = next_aim
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+    return best[0], done
+
