@@ -23,7 +23,7 @@ import subprocess
 import sys
 import time
 
-COMMON_FLAGS = ("--search_epochs=1", "--finetune_epochs=1", "--tflite=float32,int8", "--tflite_runs=20",
+COMMON_FLAGS = ("--search_epochs=1", "--finetune_epochs=1", "--tflite=float32,int8", "--tflite_runs=50",
                 "--verbose=0")
 FLOPS_TARGET = 0.4
 LATENCY_TARGET = 0.3
@@ -170,8 +170,9 @@ def collect(workdir, budget, stdout, stderr, returncode, seconds, timed_out=Fals
         result["latency_dtype"] = "int8"
     if report is not None:
         for key in ("flops_reduction", "latency_reduction", "float32_latency_reduction",
-                    "estimated_latency_reduction", "equivalence_max_rel_diff", "latency_cpu_share"):
-            if key in report:
+                    "estimated_latency_reduction", "equivalence_max_rel_diff", "latency_cpu_share",
+                    "latency_landing_tries"):
+            if report.get(key) is not None:
                 result[key] = report[key]
         result["baseline_ms"] = report["baseline"].get("tflite_int8_ms", report["baseline"]["tflite_ms"])
         result["pruned_ms"] = report["pruned"].get("tflite_int8_ms", report["pruned"]["tflite_ms"])
@@ -344,6 +345,9 @@ def table_row(row, budget, r):
     if measured and budget == "flops":
         measured += " (float32)"
     latency = f"{estimated} / {measured}" if estimated or measured else ""
+    if r.get("latency_landing_tries"):  # extraction's timed tries: measured cut per try
+        latency += " (landing " + ", ".join(f"{t['measured_reduction']:.3f}"
+                                            for t in r["latency_landing_tries"]) + ")"
     ms = f"{r['baseline_ms']:.2f} -> {r['pruned_ms']:.2f}" if "pruned_ms" in r else ""
     equivalence = f"{r['equivalence_max_rel_diff']:.1e}" if "equivalence_max_rel_diff" in r else ""
     stopped = ""
@@ -395,14 +399,14 @@ def markdown(rows, budgets, results, command_line, date=None, machine=None, out_
          "timeout (killed after `--timeout_s`); *FLOPs cut*, the MAC reduction of the exported TFLite "
          "models (or of the extraction when the run stopped after it); *latency est. / measured*, the "
          "cut estimated by the latency table and measured on the exported int8 TFLite files at batch 1 "
-         "(FLOPs rows: float32 files, measured only); *TFLite ms*, the baseline's and the pruned "
+         "(FLOPs rows: float32 files, measured only), with, in brackets, the cut extraction measured "
+         "at each of its timed tries (`--latency_landing`, docs/latency_budgets.md); *TFLite ms*, the baseline's and the pruned "
          "model's median batch-1 latency on one thread (int8 files on latency rows, float32 on FLOPs "
          "rows); *equivalence*, the extracted model's largest output difference to the masked one, "
          "relative to the logit scale; *exports*, the pruned model's files that exist; *stopped*, the "
          "stage that did not finish and the error's last line; *wall*, the run's wall time (of its "
          "last start, where a stopped sweep resumed it). The machine was shared with other jobs while "
-         "these ran, so measured latencies are noisy, and a tiny model's latency table is coarse: its "
-         "measured cut can miss the target by several points."),
+         "these ran, so measured latencies are noisy."),
         "",
         "| model | budget | status | FLOPs cut | latency est. / measured | TFLite ms | equivalence | exports | "
         "stopped | wall |",

@@ -45,7 +45,8 @@ import time
 import numpy as np
 
 from pn_tf.latency import units as unit_lib
-from pn_tf.latency.tiles import measure_tiles, tiled
+from pn_tf.latency import tiles as tile_lib
+from pn_tf.latency.tiles import tiled
 
 log = logging.getLogger(__name__)
 
@@ -265,6 +266,26 @@ def widths_model(gated, graph, widths):
 
     keep = [np.arange(g.size) < w for g, w in zip(graph.groups, widths)]
     return extract_at(gated, keep=keep, graph=graph).model
+
+
+def measure_tiles(dtype, num_threads, runs=100, progress=None):
+    """``{"out": tile, "in": tile}``: the channel tiles of the runtime's convolution kernels at
+    ``dtype``, from a 1x1 convolution timed at a range of output, then input, channel counts
+    (:mod:`pn_tf.latency.tiles`)."""
+    directory = tempfile.mkdtemp(prefix="pn_tf_tiles_")
+    try:
+        paths = [_convert(functools.partial(tile_lib.probe_model, axis, c),
+                          os.path.join(directory, f"{axis}_{c}.tflite"), dtype,
+                          f"the {axis}put-channel probe with {c} channels")
+                 for axis, c in tile_lib.PROBES]
+        medians, _ = time_files(paths, num_threads, runs)
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+    tiles = tile_lib.tiles_from_times(medians)
+    if progress:
+        progress(f"latency table: {dtype} kernels work on output channels in tiles of {tiles['out']}, "
+                 f"input channels in tiles of {tiles['in']}")
+    return tiles
 
 
 def time_files(paths, num_threads, runs, warmup=5, block=5, seed=0, labels=None):

@@ -5,15 +5,12 @@ TensorFlow 2.21: 16 for float32 and int8) and int8 kernels also read input chann
 (8): a 1x1 convolution with 17 output channels takes as long as one with 32, and one with 16
 as long as one with 4. A latency table timed at uniform widths (multiples of C/16) and
 interpolated linearly in between therefore underestimates the networks a search selects,
-whose widths are anything: ResNet50V2's random-width check was 10.6% slow on average, all
-configurations one way. :func:`measure_tiles` finds the tiles by timing a 1x1 convolution over
-a range of output and of input channel counts; the table keeps them and counts a unit's
-channels as :func:`tiled` counts (rounded up to whole tiles, never above the full count).
+whose widths are anything: in ResNet50V2's random-width check the estimate was 10.6% low on
+average, every configuration the same way. :func:`pn_tf.latency.table.measure_tiles` finds the
+tiles by timing a 1x1 convolution over a range of output and of input channel counts; the
+table keeps them and counts a unit's channels as :func:`tiled` counts (rounded up to whole
+tiles, never above the full count).
 """
-
-import os
-import shutil
-import tempfile
 
 import numpy as np
 
@@ -46,7 +43,9 @@ def fit_tile(channels, times, candidates=CANDIDATES):
     return next(t for t, r in zip(candidates, residuals) if r <= 1.05 * best + 1e-18)
 
 
-def _probe(axis, channels):
+def probe_model(axis, channels):
+    """The probe: a batch-1 1x1 convolution with ``channels`` output (``axis="out"``) or input
+    (``"in"``) channels and :data:`PROBE_FIXED` on the other side."""
     import keras
 
     shape = (PROBE_SIZE, PROBE_SIZE, PROBE_FIXED if axis == "out" else channels)
@@ -54,28 +53,11 @@ def _probe(axis, channels):
     return keras.Model(x, keras.layers.Conv2D(channels if axis == "out" else PROBE_FIXED, 1)(x))
 
 
-def measure_tiles(dtype, num_threads, runs=100, progress=None):
-    """``{"out": tile, "in": tile}`` of the runtime's convolution kernels at ``dtype``.
+PROBES = tuple((axis, c) for axis in ("out", "in") for c in PROBE_CHANNELS)
 
-    Times a 1x1 convolution at :data:`PROBE_CHANNELS` output (then input) channels.
-    """
-    from pn_tf.latency.table import _convert, time_files
 
-    directory = tempfile.mkdtemp(prefix="pn_tf_tiles_")
-    try:
-        paths, keys = [], []
-        for axis in ("out", "in"):
-            for c in PROBE_CHANNELS:
-                paths.append(_convert(lambda axis=axis, c=c: _probe(axis, c),
-                                      os.path.join(directory, f"{axis}_{c}.tflite"), dtype,
-                                      f"the {axis}put-channel probe with {c} channels"))
-                keys.append(axis)
-        medians, _ = time_files(paths, num_threads, runs)
-    finally:
-        shutil.rmtree(directory, ignore_errors=True)
+def tiles_from_times(medians):
+    """``{"out": tile, "in": tile}`` from the probes' times, in the order of :data:`PROBES`
+    (:func:`pn_tf.latency.table.measure_tiles` times them)."""
     n = len(PROBE_CHANNELS)
-    tiles = {"out": fit_tile(PROBE_CHANNELS, medians[:n]), "in": fit_tile(PROBE_CHANNELS, medians[n:])}
-    if progress:
-        progress(f"latency table: {dtype} kernels work on output channels in tiles of {tiles['out']}, "
-                 f"input channels in tiles of {tiles['in']}")
-    return tiles
+    return {"out": fit_tile(PROBE_CHANNELS, medians[:n]), "in": fit_tile(PROBE_CHANNELS, medians[n:])}
