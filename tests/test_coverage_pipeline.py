@@ -134,3 +134,12 @@ def test_small_user_pattern_through_both_budgets(tmp_path):
         assert latency["status"] == "finished", latency
         assert abs(latency["latency_reduction"] - 0.3) <= 0.15, latency
         assert "estimated_latency_reduction" in latency
+
+
+def test_a_latency_row_shows_extractions_measured_tries():
+    tries = [{"aim": 0.3, "estimated_reduction": 0.3, "measured_reduction": 0.21},
+             {"aim": 0.39, "estimated_reduction": 0.39, "measured_reduction": 0.296}]
+    result = _fake("MobileNet", "latency", "finished", flops_reduction=0.47, latency_reduction=0.302,
+                   estimated_latency_reduction=0.39, latency_landing_tries=tries)
+    line = pipeline.table_row("MobileNet", "latency", result)
+    assert "| 0.390 / 0.302 (landing 0.210, 0.296) |" in line
