@@ -54,14 +54,32 @@ class Branching(keras.layers.Layer):
         return x
 
 
-class OwnScale(keras.layers.Layer):
-    """A weight used directly in keras.ops: unrolled it would be a frozen constant."""
-
-    def build(self, input_shape):
-        self.gamma = self.add_weight(shape=(input_shape[-1],), initializer="ones", name="gamma")
+class Noisy(keras.layers.Layer):
+    """Randomness drawn inside call(): the recorded graph would hold one draw as a constant."""
 
     def call(self, x):
-        return x * self.gamma
+        return x + keras.random.normal(keras.ops.shape(x)[1:])
+
+
+class ScaledResidual(keras.layers.Layer):
+    """A residual block with a layer scale of its own (``x + gamma * f(x)``), as users write it:
+    its weight ``gamma`` is used directly in keras.ops, and no rule is registered for it."""
+
+    def __init__(self, width, **kwargs):
+        super().__init__(**kwargs)
+        self.width = width
+        self.conv1 = keras.layers.Conv2D(width, 3, padding="same", use_bias=False)
+        self.bn1 = keras.layers.BatchNormalization()
+        self.conv2 = keras.layers.Conv2D(1, 1)  # widened in build()
+
+    def build(self, input_shape):
+        channels = input_shape[-1]
+        self.conv2 = keras.layers.Conv2D(channels, 1)
+        self.gamma = self.add_weight(shape=(channels,), initializer="random_uniform", name="gamma")
+
+    def call(self, x, training=None):
+        y = keras.ops.relu(self.bn1(self.conv1(x), training=training))
+        return x + self.gamma * self.conv2(y)
 
 
 def _model():
@@ -119,7 +137,7 @@ def test_residual_block_is_unrolled_and_prunes_equivalently(tmp_path):
 
 
 @pytest.mark.parametrize("layer, why", [(Branching, "fails on symbolic inputs"),
-                                        (OwnScale, "uses weights directly in keras.ops")])
+                                        (Noisy, "does not give its outputs")])
 def test_layer_that_cannot_be_unrolled_stays_opaque(caplog, layer, why):
     inputs = keras.Input((8, 8, 3))
     x = keras.layers.Conv2D(6, 3, padding="same", name="c1")(inputs)
@@ -133,3 +151,35 @@ def test_layer_that_cannot_be_unrolled_stays_opaque(caplog, layer, why):
     messages = [r.getMessage() for r in caplog.records if "'odd'" in r.getMessage()]
     assert len(messages) == 1 and why in messages[0] and layer.__name__ in messages[0], messages
     assert [g.producers for g in auto.find_groups(model)] == [["c2"]]
+
+
+def test_layer_scale_weight_stays_a_weight_and_prunes(tmp_path):
+    """A weight the block uses in keras.ops (its layer scale) becomes a Parameter layer holding the
+    same variable: trainable, on the residual stream's channels, sliced with them."""
+    from pn_tf.coverage.check import check_model
+    from pn_tf.layers import Parameter
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((12, 12, 3))
+    x = keras.layers.Conv2D(24, 3, padding="same", name="stem")(inputs)
+    x = ScaledResidual(32, name="block1")(x)
+    x = ScaledResidual(32, name="block2")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    model = randomize_batchnorm(keras.Model(inputs, keras.layers.Dense(5, name="head")(x)))
+    flat = flatten(model)
+    parameters = [layer for layer in flat.layers if isinstance(layer, Parameter)]
+    assert [p.name for p in parameters] == ["block1_gamma", "block2_gamma"]
+    assert parameters[0].trainable_weights[0] is model.get_layer("block1").gamma  # the same variable
+    graph = ChannelGraph(model)
+    assert graph.opaque_layers == []
+    groups = auto.find_groups(model)
+    stream = [g for g in groups if "stem" in g.producers]
+    assert stream and {"block1_gamma", "block2_gamma"} <= set(stream[0].producers)
+
+    x = random_images((12, 12, 3), seed=1)
+    row = check_model(model, target=0.3, x=x, tflite=False)
+    assert row["opaque"] == [] and row["opaque_custom"] == []
+    assert row["prunable_share"] == 1.0
+    assert row["identity_max_abs_diff"] == 0.0
+    assert row["equivalent"] and row["max_abs_diff"] <= 1e-4 * max(1.0, row["output_scale"])
+    assert abs(row["flops_reduction"] - 0.3) < 0.01

@@ -41,12 +41,14 @@ def _parser():
 
 def rows_to_run(only=None):
     """``[(row name, kind, builder(size))]`` in table order, filtered by ``only``."""
-    from pn_tf.coverage.models import APPLICATIONS, PATTERNS, application
+    from pn_tf.coverage.models import APPLICATIONS, HUB, PATTERNS, application
 
     rows = [(family, f"keras.applications.{name}", lambda size, name=name: application(name, size))
             for family, name in APPLICATIONS.items()]
     rows += [(name, description, lambda size, build=build: build(size=size))
              for name, (build, description) in PATTERNS.items()]
+    rows += [(name, description, lambda size, build=build: build(size=size))
+             for name, (build, description, _) in HUB.items()]  # ImportError without keras-hub: skipped
     if only:
         wanted = [w.strip() for w in only.split(",") if w.strip()]
         unknown = sorted(set(wanted) - {name for name, _, _ in rows})
@@ -84,7 +86,11 @@ def measure(only=None, size=96, target=0.4, seed=0, tflite=True, progress=sys.st
     for k, (name, kind, build) in enumerate(todo, 1):
         start = time.perf_counter()
         keras.utils.set_random_seed(seed)
-        model = randomize_batchnorm(build(size), seed)
+        try:
+            model = randomize_batchnorm(build(size), seed)
+        except ImportError as err:  # an optional extra (keras-hub) is not installed
+            print(f"[{k}/{len(todo)}] {name}: skipped ({err})", file=progress, flush=True)
+            continue
         try:
             row = dict(check_model(model, target, seed=seed, tflite=tflite), row=name, kind=kind)
             row["failed"] = bars(row, target)

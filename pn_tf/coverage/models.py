@@ -222,3 +222,123 @@ def application(name, size=96, classes=10):
     if builder is None or not callable(builder) or name.startswith("_"):
         raise KeyError(name)
     return builder(weights=None, input_shape=(size, size, 3), classes=classes, classifier_activation=None)
+
+
+# -- keras-hub's image models (the optional extra: pip install -e ".[hub]") -----------------------
+# Small configurations built from constructor arguments with random weights: nothing is
+# downloaded. Each builder imports keras_hub when called; without it, it raises ImportError.
+
+def _keras_hub():
+    try:
+        import keras_hub
+    except ImportError as error:
+        raise ImportError("keras-hub is not installed (pip install -e \".[hub]\"): the keras-hub rows "
+                          f"are skipped ({error})") from None
+    return keras_hub.models
+
+
+def _classifier(backbone, features, size, classes, name, pool="avg"):
+    """A user's classifier head on a keras-hub backbone: image -> backbone -> pooled features -> Dense.
+    ``features`` picks the backbone output (a pyramid's last stage); ``pool`` "avg" pools feature maps
+    or tokens, "token" takes the first token."""
+    inputs = keras.Input((size, size, 3))
+    x = backbone(inputs)
+    x = features(x) if callable(features) else x
+    if pool == "token":
+        x = x[:, 0]
+    elif len(x.shape) == 4:
+        x = layers.GlobalAveragePooling2D()(x)
+    else:
+        x = layers.GlobalAveragePooling1D()(x)
+    return keras.Model(inputs, layers.Dense(classes)(x), name=name)
+
+
+def hub_mobilenetv3(size=96, classes=10):
+    """keras-hub MobileNetBackbone in the MobileNetV3-small layout of its docstring."""
+    backbone = _keras_hub().MobileNetBackbone(
+        stackwise_expansion=[[40, 56], [64, 144, 144], [72, 72], [144, 288, 288]],
+        stackwise_num_blocks=[2, 3, 2, 3],
+        stackwise_num_filters=[[16, 16], [24, 24, 24], [24, 24], [48, 48, 48]],
+        stackwise_kernel_size=[[3, 3], [5, 5, 5], [5, 5], [5, 5, 5]],
+        stackwise_num_strides=[[2, 1], [2, 1, 1], [1, 1], [2, 1, 1]],
+        stackwise_se_ratio=[[None, None], [0.25, 0.25, 0.25], [0.3, 0.3], [0.3, 0.25, 0.25]],
+        stackwise_activation=[["relu", "relu"], ["hard_swish"] * 3, ["hard_swish"] * 2, ["hard_swish"] * 3],
+        stackwise_padding=[[1, 1], [2, 2, 2], [2, 2], [2, 2, 2]],
+        output_num_filters=288, depthwise_filters=8, depthwise_stride=2, depthwise_residual=False,
+        squeeze_and_excite=0.5, last_layer_filter=288, image_shape=(size, size, 3))
+    return _classifier(backbone, None, size, classes, "hub_mobilenetv3")
+
+
+def hub_hgnetv2(size=96, classes=10):
+    """keras-hub HGNetV2Backbone, 3 stages (the last with light-weight conv blocks), pyramid's last stage."""
+    backbone = _keras_hub().HGNetV2Backbone(
+        depths=[1, 1, 2], embedding_size=16, hidden_sizes=[32, 64, 128], stem_channels=[3, 8, 16],
+        hidden_act="relu", use_learnable_affine_block=False,
+        stackwise_stage_filters=[(16, 8, 32, 1, 1, 3), (32, 16, 64, 1, 1, 3), (64, 32, 128, 2, 1, 3)],
+        apply_downsample=[False, True, True], use_lightweight_conv_block=[False, False, True],
+        image_shape=(size, size, 3))
+    return _classifier(backbone, lambda y: y["stage3"], size, classes, "hub_hgnetv2")
+
+
+def _vit(size):
+    return _keras_hub().ViTBackbone(image_shape=(size, size, 3), patch_size=8, num_layers=2, num_heads=4,
+                                    hidden_dim=64, mlp_dim=128)
+
+
+def hub_vit(size=96, classes=10):
+    """keras-hub ViTBackbone (patch 8, 2 layers, 4 heads, width 64, MLP 128), class token pooled."""
+    return _classifier(_vit(size), None, size, classes, "hub_vit", pool="token")
+
+
+def hub_vit_classifier(size=96, classes=10):
+    """keras-hub ViTImageClassifier on that ViTBackbone, as keras-hub builds it."""
+    return _keras_hub().ViTImageClassifier(backbone=_vit(size), num_classes=classes)
+
+
+def hub_deit(size=96, classes=10):
+    """keras-hub DeiTBackbone (patch 8, 2 layers, 4 heads, width 64, MLP 128)."""
+    backbone = _keras_hub().DeiTBackbone(image_shape=(size, size, 3), patch_size=8, num_layers=2,
+                                         num_heads=4, hidden_dim=64, intermediate_dim=128)
+    return _classifier(backbone, None, size, classes, "hub_deit", pool="token")
+
+
+def hub_dinov2(size=96, classes=10):
+    """keras-hub DINOV2Backbone (patch 7, 2 layers, 4 heads, width 64, MLP 128, layer scale), at the
+    multiple of 7 nearest ``size`` (98 for 96)."""
+    size = max(7, 7 * round(size / 7))
+    backbone = _keras_hub().DINOV2Backbone(patch_size=7, num_layers=2, hidden_dim=64, num_heads=4,
+                                           intermediate_dim=128, image_shape=(size, size, 3),
+                                           position_embedding_shape=(size, size, 3))
+    inputs = keras.Input((size, size, 3))
+    x = backbone({"images": inputs})[:, 0]
+    return keras.Model(inputs, layers.Dense(classes)(x), name="hub_dinov2")
+
+
+def hub_swin(size=96, classes=10):
+    """keras-hub SwinTransformerBackbone (patch 4, width 32, depths (2, 2), heads (2, 4), window 6)."""
+    backbone = _keras_hub().SwinTransformerBackbone(image_shape=(size, size, 3), embed_dim=32, depths=(2, 2),
+                                                    num_heads=(2, 4), window_size=6, patch_size=4,
+                                                    drop_path=0.0)
+    return _classifier(backbone, None, size, classes, "hub_swin")
+
+
+def hub_mit(size=96, classes=10):
+    """keras-hub MiTBackbone (SegFormer's encoder: 2 stages of widths 32, 64, heads 1, 2)."""
+    backbone = _keras_hub().MiTBackbone(
+        layerwise_depths=[1, 1], num_layers=2, layerwise_num_heads=[1, 2], layerwise_sr_ratios=[4, 2],
+        max_drop_path_rate=0.0, layerwise_patch_sizes=[7, 3], layerwise_strides=[4, 2],
+        image_shape=(size, size, 3), hidden_dims=[32, 64])
+    return _classifier(backbone, None, size, classes, "hub_mit")
+
+
+# Row name -> (builder, description, the least share of MACs in prunable groups the issue asks).
+HUB = {
+    "hub_mobilenetv3": (hub_mobilenetv3, "keras-hub MobileNetBackbone (MobileNetV3 small layout) + head", 0.85),
+    "hub_hgnetv2": (hub_hgnetv2, "keras-hub HGNetV2Backbone (3 stages) + head", 0.85),
+    "hub_vit": (hub_vit, "keras-hub ViTBackbone (patch 8, 2 layers, 4 heads) + class-token head", 0.85),
+    "hub_vit_classifier": (hub_vit_classifier, "keras-hub ViTImageClassifier on that backbone", 0.85),
+    "hub_deit": (hub_deit, "keras-hub DeiTBackbone (patch 8, 2 layers, 4 heads) + class-token head", 0.85),
+    "hub_dinov2": (hub_dinov2, "keras-hub DINOV2Backbone (patch 7, 2 layers, layer scale) + head", 0.85),
+    "hub_swin": (hub_swin, "keras-hub SwinTransformerBackbone (2 stages, window 6) + head", 0.50),
+    "hub_mit": (hub_mit, "keras-hub MiTBackbone (SegFormer encoder, 2 stages) + head", 0.50),
+}

@@ -15,7 +15,7 @@ import keras
 import numpy as np
 
 from pn_tf.graph import ChannelGraph
-from pn_tf.graph.replay import replay
+from pn_tf.graph.replay import layer_config, replay
 from pn_tf.graph.rules import Narrowing, rule_for
 from pn_tf.layers import ChannelGate, gate_layers
 
@@ -50,7 +50,7 @@ def clone_layer(layer):
     if not isinstance(layer, keras.layers.Layer):
         return layer
     try:
-        return layer.__class__.from_config(layer.get_config())
+        return layer.__class__.from_config(layer_config(layer))
     except Exception:  # noqa: BLE001 - any failure means "cannot rebuild"
         return layer
 

@@ -166,9 +166,11 @@ class ChannelGraph:
         """Layers that multiply by weight matrices (a weight of rank 2 or more; embeddings look
         rows up and are not counted) but have no MAC term: a warning names them, so a FLOPs
         count that misses them is never taken for the whole network's silently."""
+        from pn_tf.layers import Parameter
+
         counted = {term.layer for term in self.costs}
         names = [self.label(op) for op in self.model.operations
-                 if self.label(op) not in counted and not isinstance(op, keras.layers.Embedding)
+                 if self.label(op) not in counted and not isinstance(op, (keras.layers.Embedding, Parameter))
                  and any(len(w.shape) >= 2 for w in getattr(op, "weights", ()))]
         if names:
             message = (f"the MACs of {len(names)} layer(s) are not counted in pn-tf's FLOPs (no rule "

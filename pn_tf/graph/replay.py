@@ -21,6 +21,7 @@ the layer's outputs on random inputs. A layer that cannot be unrolled stays one 
 call; :func:`unroll_failure` says why.
 """
 
+import inspect
 import logging
 import weakref
 
@@ -124,6 +125,196 @@ def _first_line(error):
     return f"{type(error).__name__}: {text[0] if text else ''}"[:300]
 
 
+def _own_values(op):
+    """``{attribute: value}`` of the weights ``op`` holds itself (not through a sub-layer) and of
+    the constant tensors it keeps in attributes (position ids), which its call may use directly."""
+    inner = {id(v) for layer in op._flatten_layers(include_self=False, recursive=True) for v in layer.weights}
+    own = {id(v) for v in op.weights if id(v) not in inner}
+    values = {}
+    for attribute, value in vars(op).items():
+        if attribute.startswith("_"):
+            continue
+        if isinstance(value, keras.Variable) and id(value) in own:
+            values[attribute] = value
+        elif (keras.ops.is_tensor(value) and not isinstance(value, (keras.KerasTensor, keras.Variable))
+              and len(value.shape)):
+            values[attribute] = value
+    return values
+
+
+def _trace(op, args, kwargs, anchor):
+    """``op.call`` on symbolic inputs, its own weights and constants given as :class:`Parameter`
+    outputs (so the graph calls them as layers and they stay weights); restores ``op`` after.
+
+    A weight whose first axis is 1 (a class token, position embeddings of shape (1, N, C)) is
+    first given repeated to the batch (what ``tile(w, (batch, 1, 1))`` or a broadcast against
+    the tokens makes of it); if ``call()`` fails on that, as it is.
+    """
+    values = _own_values(op)
+    try:
+        return keras.tree.flatten(_trace_with(op, args, kwargs, anchor, values, batched=True))
+    except Exception:  # noqa: BLE001 - then as they are (the error of this try is the one reported)
+        if not any(len(v.shape) >= 2 and v.shape[0] == 1 for v in values.values()):
+            raise
+        return keras.tree.flatten(_trace_with(op, args, kwargs, anchor, values, batched=False))
+
+
+def _trace_with(op, args, kwargs, anchor, values, batched):
+    from pn_tf.layers import Parameter
+
+    for attribute, value in values.items():
+        repeat = batched and len(value.shape) >= 2 and value.shape[0] == 1
+        parameter = Parameter.holding(value, name=f"{op.name}_{attribute}", batched=repeat)
+        object.__setattr__(op, attribute, parameter(anchor))
+    try:
+        try:
+            return op.call(*args, **kwargs)
+        except Exception:  # noqa: BLE001
+            inner = [layer for layer in op._flatten_layers(include_self=False, recursive=False)
+                     if _may_unroll(layer)]
+            if not inner:
+                raise
+        # A user's sub-layer whose call returns what a graph node cannot hold (None beside a
+        # tensor: ``return y, attention_scores``) is traced into this one's graph, not called.
+        with _inlined(inner, anchor, batched):
+            return op.call(*args, **kwargs)
+    finally:
+        for attribute, value in values.items():
+            object.__setattr__(op, attribute, value)
+
+
+class _inlined:
+    """While active, calling one of ``layers`` runs its ``call`` on the symbolic inputs (its own
+    weights as Parameters, its own user sub-layers inlined too) instead of adding a node."""
+
+    def __init__(self, layers, anchor, batched):
+        self.layers = {id(layer): layer for layer in layers}
+        self.anchor, self.batched = anchor, batched
+        self.patched = {}
+
+    def __enter__(self):
+        for layer in self.layers.values():
+            cls = type(layer)
+            if cls in self.patched:
+                continue
+            original = cls.__call__
+            self.patched[cls] = original
+            inlined = self
+
+            def call(layer_self, *args, _original=original, **kwargs):
+                if id(layer_self) not in inlined.layers:
+                    return _original(layer_self, *args, **kwargs)
+                values = _own_values(layer_self)
+                if getattr(layer_self, "_call_has_training_arg", False) and kwargs.get("training") is None:
+                    kwargs = dict(kwargs, training=False)
+                return _trace_with(layer_self, args, kwargs, inlined.anchor, values, inlined.batched)
+
+            cls.__call__ = call
+        return self
+
+    def __exit__(self, *exc):
+        for cls, original in self.patched.items():
+            cls.__call__ = original
+        return False
+
+
+def _batch_free(inner):
+    """``inner`` with the shape arguments that ``call()`` read off the symbolic batch size (None)
+    made batch-free, or ``inner`` itself if there are none:
+
+    * ``reshape(x, (batch, -1, C))`` becomes ``reshape(x, (-1, N, C))`` (N from the static sizes);
+    * ``tile(w, (batch, 1, 1))`` of a weight that its :class:`Parameter` repeats to the batch
+      already (``batched``: a class token) repeats it once.
+
+    Anything else that uses the batch size stays as it is (and fails the output check).
+    """
+    from pn_tf.layers import Parameter
+    from pn_tf.graph.rules import keras_op_class
+
+    reshape, tile = keras_op_class("reshape"), keras_op_class("tile") or type(None)
+    swap = {}
+    for op in inner.operations:
+        for node in op._inbound_nodes:
+            if reshape is not None and isinstance(op, reshape) and _has_none(op.newshape):
+                fixed = _static_reshape(node.input_tensors[0].shape, op.newshape)
+                if fixed is not None:
+                    swap[id(op)] = reshape(fixed, name=op.name)
+            elif isinstance(op, tile) and _has_none(op.repeats) and op.repeats[0] is None:
+                source = node.input_tensors[0]._keras_history[0]
+                if isinstance(source, Parameter) and source.batched:  # repeated to the batch already
+                    swap[id(op)] = tile((1,) + tuple(op.repeats[1:]), name=op.name)
+    if not swap:
+        return inner
+    return replay(inner, substitute=lambda op: swap.get(id(op), op))
+
+
+def _has_none(shape):
+    return isinstance(shape, (tuple, list)) and any(d is None for d in shape)
+
+
+def _static_reshape(in_shape, newshape):
+    """``newshape`` with its None (the batch) as -1 and its own -1 resolved, or None if it cannot."""
+    newshape = list(newshape)
+    if newshape[0] is not None or any(d is None for d in newshape[1:]) or any(d is None for d in in_shape[1:]):
+        return None
+    size = int(np.prod([int(d) for d in in_shape[1:]]))
+    known = int(np.prod([d for d in newshape[1:] if d != -1]))
+    if -1 in newshape[1:]:
+        if newshape[1:].count(-1) > 1 or size % known:
+            return None
+        newshape[newshape.index(-1, 1)] = size // known
+    return [-1] + [int(d) for d in newshape[1:]]
+
+
+class _unique_names:
+    """Distinct names, while the graph of ``outputs`` is made a keras.Model, for the layers of it that
+    share one (two inlined blocks' "ln_1"); their names are given back after. Replay later names
+    the flat model's copies by scope (:class:`_Names`)."""
+
+    def __init__(self, outputs):
+        self.renamed = []
+        seen, stack, operations = set(), list(outputs), []
+        while stack:
+            t = stack.pop()
+            history = getattr(t, "_keras_history", None)
+            if history is None or id(history[0]) in seen:
+                continue
+            seen.add(id(history[0]))
+            operations.append(history[0])
+            stack.extend(history[0]._inbound_nodes[history[1]].input_tensors)
+        taken = {}
+        for operation in operations:
+            taken.setdefault(operation.name, []).append(operation)
+        self.clashes = [ops for ops in taken.values() if len(ops) > 1]
+        self.names = {o.name for o in operations}
+
+    def __enter__(self):
+        for ops in self.clashes:
+            for k, operation in enumerate(ops[1:], 2):
+                name = f"{operation.name}_{k}"
+                while name in self.names:
+                    name += "_"
+                self.names.add(name)
+                self.renamed.append((operation, operation.name))
+                operation.name = name
+        return self
+
+    def __exit__(self, *exc):
+        for operation, name in self.renamed:
+            operation.name = name
+        return False
+
+
+def _constant_output(value, op, k, anchor):
+    """An output of ``call()`` that does not depend on its inputs (``ops.empty((0, n, c))`` where
+    no hidden states are asked for) as the output of a constant :class:`Parameter`."""
+    from pn_tf.layers import Parameter
+
+    if isinstance(value, keras.KerasTensor) or not keras.ops.is_tensor(value):
+        return value
+    return Parameter.holding(value, name=f"{op.name}_output_{k}")(anchor)
+
+
 def _unroll(op, node):
     fresh, inputs = {}, []
     for t in node.input_tensors:
@@ -132,17 +323,20 @@ def _unroll(op, node):
             inputs.append(fresh[id(t)])
     args, kwargs = node.arguments.fill_in(fresh)
     try:
-        outputs = keras.tree.flatten(op.call(*args, **kwargs))
+        outputs = _trace(op, args, kwargs, inputs[0])
     except Exception as error:  # noqa: BLE001 - whatever call() does on symbolic inputs
         raise _CannotUnroll(f"its call() fails on symbolic inputs (Python branching on a tensor's "
                             f"value, or a backend-specific op?): {_first_line(error)}") from None
+    outputs = [_constant_output(y, op, k, inputs[0]) for k, y in enumerate(outputs)]
     if not all(isinstance(y, keras.KerasTensor) for y in outputs):
         raise _CannotUnroll("its call() returns values that are not Keras tensors (backend-specific ops?)")
     if len(outputs) != len(node.outputs):
         raise _CannotUnroll(f"its call() gives {len(outputs)} outputs on symbolic inputs, "
                             f"{len(node.outputs)} in the model")
     try:
-        inner = keras.Model(inputs, outputs, name=op.name)
+        with _unique_names(outputs):
+            inner = keras.Model(inputs, outputs, name=op.name)
+        inner = _batch_free(inner)
     except Exception as error:  # noqa: BLE001
         raise _CannotUnroll(f"its inner calls do not form a graph: {_first_line(error)}") from None
     _check_weights(op, inner)
@@ -152,8 +346,11 @@ def _unroll(op, node):
 
 def _check_weights(op, inner):
     """Every weight must belong to a layer of the unrolled graph (a weight used directly in
-    keras.ops would become a frozen constant there)."""
+    keras.ops would become a frozen constant there). A weight of ``op``'s own that its call did
+    not use (a mask token where no mask is given) is not needed."""
     held = {id(v) for layer in inner.layers for v in layer.weights}
+    held |= {id(v) for layer in op._flatten_layers(include_self=True, recursive=True)
+             for v in _own_values(layer).values()}
     loose = [v.path or v.name for v in op.weights if id(v) not in held]
     for nodes in inner._nodes_by_depth.values():
         for n in nodes:
@@ -212,6 +409,30 @@ def _as_constant(value):
     return np.asarray(keras.ops.convert_to_numpy(value))
 
 
+def layer_config(layer):
+    """``layer.get_config()``; for a layer whose automatic config fails (built with a dtype policy
+    object) and whose constructor takes only the base Layer's keyword arguments (Identity), the
+    base Layer's config, which rebuilds it exactly. Raises NotImplementedError otherwise."""
+    try:
+        return layer.get_config()
+    except NotImplementedError:
+        parameters = inspect.signature(type(layer).__init__).parameters.values()
+        if layer.weights or any(p.kind != p.VAR_KEYWORD for p in list(parameters)[1:]):
+            raise
+        return {"name": layer.name, "trainable": layer.trainable,
+                "dtype": keras.dtype_policies.serialize(layer.dtype_policy)}
+
+
+def _renamed_copy(layer, name):
+    """A copy of built ``layer`` named ``name`` (weights copied by the caller once it is built)."""
+    try:
+        config = layer_config(layer)
+    except NotImplementedError:
+        raise GraphAnalysisError(f"layer '{layer.name}' ({type(layer).__name__}) must be renamed in the "
+                                 "flat model (its name is taken) but has no get_config()") from None
+    return layer.__class__.from_config(dict(config, name=name))
+
+
 class _Names:
     """Layer names of the new graph; clones a layer whose name another layer took."""
 
@@ -234,10 +455,13 @@ class _Names:
         while name in self.owner:
             k += 1
             name = f"{base}_{k}"
-        config = dict(layer.get_config(), name=name)
-        clone = layer.__class__.from_config(config)
+        if not layer.built:  # a fresh copy nothing calls yet (a substitute): renamed in place
+            layer.name = name
+            clone = layer
+        else:
+            clone = _renamed_copy(layer, name)
+            self.pairs.append((layer, clone))
         self.renamed[id(layer)] = clone
-        self.pairs.append((layer, clone))
         self.owner[name] = clone
         self.messages.append(f"layer '{layer.name}' of '{scope}' is named '{name}' in the flat model "
                              "(its name was taken)")

@@ -473,9 +473,25 @@ class Convolution(Producer):
     def __init__(self, transpose=False):
         self.transpose = transpose
 
+    def _depthwise(self, op):
+        """A grouped convolution with one input and one output channel per group (``groups ==
+        C_in == filters``): a depthwise convolution written as a Conv (keras-hub's MobileNet)."""
+        groups = getattr(op, "groups", 1)
+        channels = _channel_count(op)
+        return (not self.transpose and groups != 1 and channels is not None
+                and groups == channels == op.filters)
+
     def flow(self, graph, op, node):
         x, y = node.input_tensors[0], node.output_tensors[0]
         groups = getattr(op, "groups", 1)
+        if self._depthwise(op):
+            graph.read(op, "depthwise", x)
+            atoms = graph.segments(x)
+            graph.add_cost(op, "depthwise", math.prod(op.kernel_size) * spatial_size(y.shape), atoms,
+                           linear=True)
+            graph.set(y, atoms, graph.masked_by(x) if graph.keeps_zero(node) else frozenset())
+            graph.record(op, atoms, atoms)
+            return
         positions = spatial_size(x.shape if self.transpose else y.shape)
         in_atoms, out_atom = self.produce(graph, op, node, "conv",
                                           [("conv", math.prod(op.kernel_size) * positions / groups, False)])
@@ -484,7 +500,22 @@ class Convolution(Producer):
             graph.fix(in_atoms, reason)
             graph.fix([out_atom], reason)
 
+    def keeps_zero(self, op, node):
+        return (self._depthwise(op) and not op.use_bias
+                and _activation_keeps_zero(getattr(op, "activation", None)))
+
+    def nonlinear(self, op):
+        return _activation_is_nonlinear(getattr(op, "activation", None))
+
+    def narrow_config(self, layer, config, change):
+        if self._depthwise(layer):
+            config["filters"] = config["groups"] = len(change.in_index)
+            return config
+        return super().narrow_config(layer, config, change)
+
     def weight_axes(self, layer):
+        if self._depthwise(layer):  # kernel (*k, 1, C), bias (C,)
+            return [{-1: "in"}] + ([{0: "in"}] if layer.use_bias else [])
         if self.transpose:
             kernel = {-2: "out", -1: "in"}
         else:
@@ -842,7 +873,12 @@ class Concat(ChannelRule):
         output = node.output_tensors[0]
         axis = op.axis  # keras.layers.Concatenate and keras.ops.concatenate both hold it
         if axis not in (-1, len(output.shape) - 1):
-            graph.opaque(op, node, f"'{op.name}' concatenates along axis {axis}, not the channels")
+            # Along another axis (a class token before the patch tokens): every input holds the
+            # same channels, which stay together, as in an addition.
+            if any(len(t.shape) != len(output.shape) for t in node.input_tensors) or axis == 0:
+                graph.opaque(op, node, f"'{op.name}' concatenates along axis {axis}, not the channels")
+                return
+            Merge("all").flow(graph, op, node)
             return
         inputs = node.input_tensors
         masked = frozenset().union(*(graph.masked_by(t) for t in inputs))
@@ -930,6 +966,34 @@ def _keeps_last_axis(op, rank):
     return axes is not None and axes[-1] % rank == rank - 1
 
 
+class Index(Carry):
+    """``x[...]`` (keras.ops.get_item): keeps the channels when the key indexes other axes only
+    (``x[:, 0]``, the class token); else opaque."""
+
+    def __init__(self):
+        super().__init__(weights=(), keeps_zero=True)
+
+    def flow(self, graph, op, node):
+        args = node.arguments.args
+        key = args[1] if len(args) > 1 else node.arguments.kwargs.get("key")
+        rank = len(node.input_tensors[0].shape)
+        key = key if isinstance(key, (tuple, list)) else (key,)
+        simple = all(isinstance(k, (int, slice)) and not isinstance(k, bool) for k in key)
+        if not simple or len(key) >= rank:
+            graph.opaque(op, node, f"'{op.name}' indexes the channel axis")
+            return
+        super().flow(graph, op, node)
+
+    def shares_channels(self, op):
+        return False
+
+
+def _tiles_other_axes(op, rank):
+    repeats = getattr(op, "repeats", None)
+    repeats = [repeats] if isinstance(repeats, int) else list(repeats or [])
+    return bool(repeats) and repeats[-1] == 1
+
+
 def _pads_other_axes(op, rank):
     widths = getattr(op, "pad_width", None)
     return widths is not None and [int(w) for w in widths[-1]] == [0, 0]
@@ -985,6 +1049,59 @@ class Gate(ChannelRule):
 
     def weight_axes(self, layer):
         return [{0: "in"} for _ in layer.weights]
+
+
+class Embedding(ChannelRule):
+    """keras.layers.Embedding: looks rows up by index; its output is a new space (the row width,
+    ``output_dim``), its input indices are not channels. A lookup has no MACs."""
+
+    kind = MIX
+
+    def flow(self, graph, op, node):
+        x, y = node.input_tensors[0], node.output_tensors[0]
+        graph.fix(graph.read(op, "opaque", x), f"indices of embedding '{op.name}'")
+        out = graph.new_atom(y.shape[-1], op.name)
+        graph.set(y, [out])
+        graph.record(op, (), (out,))
+
+    def shares_channels(self, op):
+        return True
+
+    def weight_axes(self, layer):
+        return [{1: "out"} for _ in layer.weights]
+
+    def narrow_config(self, layer, config, change):
+        config["output_dim"] = len(change.out_index)
+        return config
+
+
+class ParameterRule(ChannelRule):
+    """pn-tf's Parameter (a weight of an unrolled layer, as a layer output): its last axis is a new
+    space, sliced like a bias; its input only gives the batch size."""
+
+    kind = MIX
+
+    def flow(self, graph, op, node):
+        y = node.output_tensors[0]
+        if not len(y.shape):
+            graph.opaque(op, node, "is a scalar")
+            return
+        out = graph.new_atom(y.shape[-1] or 1, op.name)
+        graph.set(y, [out])
+        graph.record(op, (), (out,))
+
+    def keeps_zero(self, op, node):
+        return False
+
+    def shares_channels(self, op):
+        return True
+
+    def weight_axes(self, layer):
+        return [{len(layer.shape) - 1: "out"}]
+
+    def narrow_config(self, layer, config, change):
+        config["shape"] = list(config["shape"][:-1]) + [len(change.out_index)]
+        return config
 
 
 class ZeroPad(ChannelRule):
@@ -1093,7 +1210,7 @@ def _register_builtins():
                        ("ConvLSTM1D", "is recurrent"), ("ConvLSTM2D", "is recurrent"),
                        ("ConvLSTM3D", "is recurrent"), ("TimeDistributed", "wraps another layer"),
                        ("Attention", "is attention"),
-                       ("AdditiveAttention", "is attention"), ("Embedding", "is an embedding"),
+                       ("AdditiveAttention", "is attention"),
                        ("Masking", "masks time steps by all their channels"),
                        ("SpectralNormalization", "wraps another layer")):
         if hasattr(L, name):
@@ -1119,6 +1236,7 @@ def _register_builtins():
     register_rule(L.Conv3DTranspose, Convolution(transpose=True))
     register_rule(L.Dense, Dense().with_tflite(fusion_target=True))
     register_rule(L.EinsumDense, EinsumDense())
+    register_rule(L.Embedding, Embedding())
     register_rule(L.MultiHeadAttention, Attention())
     register_rule(L.DepthwiseConv1D, Depthwise())
     register_rule(L.DepthwiseConv2D, Depthwise().with_tflite(fusion_target=True, absorbs_pad=True))
@@ -1161,6 +1279,8 @@ _OP_CALLS = {
     "squeeze": lambda f, x, y: f(keras.ops.expand_dims(x, 1), 1),
     "pad": lambda f, x, y: f(x, ((0, 0), (1, 1), (1, 1), (0, 0))),
     "image.resize": lambda f, x, y: f(x, (2, 2)),
+    "tile": lambda f, x, y: f(x, (1, 2, 1, 1)),
+    "get_item": lambda f, x, y: f(x, (slice(None), 0)),
     **{name: (lambda f, x, y: f(x, axis=(1, 2))) for name in _OPS_REDUCTIONS},
     **{name: (lambda f, x, y: f(x, y)) for name in _OPS_BINARY},
 }
@@ -1178,7 +1298,7 @@ def _probe_op_classes():
     """
     names = (_OPS_BINARY + _OPS_ELEMENTWISE + _OPS_ACTIVATIONS + _OPS_REDUCTIONS
              + ("softmax", "log_softmax", "concatenate", "reshape", "expand_dims", "squeeze",
-                "transpose", "pad", "image.resize"))
+                "transpose", "pad", "image.resize", "tile", "get_item"))
     x = keras.Input((4, 4, 3), name="pn_tf_probe_x")
     y = keras.Input((4, 4, 3), name="pn_tf_probe_y")
     classes, missing = {}, []
@@ -1252,6 +1372,8 @@ def _register_ops(classes):
     register("transpose", AxisOp(_keeps_last_axis, "moves the channel axis"))
     register("pad", AxisOp(_pads_other_axes, "pads the channel axis"))
     register("image.resize", Carry(weights=()))
+    register("tile", AxisOp(_tiles_other_axes, "repeats the channel axis"))
+    register("get_item", Index())
 
 
 def _register_applications():
@@ -1278,10 +1400,11 @@ def _register_applications():
 
 
 def _register_pn_tf():
-    from pn_tf.layers import ChannelGate, ChannelShuffle, ChannelSplit, ChannelZeroPad
+    from pn_tf.layers import ChannelGate, ChannelShuffle, ChannelSplit, ChannelZeroPad, Parameter
 
     register_rule(ChannelGate, Gate())
     register_rule(ChannelZeroPad, ZeroPad())
+    register_rule(Parameter, ParameterRule())
     register_rule(ChannelSplit, Opaque("splits the channel axis into parts"))
     register_rule(ChannelShuffle, Opaque("reorders channels (shuffle)"))
 

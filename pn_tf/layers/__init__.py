@@ -5,6 +5,7 @@ from pn_tf.layers import batchnorm
 from pn_tf.layers.attention import HeadGatedAttention
 from pn_tf.layers.channel_ops import ChannelShuffle, ChannelSplit, ChannelZeroPad
 from pn_tf.layers.gates import ChannelGate, gate_layers, set_gate_mode
+from pn_tf.layers.parameter import Parameter
 
 __all__ = [
     "ChannelGate",
@@ -12,6 +13,7 @@ __all__ = [
     "ChannelSplit",
     "ChannelZeroPad",
     "HeadGatedAttention",
+    "Parameter",
     "batchnorm",
     "gate_layers",
     "set_gate_mode",
