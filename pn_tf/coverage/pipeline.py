@@ -18,6 +18,7 @@ import inspect
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -242,13 +243,16 @@ def prepare(row, out_dir, size=SIZE):
 def run_one(row, budget, out_dir, timeout_s=900, size=SIZE, log=None):
     """Runs the pipeline for ``row`` under ``budget`` ("flops" or "latency") and returns its
     result (not cached here; :func:`sweep` caches). A rerun after a kill resumes the pipeline's
-    finished stages in the same workdir."""
+    finished stages in the same workdir; a workdir holding a finished run (its cached result
+    removed or retried) is cleared first: that run is to be done again."""
     start = datetime.datetime.now(datetime.timezone.utc)
     out_dir = os.path.abspath(out_dir)
     inputs = prepare(row, out_dir, size)
     if inputs is None:
         return {"row": row, "budget": budget, "status": NOT_IMAGE, "started": start.isoformat(timespec="seconds")}
     workdir = os.path.join(out_dir, "work", row, budget)
+    if os.path.exists(os.path.join(workdir, "report.json")):
+        shutil.rmtree(workdir)
     os.makedirs(workdir, exist_ok=True)
     argv = command(*inputs, workdir, budget)
     repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
