@@ -106,3 +106,4 @@ def test_swin_and_mit_say_why(caplog):
     assert opaque
     for name in opaque:
         assert any(f"'{name}'" in w and "could not be unrolled" in w for w in analysis.warnings), name
+        assert type(analysis.graph.operation(name)).__name__ == "SegFormerMultiheadAttention"

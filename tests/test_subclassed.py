@@ -148,6 +148,7 @@ def test_layer_that_cannot_be_unrolled_stays_opaque(caplog, layer, why):
     with caplog.at_level(logging.WARNING):
         graph = ChannelGraph(model)
     assert graph.opaque_layers == ["odd"]
+    assert graph.operation("odd") is model.get_layer("odd")  # named, for the coverage check
     messages = [r.getMessage() for r in caplog.records if "'odd'" in r.getMessage()]
     assert len(messages) == 1 and why in messages[0] and layer.__name__ in messages[0], messages
     assert [g.producers for g in auto.find_groups(model)] == [["c2"]]

@@ -379,6 +379,7 @@ class ChannelGraph:
                        f"left unpruned; {hint}")
             self.warnings.append(message)
             self.opaque_layers.append(name)
+            self._operations.setdefault(name, op)  # operation(name) finds it (it records no call)
             log.warning(message)
         for t in node.input_tensors:
             self.fix(self._read(name, "opaque", t), reason)
