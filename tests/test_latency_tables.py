@@ -232,8 +232,10 @@ def test_a_measured_landing_corrects_the_aim_by_the_measured_miss(shared, monkey
     monkeypatch.setattr(landing, "time_files", time_files)
     lines = []
     assert latency.max_reduction() > 0.25
-    chosen, tries = landing.land(extract, 0.15, baseline, dtype="float32", num_threads=1, runs=5,
-                                 reachable=latency.max_reduction(), progress=lines.append)
+    chosen, tries, not_delegated = landing.land(extract, 0.15, baseline, dtype="float32", num_threads=1,
+                                                runs=5, reachable=latency.max_reduction(),
+                                                progress=lines.append)
+    assert not_delegated == {}  # convolutions, pooling and dense: all XNNPACK's
     assert [round(a, 6) for a in aims] == [0.15, 0.21, 0.12]
     assert [round(t["measured_reduction"], 6) for t in tries] == [0.09, 0.24, 0.11]
     assert chosen.selection.reduction == pytest.approx(tries[2]["estimated_reduction"])
@@ -241,8 +243,8 @@ def test_a_measured_landing_corrects_the_aim_by_the_measured_miss(shared, monkey
     # A first try within the tolerance is the only one.
     misses = iter([0.01])
     aims.clear()
-    _, tries = landing.land(extract, 0.15, baseline, dtype="float32", num_threads=1, runs=5,
-                            progress=lines.append)
+    _, tries, _ = landing.land(extract, 0.15, baseline, dtype="float32", num_threads=1, runs=5,
+                               progress=lines.append)
     assert len(tries) == 1 and aims == [0.15]
     assert landing.measurable_here(table) and not landing.measurable_here(dict(table, cpu="a phone"))
 

@@ -9,6 +9,12 @@ converts the narrow model and the unpruned one to TFLite, times them interleaved
 the measured cut misses the target by more than ``tolerance`` it moves the aim by the miss
 and selects again, at most ``tries`` times; the try measured closest to the target is kept.
 Every try is reported (aim, estimated and measured cut).
+
+Ops that XNNPACK does not take at the budget's dtype run in TFLite's own kernels, between
+delegate partitions, and their time hardly follows the channel widths (a ViT in int8: its
+LayerNormalization's SQUARED_DIFFERENCE / RSQRT and the attention's BATCH_MATMUL; 22
+partitions, and an int8 file 2.5x slower than float32): the unpruned network's are named in a
+warning and returned, so a cut that falls short says why.
 """
 
 import os
@@ -45,13 +51,23 @@ def land(extract, target, baseline, *, dtype, num_threads, runs=100, reachable=1
         runs: timed invokes per model and try.
         reachable: the largest cut the estimate allows (aims stay below it).
 
-    Returns ``(extraction, tries)``: ``tries`` one dict per try with ``aim``,
-    ``estimated_reduction``, ``measured_reduction``, ``baseline_ms`` and ``pruned_ms``.
+    Returns ``(extraction, tries, not_delegated)``: ``tries`` one dict per try with ``aim``,
+    ``estimated_reduction``, ``measured_reduction``, ``baseline_ms`` and ``pruned_ms``;
+    ``not_delegated`` the op types (and counts) of the unpruned network that XNNPACK leaves to
+    TFLite's own kernels at ``dtype``.
     """
+    from pn_tf.tflite.inspection import delegation
+
     directory = tempfile.mkdtemp(prefix="pn_tf_landing_")
     started = time.time()
     try:
         base = _file(baseline, directory, "baseline.tflite", dtype, "the unpruned network")
+        not_delegated = delegation(base, num_threads)["not_delegated"]
+        if not_delegated:
+            ops = ", ".join(f"{n} {name}" for name, n in sorted(not_delegated.items()))
+            progress(f"latency landing: warning: at {dtype}, XNNPACK leaves {ops} op(s) of the "
+                     "network to TFLite's own kernels; their time hardly follows the channel widths, "
+                     "so the measured cut may fall short of the target")
         aim, done, best = target, [], None
         for attempt in range(tries):
             extraction = extract(aim)
@@ -76,5 +92,5 @@ def land(extract, target, baseline, *, dtype, num_threads, runs=100, reachable=1
             aim = next_aim
     finally:
         shutil.rmtree(directory, ignore_errors=True)
-    return best[0], done
+    return best[0], done, not_delegated
 

@@ -122,14 +122,15 @@ class LatencyBudget(Budget):
 
         c = self.config
         baseline = widths_model(network, graph, [g.size for g in graph.groups])
-        extraction, tries = land(
+        extraction, tries, not_delegated = land(
             extract, self.reduction, baseline, dtype=c.latency_dtype, num_threads=c.tflite_threads,
             runs=max(int(self.table.get("runs", 100)), 50),
             reachable=cost.max_reduction(min_widths(cost.widths, c.round_to)),
             progress=lambda line: print(f"[pn-tf] {line}", flush=True))
         measured = min(tries, key=lambda t: abs(t["measured_reduction"] - self.reduction))
         return extraction, {"latency_landing": "measured", "latency_landing_tries": tries,
-                            "measured_latency_reduction_at_extraction": measured["measured_reduction"]}
+                            "measured_latency_reduction_at_extraction": measured["measured_reduction"],
+                            "not_delegated_ops": not_delegated}
 
     def cost_model(self, graph):
         from pn_tf.latency import LatencyModel
