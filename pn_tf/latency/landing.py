@@ -7,7 +7,8 @@ times, the cut it selects can miss the measured one by several points (a 0.3 tar
 extraction therefore closes the loop: it selects channels at an *aim* (first the target),
 converts the narrow model and the unpruned one to TFLite, times them interleaved, and when
 the measured cut misses the target by more than ``tolerance`` it moves the aim by the miss
-and selects again, at most ``tries`` times; the try measured closest to the target is kept.
+(or, once tries measured on both sides of the target, to the secant between them) and selects
+again, at most ``tries`` times; the try measured closest to the target is kept.
 Every try is reported (aim, estimated and measured cut).
 
 Ops that XNNPACK does not take at the budget's dtype run in TFLite's own kernels, between
@@ -26,7 +27,7 @@ from pn_tf.latency import units as unit_lib
 from pn_tf.latency.table import _convert, cpu_name, runtime_version, time_files
 
 TOLERANCE = 0.02  # measured cut within this of the target: done
-TRIES = 3
+TRIES = 4
 
 
 def measurable_here(table):
@@ -37,6 +38,22 @@ def measurable_here(table):
 
 def _file(model, directory, name, dtype, what):
     return _convert(lambda: unit_lib.batch1_model(model), os.path.join(directory, name), dtype, what)
+
+
+def _next_aim(done, target):
+    """The next aim: between the closest tries measured below and above the target when there
+    are both (the secant through them: measured cuts move in steps of kernel tiles, and the
+    miss added to the last aim can jump back over the target), else the last aim moved by
+    its miss."""
+    below = [t for t in done if t["measured_reduction"] < target]
+    above = [t for t in done if t["measured_reduction"] > target]
+    last = done[-1]
+    if not below or not above:
+        return last["aim"] + (target - last["measured_reduction"])
+    lo = max(below, key=lambda t: t["measured_reduction"])
+    hi = min(above, key=lambda t: t["measured_reduction"])
+    span = hi["measured_reduction"] - lo["measured_reduction"]
+    return lo["aim"] + (target - lo["measured_reduction"]) / span * (hi["aim"] - lo["aim"])
 
 
 def land(extract, target, baseline, *, dtype, num_threads, runs=100, reachable=1.0,
@@ -86,7 +103,7 @@ def land(extract, target, baseline, *, dtype, num_threads, runs=100, reachable=1
                 best = (extraction, measured)
             if abs(measured - target) <= tolerance:
                 break
-            next_aim = min(max(aim + (target - measured), 0.0), reachable - 1e-3)
+            next_aim = min(max(_next_aim(done, target), 0.0), reachable - 1e-3)
             if abs(next_aim - aim) < 1e-4:  # pinned at a bound: another try changes nothing
                 break
             aim = next_aim

@@ -24,7 +24,7 @@ class LatencyBudget(Budget):
         option("latency_landing", "enum", "auto", "With --target_latency_reduction: how "
                "extraction lands on the target. measured: select by the estimate, convert and time "
                "the narrow model against the unpruned one here, and correct the selection until the "
-               "measured cut is within 0.02 of the target (at most 3 tries); estimate: the latency "
+               "measured cut is within 0.02 of the target (at most 4 tries); estimate: the latency "
                "table's estimate alone; auto: measured when the table was timed on this CPU and "
                "runtime, else estimate.", ("auto", "measured", "estimate")),
         option("latency_table", "string", "", "With --target_latency_reduction: a table from "
