@@ -107,3 +107,31 @@ def test_swin_and_mit_say_why(caplog):
     for name in opaque:
         assert any(f"'{name}'" in w and "could not be unrolled" in w for w in analysis.warnings), name
         assert type(analysis.graph.operation(name)).__name__ == "SegFormerMultiheadAttention"
+
+
+@pytest.mark.slow
+def test_saved_image_classifier_with_preprocessor_goes_through_the_pipeline(tmp_path):
+    """`pn-tf --model=classifier.keras` on a saved keras-hub ViTImageClassifier with its
+    preprocessor: keras_hub is imported to load it, the preprocessor is named (it runs outside
+    the graph), and every stage finishes."""
+    import keras_hub
+
+    from pn_tf.coverage.models import _vit
+    from tests.conftest import REPO_ROOT
+    from tests.test_own_model import make_folder
+
+    keras.utils.set_random_seed(0)
+    converter = keras_hub.layers.ViTImageConverter(image_size=(96, 96), scale=1 / 127.5, offset=-1.0)
+    model = keras_hub.models.ViTImageClassifier(
+        backbone=_vit(96), num_classes=3,
+        preprocessor=keras_hub.models.ViTImageClassifierPreprocessor(image_converter=converter))
+    model.save(tmp_path / "classifier.keras")
+    images = make_folder(tmp_path / "images", per_class=12, broken=False)
+    out = subprocess.run([sys.executable, "-m", "pn_tf.train", f"--model={tmp_path / 'classifier.keras'}",
+                          f"--image_dir={images}", f"--workdir={tmp_path / 'run'}", "--search_epochs=1",
+                          "--finetune_epochs=1", "--tflite=float32", "--target_flops_reduction=0.3",
+                          "--input_range=-1_1", "--verbose=0"],
+                         cwd=REPO_ROOT, capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "ViTImageClassifierPreprocessor runs outside its graph" in out.stdout
+    assert (tmp_path / "run" / "report.json").exists()

@@ -291,3 +291,39 @@ def test_stale_batchnorm_statistics_are_refreshed_after_training():
             mean = np.asarray(tf.reduce_mean(conv, axis=(0, 1, 2)))
             np.testing.assert_allclose(bn.moving_mean.numpy(), mean, rtol=1e-4, atol=1e-3)
             assert bn.momentum == momentum
+
+
+def test_a_model_file_loads_the_packages_of_its_classes(tmp_path):
+    """A .keras file names each class's package: packages beyond Keras and pn-tf are imported
+    before loading (keras-hub's classes register on import), and a missing one is named."""
+    import json
+    import zipfile
+
+    from pn_tf.model_file import ModelFileError, _class_packages, load_model
+
+    config = {"module": "keras", "class_name": "Functional", "config": {"layers": [
+        {"module": "keras.layers", "class_name": "Dense", "config": {}},
+        {"module": "no_such_package_xyz.layers", "class_name": "Block", "config": {}},
+        {"module": "json", "class_name": "NotALayer", "config": {}}]}}
+    path = tmp_path / "m.keras"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("config.json", json.dumps(config))
+    assert _class_packages(str(path)) == ["json", "no_such_package_xyz"]
+    with pytest.raises(ModelFileError, match="package 'no_such_package_xyz', which is not installed"):
+        load_model(str(path))
+
+
+def test_a_keras_hub_preprocessor_outside_the_graph_is_named():
+    """keras-hub's ImageClassifier keeps its preprocessor beside the graph: the warning says so
+    and which --input_range its image converter produces."""
+    import types
+
+    from pn_tf.pipeline.models import _preprocessor_note
+
+    converter = types.SimpleNamespace(scale=1 / 127.5, offset=-1.0)
+    model = types.SimpleNamespace(preprocessor=types.SimpleNamespace(image_converter=converter))
+    note = _preprocessor_note(model)
+    assert "runs outside its graph" in note and "--input_range=-1_1" in note
+    converter.scale, converter.offset = 0.5, 0.1
+    assert "save the model with the scaling as a Rescaling layer" in _preprocessor_note(model)
+    assert _preprocessor_note(types.SimpleNamespace()) is None

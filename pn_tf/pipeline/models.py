@@ -8,6 +8,7 @@ automatic analysis (:func:`pn_tf.auto.insert_gates`), which is the only differen
 """
 
 import keras
+import numpy as np
 
 from pn_tf.pipeline.errors import PipelineError
 
@@ -55,6 +56,7 @@ class FileModel:
             self.original = _with_input_size(self.original, self.input_size)
         self.num_classes = _class_count(self.original, path)
         self.starts_with_preprocessing = _starts_with_preprocessing(self.original)
+        self.preprocessor_note = _preprocessor_note(self.original)
         missing = [name for name in self.exclude if not _has_layer(self.original, name)]
         if missing:
             raise PipelineError(f"--exclude names no layer of {path}: {missing}")
@@ -126,6 +128,33 @@ def _first_layers(model):
             if any(t is flat.inputs[0] for t in node.input_tensors):
                 first.append(layer)
     return first
+
+
+def _preprocessor_note(model):
+    """One line about a preprocessor kept beside the graph (a keras-hub task's), else None.
+
+    keras-hub's ``ImageClassifier`` runs its ``preprocessor`` (resizing, ``x * scale + offset``)
+    in ``predict``/``fit`` on raw images, outside the functional graph that pn-tf prunes and
+    exports; pn-tf feeds the graph images at ``--input_range`` instead, so the range must match
+    what the preprocessor produces.
+    """
+    preprocessor = getattr(model, "preprocessor", None)
+    if preprocessor is None:
+        return None
+    converter = getattr(preprocessor, "image_converter", None)
+    scale, offset = getattr(converter, "scale", None), getattr(converter, "offset", None)
+    known = {(1 / 255, 0.0): "0_1", (1 / 127.5, -1.0): "-1_1", (1.0, 0.0): "0_255"}
+    match = None
+    if np.ndim(scale) == 0 and np.ndim(offset) == 0 and scale is not None and offset is not None:
+        match = next((r for (a, b), r in known.items()
+                      if abs(float(scale) - a) < 1e-6 and abs(float(offset) - b) < 1e-6), None)
+    what = (f"its image converter computes pixels x {scale} + {offset}" if converter is not None
+            else "it is not part of the graph")
+    hint = (f"pass --input_range={match}" if match else
+            "pass the --input_range it produces (0_255, 0_1 or -1_1), or save the model with the "
+            "scaling as a Rescaling layer at its input")
+    return (f"the model's {type(preprocessor).__name__} runs outside its graph and is not pruned or "
+            f"exported ({what}); pn-tf feeds the graph images itself: {hint}")
 
 
 def _starts_with_preprocessing(model):

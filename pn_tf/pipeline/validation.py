@@ -75,7 +75,9 @@ def resolve_sources(c):
                                 "own weights and classes (retrain it with --baseline_epochs)")
         model = FileModel(c.model, c.prune_policy, c.exclude, c.input_size)
         input_size = model.input_size
-        if c.input_range == "auto" and not model.starts_with_preprocessing:
+        if model.preprocessor_note:
+            print(f"[pn-tf] warning: --model={c.model}: {model.preprocessor_note}", flush=True)
+        elif c.input_range == "auto" and not model.starts_with_preprocessing:
             print(f"[pn-tf] warning: --model={c.model} does not start with a Rescaling or "
                   "Normalization layer; pn-tf feeds it pixels 0..255. If it expects another "
                   "range, pass --input_range=0_1 or -1_1", flush=True)
