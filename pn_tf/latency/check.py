@@ -42,7 +42,8 @@ def check(gated, graph, latency, configs=20, seed=0, runs=100, progress=print):
                           f"the full {gated.name}")
             paths.append(_convert(
                 lambda widths=widths: unit_lib.batch1_model(widths_model(gated, graph, widths)),
-                os.path.join(directory, f"config_{index}.tflite"), latency.table["dtype"], labels[-1]))
+                os.path.join(directory, f"config_{index}.tflite"), latency.table["dtype"], labels[-1],
+                whole=True))
             if index % 5 == 0:
                 progress(f"latency check: {index + 1}/{len(all_widths)} models converted "
                          f"({time.time() - started:.0f} s)")

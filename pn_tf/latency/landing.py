@@ -37,7 +37,8 @@ def measurable_here(table):
 
 
 def _file(model, directory, name, dtype, what):
-    return _convert(lambda: unit_lib.batch1_model(model), os.path.join(directory, name), dtype, what)
+    return _convert(lambda: unit_lib.batch1_model(model), os.path.join(directory, name), dtype, what,
+                    whole=True)
 
 
 def _next_aim(done, target):

@@ -50,8 +50,10 @@ from pn_tf.latency.tiles import tiled
 
 log = logging.getLogger(__name__)
 
-FORMAT = 2  # 2: channel tiles (``channel_tiles``; format-1 tables are read as untiled)
-FORMATS = (1, 2)
+# 2: channel tiles (``channel_tiles``; format-1 tables are read as untiled); 3: whole networks
+# converted as exported (int8 with float input and output)
+FORMAT = 3
+FORMATS = (1, 2, 3)
 LEVELS = 16
 # A table whose whole-model fit misses a level by more than this (percent) is not trusted
 # silently: the budget promises estimates within 10% (docs/latency_budgets.md), and a table
@@ -140,10 +142,14 @@ def describe_unit(unit):
                                 for node in unit)
 
 
-def _convert(make_model, path, dtype, what):
-    """``unit_lib.convert`` of ``make_model()``, its failure a LatencyTableError naming ``what``."""
+def _convert(make_model, path, dtype, what, whole=False):
+    """``unit_lib.convert`` of ``make_model()``, its failure a LatencyTableError naming ``what``.
+
+    ``whole``: a whole network, converted as the pipeline exports it (int8 with float input and
+    output, so its quantize and dequantize ops are timed too); a unit takes and gives int8.
+    """
     try:
-        return unit_lib.convert(make_model(), path, dtype)
+        return unit_lib.convert(make_model(), path, dtype, io="float32" if whole else "int8")
     except Exception as err:  # any converter failure, named with its unit
         raise LatencyTableError(f"{what} cannot be converted to TFLite {dtype}: {_reason(err)}") from err
 
@@ -378,7 +384,7 @@ def build_table(gated, graph=None, dtype="float32", num_threads=1, levels=LEVELS
             wholes.append(len(paths))
             what = f"the whole {gated.name} at width level {level + 1}/{levels}"
             paths.append(_convert(functools.partial(unit_lib.batch1_model, plain), os.path.join(
-                directory, f"whole_{level}.tflite"), dtype, what))
+                directory, f"whole_{level}.tflite"), dtype, what, whole=True))
             labels.append(what)
             say(f"latency table: width level {level + 1}/{levels} extracted, "
                 f"{len(signatures)} distinct units converted ({time.time() - started:.0f} s)")

@@ -110,11 +110,13 @@ def signature(unit):
     return repr((tuple(parts), shapes))
 
 
-def convert(model, path, dtype="float32", seed=0):
+def convert(model, path, dtype="float32", seed=0, io="int8"):
     """``.tflite`` of any fixed-shape Keras model (several inputs, any rank), float32 or int8.
 
-    int8 models are calibrated on random normal inputs and take and give int8 tensors (inside
-    a whole int8 network a unit's neighbours are int8 too, so no quantize op is timed); a tensor
+    int8 models are calibrated on random normal inputs and take and give int8 tensors with
+    ``io="int8"`` (a unit: inside a whole int8 network its neighbours are int8 too, so no
+    quantize op is timed), float32 ones with ``io="float32"`` (a whole network, as the pipeline
+    exports it: its quantize and dequantize ops are part of its time); a tensor
     zero on every calibration input (a narrow ReLU output on random weights) gets a small range
     instead of an empty one, which XNNPACK refuses (:func:`pn_tf.tflite.calibration.widen_empty_ranges`).
     """
@@ -141,8 +143,9 @@ def convert(model, path, dtype="float32", seed=0):
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.representative_dataset = calibration
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        converter.inference_input_type = tf.int8
-        converter.inference_output_type = tf.int8
+        io_type = tf.int8 if io == "int8" else tf.float32
+        converter.inference_input_type = io_type
+        converter.inference_output_type = io_type
     from pn_tf.tflite.calibration import repaired_calibration
 
     with repaired_calibration([], true_ranges=False):
