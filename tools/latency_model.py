@@ -103,7 +103,7 @@ def main(argv):
     except LatencyTableError as err:
         return _fail(" ".join(str(err).split()))
     summary = {key: table.get(key) for key in ("network", "dtype", "num_threads", "runtime", "cpu",
-                                               "distinct_units", "scale", "offset_ms",
+                                               "distinct_units", "channel_tiles", "scale", "offset_ms",
                                                "fit_max_abs_pct_error", "cpu_share", "seconds")}
     summary.update({"estimated_ms": latency.total, "max_reduction": latency.max_reduction(),
                     "width_dependent_units": len(table["units"]),
