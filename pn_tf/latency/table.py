@@ -142,14 +142,15 @@ def describe_unit(unit):
                                 for node in unit)
 
 
-def _convert(make_model, path, dtype, what, whole=False):
+def _convert(make_model, path, dtype, what, whole=False, samples=None):
     """``unit_lib.convert`` of ``make_model()``, its failure a LatencyTableError naming ``what``.
 
     ``whole``: a whole network, converted as the pipeline exports it (int8 with float input and
     output, so its quantize and dequantize ops are timed too); a unit takes and gives int8.
     """
     try:
-        return unit_lib.convert(make_model(), path, dtype, io="float32" if whole else "int8")
+        return unit_lib.convert(make_model(), path, dtype, io="float32" if whole else "int8",
+                                samples=samples)
     except Exception as err:  # any converter failure, named with its unit
         raise LatencyTableError(f"{what} cannot be converted to TFLite {dtype}: {_reason(err)}") from err
 

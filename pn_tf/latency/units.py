@@ -110,13 +110,15 @@ def signature(unit):
     return repr((tuple(parts), shapes))
 
 
-def convert(model, path, dtype="float32", seed=0, io="int8"):
+def convert(model, path, dtype="float32", seed=0, io="int8", samples=None):
     """``.tflite`` of any fixed-shape Keras model (several inputs, any rank), float32 or int8.
 
     int8 models are calibrated on random normal inputs and take and give int8 tensors with
     ``io="int8"`` (a unit: inside a whole int8 network its neighbours are int8 too, so no
     quantize op is timed), float32 ones with ``io="float32"`` (a whole network, as the pipeline
-    exports it: its quantize and dequantize ops are part of its time); a tensor
+    exports it: its quantize and dequantize ops are part of its time); ``samples`` (inputs of
+    a one-input model, e.g. real images) calibrate instead of random inputs, so that the
+    quantization, and with it which ops XNNPACK takes, is the exported file's; a tensor
     zero on every calibration input (a narrow ReLU output on random weights) gets a small range
     instead of an empty one, which XNNPACK refuses (:func:`pn_tf.tflite.calibration.widen_empty_ranges`).
     """
@@ -137,6 +139,10 @@ def convert(model, path, dtype="float32", seed=0, io="int8"):
         rng = np.random.default_rng(seed)
 
         def calibration():
+            if samples is not None:
+                for sample in np.asarray(samples, np.float32)[:16]:
+                    yield [sample[None]]
+                return
             for _ in range(8):
                 yield [rng.standard_normal(s.shape).astype(np.float32) for s in specs]
 

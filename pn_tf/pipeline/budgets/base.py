@@ -76,10 +76,11 @@ class Budget:
 
     # -- what it landed on -----------------------------------------------------------
 
-    def land(self, extract, network, graph, cost):
+    def land(self, extract, network, graph, cost, images=None):
         """``(extraction, summary fields)``: where extraction lands for this budget.
 
-        ``extract``: ``reduction -> Extraction`` (channels selected on ``cost`` at that cut).
+        ``extract``: ``reduction -> Extraction`` (channels selected on ``cost`` at that cut);
+        ``images``: held-out inputs of the network, for a kind that measures.
         The default selects at the target; a kind whose cost is measured may correct the aim.
         """
         return extract(self.reduction), {}

@@ -32,7 +32,7 @@ def run(ctx):
                               images=images, graph=graph, name=ctx.model.pruned_name)
 
     try:
-        extraction, landing = ctx.budget.land(extract, network, graph, cost)
+        extraction, landing = ctx.budget.land(extract, network, graph, cost, images)
     except ExtractionError as err:
         raise PipelineError(f"{err} (workdir {ctx.workdir})") from err
     narrow, selection = extraction.model, extraction.selection
