@@ -117,10 +117,10 @@ def test_markdown_says_what_did_not_run():
 def test_small_user_pattern_through_both_budgets(tmp_path):
     """sequential_cnn (0.09M params) as a user's .keras file with 3 x 30 generated images.
 
-    FLOPs: every stage, landing within 0.01 of 0.4. Latency (int8): a tiny model's latency
-    table is coarse (a few units, timed at 16 widths; a fixed per-inference overhead it cannot
-    cut) and its timings noisy, so the measured cut only has to be within 0.15 of 0.3, or the
-    target refused before any stage with the largest reachable cut."""
+    FLOPs: every stage, landing within 0.01 of 0.4. Latency (int8): extraction lands on
+    measured cuts (pn_tf.latency.landing), so the exported files' measured cut is within the
+    issue's 0.05 of 0.3 (0.308 in the sweep of 2026-12-07), or the target is refused before any
+    stage with the largest reachable cut."""
     row = "sequential_cnn"
     flops = pipeline.run_one(row, "flops", str(tmp_path), timeout_s=1500)
     assert flops["status"] == "finished", flops
@@ -132,7 +132,8 @@ def test_small_user_pattern_through_both_budgets(tmp_path):
         assert "largest reachable cut" in latency["error"] and latency["stages_done"] == [], latency
     else:
         assert latency["status"] == "finished", latency
-        assert abs(latency["latency_reduction"] - 0.3) <= 0.15, latency
+        assert abs(latency["latency_reduction"] - 0.3) <= 0.05, latency
+        assert latency["latency_landing_tries"], latency
         assert "estimated_latency_reduction" in latency
 
 
