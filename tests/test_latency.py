@@ -152,8 +152,9 @@ def test_check_times_random_configurations_beside_the_full_network(tiny):
     assert result["full_measured_ms"] > 0
     anchored = np.array([latency.count(w) for w in widths]) / latency.total * result["full_measured_ms"]
     np.testing.assert_allclose(result["predicted_ms"], anchored, rtol=1e-9)
-    # Narrower than the full network everywhere, so predicted faster than it.
-    assert all(p < result["full_measured_ms"] for p in result["predicted_ms"])
+    # Narrower than the full network everywhere, so never predicted slower than it (as fast when
+    # every group stays within the same kernel tiles).
+    assert all(p <= result["full_measured_ms"] * (1 + 1e-9) for p in result["predicted_ms"])
     # The errors are those of these predictions and measurements.
     predicted, measured = np.array(result["predicted_ms"]), np.array(result["measured_ms"])
     errors = np.abs(predicted - measured) / measured * 100

@@ -53,7 +53,7 @@ def test_quickstart_end_to_end_tiny(tmp_path, data_dir):
     # ResNet-56's residual ADDs overwrite their branch input: the int8 export repairs those ranges.
     assert json.loads((tmp_path / "run" / "export" / "export.json").read_text())[
         "int8_calibration_repair"] is True
-    assert "repaired the in-place-widened ranges of" in out.stderr
+    assert "int8 calibration: repaired the ranges of" in out.stderr
     assert list((tmp_path / "run" / "search" / "tensorboard").iterdir())
     # 1 epoch of 2 steps with PN batch 16: the PN terms never start, and the run says so.
     search = json.loads((tmp_path / "run" / "search" / "search.json").read_text())
