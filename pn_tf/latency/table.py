@@ -278,7 +278,16 @@ def widths_model(gated, graph, widths):
 def measure_tiles(dtype, num_threads, runs=100, progress=None):
     """``{"out": tile, "in": tile}``: the channel tiles of the runtime's convolution kernels at
     ``dtype``, from a 1x1 convolution timed at a range of output, then input, channel counts
-    (:mod:`pn_tf.latency.tiles`)."""
+    (:mod:`pn_tf.latency.tiles`); measured once per process, dtype and thread count."""
+    tiles = dict(_measured_tiles(dtype, num_threads, runs))
+    if progress:
+        progress(f"latency table: {dtype} kernels work on output channels in tiles of {tiles['out']}, "
+                 f"input channels in tiles of {tiles['in']}")
+    return tiles
+
+
+@functools.lru_cache(maxsize=None)
+def _measured_tiles(dtype, num_threads, runs):
     directory = tempfile.mkdtemp(prefix="pn_tf_tiles_")
     try:
         paths = [_convert(functools.partial(tile_lib.probe_model, axis, c),
@@ -288,11 +297,7 @@ def measure_tiles(dtype, num_threads, runs=100, progress=None):
         medians, _ = time_files(paths, num_threads, runs)
     finally:
         shutil.rmtree(directory, ignore_errors=True)
-    tiles = tile_lib.tiles_from_times(medians)
-    if progress:
-        progress(f"latency table: {dtype} kernels work on output channels in tiles of {tiles['out']}, "
-                 f"input channels in tiles of {tiles['in']}")
-    return tiles
+    return tuple(tile_lib.tiles_from_times(medians).items())
 
 
 def time_files(paths, num_threads, runs, warmup=5, block=5, seed=0, labels=None):
