@@ -258,19 +258,14 @@ def test_latency_budget_end_to_end_on_own_model(tmp_path):
     assert report["pruned"]["tflite_int8_ms"] > 0 and report["baseline"]["tflite_int8_ms"] > 0
     base_ms, pruned_ms = report["baseline"]["tflite_int8_ms"], report["pruned"]["tflite_int8_ms"]
     assert report["latency_reduction"] == pytest.approx(1 - pruned_ms / base_ms, rel=1e-9)
-    # The measured cut against the target. The zoo networks meet a 0.04 bar
-    # (docs/latency_budgets.md: ResNet-56 measured 0.402 and 0.408 for 0.40), and the int8
-    # table check there puts a table's error on a latency *reduction* at up to 0.059 for
-    # ResNet-56. This tiny model's int8 file runs in ~24 us and its table has 4 levels (20
-    # runs each), so it resolves less: in 7 recorded runs of this test (2026-12-07, a shared
-    # 2-core machine; 3 of them timed with 1000 runs instead of 50) the search ended at other
-    # widths each time, the estimate was 0.302-0.304 and the measured cut 0.18-0.37. Widths
-    # [10, 17, 9] (twice) ran at 19.8 us against a 24.1 us baseline where the 0.303 estimate
-    # implies ~16.8 us: 0.18 measured, the table interpolating linearly between its levels
-    # over a step in the kernels' time; the other widths measured 0.30-0.37. 0.15 holds what
-    # was seen; it still fails a budget that did not cut (0) or one cut at the FLOPs-budget
-    # scale (0.6 of the MACs went here).
-    assert abs(report["latency_reduction"] - 0.3) <= 0.15, report
+    # The measured cut against the target. This tiny model's groups have 9-17 channels and the
+    # int8 kernels work in tiles of 16 output / 8 input channels, so only a few latencies are
+    # reachable at all: the landing's tries measure steps (0.05 or 0.45 on a similar small
+    # model, ops_cnn, in docs/coverage_pipeline.md) and keep the closest. Before the measured
+    # landing, 7 recorded runs measured 0.18-0.37; with it, 0.454 was seen once (2026-12-07,
+    # the step above 0.3). 0.2 holds what was seen; it still fails a budget that did not cut (0)
+    # or one cut at the FLOPs-budget scale (0.6 of the MACs went here).
+    assert abs(report["latency_reduction"] - 0.3) <= 0.2, (report["latency_reduction"], tries)
     assert report["flops_reduction"] > 0
     assert (tmp_path / "run" / "latency_table.json").exists()
     assert "Target latency reduction (int8" in (tmp_path / "run" / "report.md").read_text()
