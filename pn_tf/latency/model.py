@@ -43,6 +43,7 @@ import numpy as np
 from keras import ops
 
 from pn_tf.latency.table import LatencyTableError, fit_problem, structure_key
+from pn_tf.latency.tiles import tiled
 
 
 class LatencyModel:
@@ -159,13 +160,9 @@ class LatencyModel:
         units = self.constant + self.unit_ms(None if widths is None else np.asarray(widths, np.float64)).sum()
         return max(float(self.scale * units + self.offset), 0.0)
 
-    @staticmethod
-    def _tiled(count, tile, full):
-        return np.where(tile > 1, np.minimum(np.ceil(count / tile - 1e-9) * tile, full), count)
-
     def _fractions(self, widths):
-        x_in = self._tiled(self.in_fixed + self.in_n @ widths, self.in_tile, self.full_in) / self.full_in
-        x_out = self._tiled(self.out_fixed + self.out_n @ widths, self.out_tile, self.full_out) / self.full_out
+        x_in = tiled(self.in_fixed + self.in_n @ widths, self.in_tile, self.full_in) / self.full_in
+        x_out = tiled(self.out_fixed + self.out_n @ widths, self.out_tile, self.full_out) / self.full_out
         return x_in * np.where(self.product > 0, x_out, 1.0)
 
     def unit_ms(self, widths=None):
@@ -195,7 +192,7 @@ class LatencyModel:
         out_count = c(self.out_fixed) + ops.matmul(c(self.out_n), sums)
         product = c(self.product) > 0
 
-        def tiled(count, tile, full):
+        def tiled_tensor(count, tile, full):  # tiles.tiled on tensors
             rounded = ops.minimum(ops.ceil(count / c(tile) - 1e-6) * c(tile), c(full))
             return ops.where(c(tile) > 1, rounded, count)
 
@@ -203,8 +200,8 @@ class LatencyModel:
             return x_in * ops.where(product, x_out, ops.ones_like(x_out))
 
         # the value counts whole tiles; the smoothed twin's gradient every channel
-        x = fraction(tiled(in_count, self.in_tile, self.full_in) / c(self.full_in),
-                     tiled(out_count, self.out_tile, self.full_out) / c(self.full_out))
+        x = fraction(tiled_tensor(in_count, self.in_tile, self.full_in) / c(self.full_in),
+                     tiled_tensor(out_count, self.out_tile, self.full_out) / c(self.full_out))
         x_smooth = fraction(in_count / c(self.full_in), out_count / c(self.full_out))
         t = (c(self.t0) + c(self.s0) * (x - c(self.x0))
              + ops.sum(c(self.dslope) * ops.relu(x[:, None] - c(self.inner)), axis=1))

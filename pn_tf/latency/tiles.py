@@ -21,10 +21,12 @@ PROBE_SIZE = 16  # its spatial size
 
 
 def tiled(count, tile, full):
-    """``count`` channels rounded up to whole tiles, at most ``full`` (numpy or floats)."""
-    if tile <= 1:
+    """``count`` channels rounded up to whole tiles, at most ``full`` (numpy or floats; ``tile``
+    may be one per count); a tile of 1 leaves the count as it is."""
+    if np.ndim(tile) == 0 and tile <= 1:
         return count
-    return np.minimum(np.ceil(np.asarray(count, np.float64) / tile - 1e-9) * tile, full)
+    count = np.asarray(count, np.float64)
+    return np.where(np.asarray(tile) > 1, np.minimum(np.ceil(count / tile - 1e-9) * tile, full), count)
 
 
 def fit_tile(channels, times, candidates=CANDIDATES):
