@@ -286,10 +286,10 @@ def _table_cells(line):
     return [cell.strip() for cell in line.strip().strip("|").split("|")]
 
 
-# Rows known to miss a bar (the "see inside every Keras model" issue, docs/autoprune.md): keras-hub's
-# Swin and MiT, whose attention blocks cannot be unrolled yet. A row leaving this set fails the
-# tests below until it is taken out of it.
-KNOWN_MISSES = {"hub_swin", "hub_mit"}
+# Rows known to miss a bar (none since keras-hub's Swin and MiT unroll: a call traced at a known
+# batch size, reshapes made batch-free in passes, matmul counted). A row entering this set must
+# say why in docs/autoprune.md.
+KNOWN_MISSES = set()
 
 
 def test_docs_coverage_table_is_the_tools_output():

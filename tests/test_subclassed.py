@@ -1,8 +1,10 @@
 """A user's Layer subclass made of Keras layers and keras.ops is unrolled into the graph."""
 
 import logging
+import os
 import subprocess
 import sys
+import tempfile
 
 import keras
 import numpy as np
@@ -184,3 +186,93 @@ def test_layer_scale_weight_stays_a_weight_and_prunes(tmp_path):
     assert row["identity_max_abs_diff"] == 0.0
     assert row["equivalent"] and row["max_abs_diff"] <= 1e-4 * max(1.0, row["output_scale"])
     assert abs(row["flops_reduction"] - 0.3) < 0.01
+
+
+class WindowBlock(keras.layers.Layer):
+    """A Swin-like block as users write it: attention in windows of the batch written with
+    keras.ops (matmul, softmax, unstack), a cyclic shift (roll), and window sizes computed from
+    the batch size (``ops.shape(x)[0] // windows``, which a symbolic None batch cannot divide)."""
+
+    def __init__(self, dim, heads, window, hidden, **kwargs):
+        super().__init__(**kwargs)
+        self.dim, self.heads, self.window = dim, heads, window
+        self.norm1 = keras.layers.LayerNormalization()
+        self.qkv = keras.layers.Dense(3 * dim)
+        self.proj = keras.layers.Dense(dim)
+        self.norm2 = keras.layers.LayerNormalization()
+        self.fc1 = keras.layers.Dense(hidden)
+        self.fc2 = keras.layers.Dense(dim)
+
+    def call(self, x):
+        ops = keras.ops
+        batch, height, width, channels = ops.shape(x)
+        ws, heads = self.window, self.heads
+        rows, cols = height // ws, width // ws
+        h = ops.roll(self.norm1(x), shift=(1, 1), axis=(1, 2))
+        h = ops.reshape(h, (batch, rows, ws, cols, ws, channels))
+        h = ops.reshape(ops.transpose(h, (0, 1, 3, 2, 4, 5)), (-1, ws * ws, channels))
+        windows = ops.shape(h)[0]
+        qkv = ops.reshape(self.qkv(h), (windows, ws * ws, 3, heads, channels // heads))
+        q, k, v = ops.unstack(ops.transpose(qkv, (2, 0, 3, 1, 4)), axis=0)
+        scores = ops.softmax(ops.matmul(q, ops.transpose(k, (0, 1, 3, 2))) * 0.25, axis=-1)
+        o = ops.reshape(ops.transpose(ops.matmul(scores, v), (0, 2, 1, 3)), (windows, ws * ws, channels))
+        o = ops.reshape(self.proj(o), (windows // (rows * cols), rows, cols, ws, ws, channels))
+        o = ops.reshape(ops.transpose(o, (0, 1, 3, 2, 4, 5)), (-1, height, width, channels))
+        x = x + ops.roll(o, shift=(-1, -1), axis=(1, 2))
+        return x + self.fc2(ops.gelu(self.fc1(self.norm2(x))))
+
+
+def test_windowed_attention_block_with_batch_arithmetic_unrolls_and_prunes():
+    """Traced at a known batch size, its reshapes made batch-free: the MLP's hidden units are a
+    group, the ops attention's token products are counted (a hand count), extraction is exact."""
+    from pn_tf.coverage.check import check_model
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.Conv2D(16, 3, padding="same", name="stem")(inputs)
+    x = WindowBlock(16, heads=2, window=4, hidden=128, name="block")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    model = keras.Model(inputs, keras.layers.Dense(5, name="head")(x))
+    sample = random_images((8, 8, 3), seed=1)
+    flat = flatten(model)
+    assert not [layer for layer in flat.layers if isinstance(layer, WindowBlock)]
+    np.testing.assert_allclose(np.asarray(flat(sample)), np.asarray(model(sample)), rtol=1e-5, atol=1e-5)
+    graph = ChannelGraph(model)
+    assert graph.opaque_layers == [] and graph.uncounted_layers == []
+    groups = auto.find_groups(model)
+    assert any(g.producers == [model.get_layer("block").fc1.name] for g in groups)  # MLP hidden units
+    flops = FlopsModel(graph)
+    # 4 windows of 16 tokens, 2 heads of 8: QK^T and AV each 4 * 2 * 16 * 16 * 8 MACs.
+    assert sum(m for _, kind, m in flops.table() if kind == "matmul") == 2 * 4 * 2 * 16 * 16 * 8
+    tokens = 64
+    dense = tokens * (16 * 48 + 16 * 16 + 16 * 128 + 128 * 16)
+    assert flops.total == 8 * 8 * 27 * 16 + dense + 2 * 4 * 2 * 16 * 16 * 8 + 16 * 5
+    row = check_model(model, target=0.3, x=sample, tflite=False)
+    assert row["identity_max_abs_diff"] == 0.0
+    assert row["equivalent"] and row["max_abs_diff"] <= 1e-4 * max(1.0, row["output_scale"])
+    assert abs(row["flops_reduction"] - 0.3) < 0.01
+
+
+def test_matmul_and_einsum_macs_are_counted_and_checked_against_tflite():
+    """An attention written with keras.ops.matmul (its values' channels carried, prunable) and a
+    product written with einsum (counted, unpruned): pn-tf's MACs equal the TFLite graph's."""
+    from pn_tf.export import export_tflite
+    from pn_tf.tflite.inspection import tflite_macs
+
+    inputs = keras.Input((16, 8))
+    q = keras.layers.Dense(8, name="q")(inputs)
+    k = keras.layers.Dense(8, name="k")(inputs)
+    v = keras.layers.Dense(12, name="v")(inputs)
+    scores = keras.ops.softmax(keras.ops.einsum("bqc,bkc->bqk", q, k), axis=-1)
+    context = keras.ops.matmul(scores, v)  # (batch, 16, 12): v's channels
+    y = keras.layers.Dense(4, name="out")(keras.layers.Activation("relu")(context))
+    model = keras.Model(inputs, keras.layers.GlobalAveragePooling1D()(y))
+    graph = ChannelGraph(model)
+    assert graph.uncounted_layers == []
+    flops = FlopsModel(graph)
+    kinds = {kind: m for _, kind, m in flops.table() if kind in ("matmul", "einsum")}
+    assert kinds == {"einsum": 16 * 16 * 8, "matmul": 16 * 16 * 12}
+    assert any(g.producers == ["v"] for g in auto.find_groups(model))  # carried through matmul
+    with tempfile.TemporaryDirectory() as tmp:
+        path = export_tflite(model, os.path.join(tmp, "m.tflite"))
+        assert tflite_macs(path) == flops.total

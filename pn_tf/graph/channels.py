@@ -107,6 +107,12 @@ class _UnionFind:
             self.parent[max(ri, rj)] = min(ri, rj)
 
 
+# Operation types that multiply tensors together (no weights of their own): with no MAC term
+# from their rule they are named as uncounted.
+_MULTIPLYING = frozenset({"Matmul", "Einsum", "Tensordot", "Dot", "Inner", "Outer", "Vdot", "Kron",
+                          "Attention", "AdditiveAttention"})
+
+
 class ChannelGraph:
     """The channel spaces, groups and costs of a built Keras model.
 
@@ -130,7 +136,7 @@ class ChannelGraph:
     """
 
     def __init__(self, model, strict=True):
-        from pn_tf.graph.replay import flatten
+        from pn_tf.graph.replay import batch_factors, flatten
 
         self.model = flatten(model)
         self.strict = strict
@@ -154,6 +160,8 @@ class ChannelGraph:
         self._granule = {}  # atom index -> channels removable only together (GroupNormalization)
         self._keeps_zero = {}  # id(node) -> bool
         self.birth = {}  # atom index -> the first tensor made of that atom alone
+        self.batch_factors = batch_factors(self.model)  # id(node) -> rows per example (windows)
+        self._factor = 1  # the visited call's: its MAC terms count every row of one example
         for node in self._topological_nodes():
             self._visit(node)
         for tensor in keras.tree.flatten(self.model.outputs):
@@ -164,14 +172,16 @@ class ChannelGraph:
 
     def _uncounted(self):
         """Layers that multiply by weight matrices (a weight of rank 2 or more; embeddings look
-        rows up and are not counted) but have no MAC term: a warning names them, so a FLOPs
-        count that misses them is never taken for the whole network's silently."""
+        rows up and are not counted) or multiply tensors together (matmul, einsum, dot products,
+        weightless attention) but have no MAC term: a warning names them, so a FLOPs count that
+        misses them is never taken for the whole network's silently."""
         from pn_tf.layers import Parameter
 
         counted = {term.layer for term in self.costs}
         names = [self.label(op) for op in self.model.operations
                  if self.label(op) not in counted and not isinstance(op, (keras.layers.Embedding, Parameter))
-                 and any(len(w.shape) >= 2 for w in getattr(op, "weights", ()))]
+                 and (any(len(w.shape) >= 2 for w in getattr(op, "weights", ()))
+                      or type(op).__name__ in _MULTIPLYING)]
         if names:
             message = (f"the MACs of {len(names)} layer(s) are not counted in pn-tf's FLOPs (no rule "
                        f"counts them): {', '.join(names)}; FLOPs totals and cuts leave them out")
@@ -191,7 +201,11 @@ class ChannelGraph:
             for t in node.output_tensors:
                 self.set(t, [self.new_atom(t.shape[-1] or 1, op.name, "model input")])
             return
-        rules.rule_for(op).flow(self, op, node)
+        self._factor = self.batch_factors.get(id(node), 1)
+        try:
+            rules.rule_for(op).flow(self, op, node)
+        finally:
+            self._factor = 1
 
     def name_of(self, op):
         """The name of ``op`` in this graph (a layer's own name; keras.ops nodes made unique)."""
@@ -299,8 +313,9 @@ class ChannelGraph:
         return next((owner for a, owner in self._inner.items() if self.root(a) == root), None)
 
     def add_cost(self, op, kind, coef, in_atoms, out_atoms=(), linear=False):
-        """MACs of one call: ``coef * c_in * c_out`` (``coef * c_in`` when ``linear``)."""
-        self.costs.append(CostTerm(self.name_of(op), kind, float(coef), tuple(in_atoms),
+        """MACs of one call: ``coef * c_in * c_out`` (``coef * c_in`` when ``linear``), ``coef`` per
+        batch row, times the rows per example of the visited call (:func:`~pn_tf.graph.replay.batch_factors`)."""
+        self.costs.append(CostTerm(self.name_of(op), kind, float(coef) * self._factor, tuple(in_atoms),
                                    tuple(out_atoms), linear))
 
     def tie(self, a, b):

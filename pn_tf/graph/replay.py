@@ -142,24 +142,25 @@ def _own_values(op):
     return values
 
 
-def _trace(op, args, kwargs, anchor):
+def _trace(op, args, kwargs, anchor, inline=False):
     """``op.call`` on symbolic inputs, its own weights and constants given as :class:`Parameter`
     outputs (so the graph calls them as layers and they stay weights); restores ``op`` after.
 
     A weight whose first axis is 1 (a class token, position embeddings of shape (1, N, C)) is
     first given repeated to the batch (what ``tile(w, (batch, 1, 1))`` or a broadcast against
-    the tokens makes of it); if ``call()`` fails on that, as it is.
+    the tokens makes of it); if ``call()`` fails on that, as it is. With ``inline``, the user's
+    sub-layers are traced into the graph too, not called (see :class:`_inlined`).
     """
     values = _own_values(op)
     try:
-        return keras.tree.flatten(_trace_with(op, args, kwargs, anchor, values, batched=True))
+        return keras.tree.flatten(_trace_with(op, args, kwargs, anchor, values, True, inline))
     except Exception:  # noqa: BLE001 - then as they are (the error of this try is the one reported)
         if not any(len(v.shape) >= 2 and v.shape[0] == 1 for v in values.values()):
             raise
-        return keras.tree.flatten(_trace_with(op, args, kwargs, anchor, values, batched=False))
+        return keras.tree.flatten(_trace_with(op, args, kwargs, anchor, values, False, inline))
 
 
-def _trace_with(op, args, kwargs, anchor, values, batched):
+def _trace_with(op, args, kwargs, anchor, values, batched, inline=False):
     from pn_tf.layers import Parameter
 
     for attribute, value in values.items():
@@ -167,16 +168,18 @@ def _trace_with(op, args, kwargs, anchor, values, batched):
         parameter = Parameter.holding(value, name=f"{op.name}_{attribute}", batched=repeat)
         object.__setattr__(op, attribute, parameter(anchor))
     try:
-        try:
-            return op.call(*args, **kwargs)
-        except Exception:  # noqa: BLE001
-            inner = [layer for layer in op._flatten_layers(include_self=False, recursive=False)
-                     if _may_unroll(layer)]
-            if not inner:
-                raise
+        inner = [layer for layer in op._flatten_layers(include_self=False, recursive=False)
+                 if _may_unroll(layer)]
+        if not inline or not inner:
+            try:
+                return op.call(*args, **kwargs)
+            except Exception:  # noqa: BLE001
+                if not inner:
+                    raise
         # A user's sub-layer whose call returns what a graph node cannot hold (None beside a
-        # tensor: ``return y, attention_scores``) is traced into this one's graph, not called.
-        with _inlined(inner, anchor, batched):
+        # tensor: ``return y, attention_scores``), or any with ``inline``, is traced into this
+        # one's graph, not called.
+        with _inlined(inner, anchor, batched, inline):
             return op.call(*args, **kwargs)
     finally:
         for attribute, value in values.items():
@@ -185,11 +188,13 @@ def _trace_with(op, args, kwargs, anchor, values, batched):
 
 class _inlined:
     """While active, calling one of ``layers`` runs its ``call`` on the symbolic inputs (its own
-    weights as Parameters, its own user sub-layers inlined too) instead of adding a node."""
+    weights as Parameters, its own user sub-layers inlined too) instead of adding a node.
+    ``inline``: their user sub-layers are always inlined (a call traced at a known batch size,
+    whose sub-layers' calls only work at the sizes it gives them: windows of the batch)."""
 
-    def __init__(self, layers, anchor, batched):
+    def __init__(self, layers, anchor, batched, inline=False):
         self.layers = {id(layer): layer for layer in layers}
-        self.anchor, self.batched = anchor, batched
+        self.anchor, self.batched, self.inline = anchor, batched, inline
         self.patched = {}
 
     def __enter__(self):
@@ -207,7 +212,8 @@ class _inlined:
                 values = _own_values(layer_self)
                 if getattr(layer_self, "_call_has_training_arg", False) and kwargs.get("training") is None:
                     kwargs = dict(kwargs, training=False)
-                return _trace_with(layer_self, args, kwargs, inlined.anchor, values, inlined.batched)
+                return _trace_with(layer_self, args, kwargs, inlined.anchor, values, inlined.batched,
+                                   inlined.inline)
 
             cls.__call__ = call
         return self
@@ -218,16 +224,40 @@ class _inlined:
         return False
 
 
-def _batch_free(inner):
-    """``inner`` with the shape arguments that ``call()`` read off the symbolic batch size (None)
-    made batch-free, or ``inner`` itself if there are none:
+# The batch size a layer's call is traced at when it does arithmetic on the batch size, which
+# the symbolic None does not allow (``ops.shape(windows)[0] // windows_per_image``). A prime, so
+# that a size is read as batch-dependent only if it is a multiple of it.
+_SENTINEL_BATCH = 1009
+
+
+def _batch_free(inner, sentinel=None):
+    """``inner`` with the shape arguments that ``call()`` read off the batch size made batch-free,
+    or ``inner`` itself if there are none:
 
     * ``reshape(x, (batch, -1, C))`` becomes ``reshape(x, (-1, N, C))`` (N from the static sizes);
     * ``tile(w, (batch, 1, 1))`` of a weight that its :class:`Parameter` repeats to the batch
       already (``batched``: a class token) repeats it once.
 
+    The batch is the symbolic None, or, for a call traced at the batch size ``sentinel``, any
+    multiple of it as a reshape's first size (``(batch * windows, 7, 7, C)`` becomes ``(-1, 7,
+    7, C)``); that graph's inputs are then made batch-free too.
     Anything else that uses the batch size stays as it is (and fails the output check).
+    A reshape whose input's sizes are only known once an earlier one is made batch-free
+    (``reshape(x, (batch, -1, C))`` then ``reshape(k, (batch, -1, heads, C // heads))``: a
+    sequence reduction before attention) is made batch-free on the next pass.
     """
+    for _ in range(len(inner.operations)):
+        swap = _batch_free_swaps(inner, sentinel)
+        if not swap:
+            break
+        inner = replay(inner, substitute=lambda op, swap=swap: swap.get(id(op), op))
+    if sentinel is not None:
+        inner = replay(inner, batch=None)
+    return inner
+
+
+def _batch_free_swaps(inner, sentinel):
+    """``{id(op): batch-free copy}`` for :func:`_batch_free`'s ops whose input sizes are known."""
     from pn_tf.layers import Parameter
     from pn_tf.graph.rules import keras_op_class
 
@@ -235,17 +265,42 @@ def _batch_free(inner):
     swap = {}
     for op in inner.operations:
         for node in op._inbound_nodes:
-            if reshape is not None and isinstance(op, reshape) and _has_none(op.newshape):
-                fixed = _static_reshape(node.input_tensors[0].shape, op.newshape)
+            if reshape is not None and isinstance(op, reshape):
+                in_shape = node.input_tensors[0].shape
+                fixed = (_static_reshape(in_shape, op.newshape) if _has_none(op.newshape)
+                         else _sentinel_reshape(in_shape, op.newshape, sentinel))
                 if fixed is not None:
                     swap[id(op)] = reshape(fixed, name=op.name)
-            elif isinstance(op, tile) and _has_none(op.repeats) and op.repeats[0] is None:
+            elif isinstance(op, tile) and _batch_repeat(op.repeats, sentinel):
                 source = node.input_tensors[0]._keras_history[0]
                 if isinstance(source, Parameter) and source.batched:  # repeated to the batch already
                     swap[id(op)] = tile((1,) + tuple(op.repeats[1:]), name=op.name)
-    if not swap:
-        return inner
-    return replay(inner, substitute=lambda op: swap.get(id(op), op))
+    return swap
+
+
+def _batch_repeat(repeats, sentinel):
+    """Whether ``tile`` ``repeats`` repeat the first axis by the batch size."""
+    if not isinstance(repeats, (tuple, list)) or not repeats:
+        return False
+    return repeats[0] is None or (sentinel is not None and repeats[0] == sentinel)
+
+
+def _sentinel_reshape(in_shape, newshape, sentinel):
+    """A reshape traced at batch ``sentinel`` whose first size is a multiple of it (the batch,
+    maybe folded with windows) as ``[-1, ...]`` with its other -1 resolved; else None."""
+    if sentinel is None or not isinstance(newshape, (tuple, list)) or not newshape:
+        return None
+    first, rest = newshape[0], list(newshape[1:])
+    if (not isinstance(first, (int, np.integer)) or first <= 0 or first % sentinel
+            or any(d is None for d in in_shape) or any(d is None for d in rest) or rest.count(-1) > 1):
+        return None
+    total = int(np.prod([int(d) for d in in_shape]))
+    known = int(first) * int(np.prod([int(d) for d in rest if d != -1]))
+    if -1 in rest:
+        if total % known:
+            return None
+        rest[rest.index(-1)] = total // known
+    return [-1] + [int(d) for d in rest]
 
 
 def _has_none(shape):
@@ -315,18 +370,29 @@ def _constant_output(value, op, k, anchor):
     return Parameter.holding(value, name=f"{op.name}_output_{k}")(anchor)
 
 
-def _unroll(op, node):
+def _symbolic_call(op, node, batch):
+    """``(inputs, outputs)`` of ``op.call`` traced on fresh symbolic inputs of batch size ``batch``
+    (a known one: with the user's sub-layers inlined)."""
     fresh, inputs = {}, []
     for t in node.input_tensors:
         if id(t) not in fresh:
-            fresh[id(t)] = keras.Input(batch_shape=(None,) + tuple(t.shape[1:]), dtype=t.dtype)
+            fresh[id(t)] = keras.Input(batch_shape=(batch,) + tuple(t.shape[1:]), dtype=t.dtype)
             inputs.append(fresh[id(t)])
     args, kwargs = node.arguments.fill_in(fresh)
+    return inputs, _trace(op, args, kwargs, inputs[0], inline=batch is not None)
+
+
+def _unroll(op, node):
+    sentinel = None
     try:
-        outputs = _trace(op, args, kwargs, inputs[0])
+        inputs, outputs = _symbolic_call(op, node, None)
     except Exception as error:  # noqa: BLE001 - whatever call() does on symbolic inputs
-        raise _CannotUnroll(f"its call() fails on symbolic inputs (Python branching on a tensor's "
-                            f"value, or a backend-specific op?): {_first_line(error)}") from None
+        try:  # arithmetic on the batch size (windows of a Swin block): trace at a known one
+            inputs, outputs = _symbolic_call(op, node, _SENTINEL_BATCH)
+            sentinel = _SENTINEL_BATCH
+        except Exception:  # noqa: BLE001 - the first error is the one to report
+            raise _CannotUnroll(f"its call() fails on symbolic inputs (Python branching on a tensor's "
+                                f"value, or a backend-specific op?): {_first_line(error)}") from None
     outputs = [_constant_output(y, op, k, inputs[0]) for k, y in enumerate(outputs)]
     if not all(isinstance(y, keras.KerasTensor) for y in outputs):
         raise _CannotUnroll("its call() returns values that are not Keras tensors (backend-specific ops?)")
@@ -336,7 +402,7 @@ def _unroll(op, node):
     try:
         with _unique_names(outputs):
             inner = keras.Model(inputs, outputs, name=op.name)
-        inner = _batch_free(inner)
+        inner = _batch_free(inner, sentinel)
     except Exception as error:  # noqa: BLE001
         raise _CannotUnroll(f"its inner calls do not form a graph: {_first_line(error)}") from None
     _check_weights(op, inner)
@@ -468,7 +534,7 @@ class _Names:
         return clone
 
 
-def replay(model, substitute=None, rewrite=None, after=None, name=None):
+def replay(model, substitute=None, rewrite=None, after=None, name=None, batch="same"):
     """A new flat functional model that calls ``model``'s operations again.
 
     Args:
@@ -478,6 +544,7 @@ def replay(model, substitute=None, rewrite=None, after=None, name=None):
         rewrite: ``(node, op, args, kwargs) -> (args, kwargs)``: the arguments of one call.
         after: ``(node, outputs) -> outputs``: wraps the new outputs of an original node.
         name: the new model's name (default: ``model``'s).
+        batch: the new inputs' batch size: ``"same"`` as ``model``'s, None (unknown) or a number.
 
     Returns:
         The new keras.Model. Layers that ``substitute`` returns unchanged are shared
@@ -496,7 +563,8 @@ def replay(model, substitute=None, rewrite=None, after=None, name=None):
     tensors = {}
     for x in graph.inputs:
         layer = x._keras_history[0]
-        tensors[id(x)] = keras.Input(batch_shape=tuple(x.shape), dtype=x.dtype, name=layer.name)
+        shape = tuple(x.shape) if batch == "same" else (batch,) + tuple(x.shape[1:])
+        tensors[id(x)] = keras.Input(batch_shape=shape, dtype=x.dtype, name=layer.name)
         names.owner.setdefault(layer.name, layer)
     _run(graph, tensors, resolve, rewrite, after, training=None, scope="", inlined=False)
     for message in names.messages:
@@ -554,3 +622,31 @@ def flatten(model):
     user's layer made of Keras layers and keras.ops is unrolled into them (:func:`unrolled`).
     """
     return replay(model) if needs_flattening(model) else model
+
+
+def batch_factors(model):
+    """``{id(node): k}`` for the calls of flat ``model`` whose batch axis holds k > 1 rows per
+    example (windows of an image folded into the batch: ``reshape(x, (-1, 7 * 7, C))``), read off
+    the model replayed at batch size 1; empty when no keras.ops reshape, transpose or unstack
+    could move sizes into the batch axis. MAC counts multiply a call's per-row count by it."""
+    from pn_tf.graph.rules import keras_op_class
+
+    movers = tuple(c for c in (keras_op_class(n) for n in ("reshape", "transpose", "unstack")) if c)
+    if not movers or not any(isinstance(op, movers) for op in model.operations):
+        return {}
+    factors = {}
+
+    def after(node, outputs):
+        symbolic, fixed = node.output_tensors[0].shape, outputs[0].shape if outputs else ()
+        if len(symbolic) and symbolic[0] is None and len(fixed) and isinstance(fixed[0], int) and fixed[0] > 1:
+            factors[id(node)] = int(fixed[0])
+        return outputs
+
+    try:
+        replay(model, after=after, batch=1)
+    except Exception as error:  # noqa: BLE001 - counts stay per row, said once
+        log.warning("pn-tf could not replay '%s' at batch size 1 to find calls that fold windows into "
+                    "the batch (%s); their MACs are counted per batch row", model.name, _first_line(error))
+        return {}
+    return factors
+

@@ -1033,6 +1033,110 @@ class ElementwiseOp(Carry):
         return [narrow(a) for a in args], {k: narrow(v) for k, v in kwargs.items()}
 
 
+def _moves_other_axes(op, rank):
+    """Whether a roll or take along ``op.axis`` leaves the channel axis alone (None: flattened)."""
+    axis = getattr(op, "axis", None)
+    return axis is not None and (rank - 1) not in _axes(axis, rank)
+
+
+class Unstack(ChannelRule):
+    """``keras.ops.unstack(x, axis)``: along another axis, every piece keeps ``x``'s channels."""
+
+    kind = CARRY
+
+    def flow(self, graph, op, node):
+        x = node.input_tensors[0]
+        rank = len(x.shape)
+        if rank < 2 or (rank - 1) in _axes(op.axis, rank):
+            graph.opaque(op, node, f"'{op.name}' splits the channel axis")
+            return
+        atoms = graph.segments(x)
+        for y in node.output_tensors:
+            graph.set(y, atoms, graph.masked_by(x))
+        graph.record(op, atoms, atoms, shares=False)
+
+    def keeps_zero(self, op, node):
+        return True
+
+
+def _operands(node, names=("x1", "x2")):
+    """The two operands of a binary keras.ops call (tensors or constants), as recorded."""
+    args = list(node.arguments.args)
+    for name in names[len(args):]:
+        args.append(node.arguments.kwargs.get(name))
+    return args[:2]
+
+
+class MatMul(ChannelRule):
+    """``keras.ops.matmul(a, b)`` (``a @ b``), the token-by-token products of an attention written
+    with ops: the output's channels are ``b``'s last axis, carried (a zero column of ``b`` gives a
+    zero column of the output); ``a``'s last axis is contracted against ``b``'s rows, so its
+    spaces stay. MACs: ``prod(output sizes but the batch) * K`` per channel of ``b``. A product
+    with a vector or with sizes unknown until run time is opaque, its MACs named uncounted."""
+
+    kind = CARRY
+
+    def flow(self, graph, op, node):
+        a, b = _operands(node)
+        y = node.output_tensors[0]
+        shapes = [tuple(getattr(v, "shape", ())) for v in (a, b)]
+        if (any(len(s) < 2 for s in shapes) or shapes[0][-1] is None
+                or any(d is None for d in y.shape[1:])):
+            graph.opaque(op, node, "multiplies a vector or sizes known only at run time: its "
+                                   "channels are left unpruned")
+            return
+        coef = math.prod(int(d) for d in y.shape[1:-1]) * int(shapes[0][-1])
+        if isinstance(a, keras.KerasTensor):
+            graph.fix(graph.read(op, "opaque", a), f"'{op.name}' contracts its channels with the rows "
+                                                   "of another matrix (matmul)")
+        if isinstance(b, keras.KerasTensor):
+            atoms = graph.read(op, "depthwise", b)
+            graph.set(y, atoms, graph.masked_by(b) if graph.keeps_zero(node) else frozenset())
+        else:
+            atoms = (graph.new_atom(y.shape[-1], op.name, "channels made by a constant matrix (matmul)"),)
+            graph.set(y, atoms)
+        graph.add_cost(op, "matmul", coef, atoms, linear=True)
+        graph.record(op, atoms, atoms, shares=False)
+
+    def keeps_zero(self, op, node):
+        return isinstance(_operands(node)[1], keras.KerasTensor)
+
+
+def einsum_op_macs(subscripts, shapes):
+    """MACs of one example through ``keras.ops.einsum(subscripts, *operands)`` of ``shapes``: the
+    product of the sizes of every index (the batch counted as 1 where an operand has it), or None
+    (an ellipsis, or a size unknown)."""
+    inputs = subscripts.replace(" ", "").split("->")[0].split(",")
+    if "." in subscripts or len(inputs) != len(shapes):
+        return None
+    sizes = {}
+    for letters, shape in zip(inputs, shapes):
+        if len(letters) != len(shape):
+            return None
+        for letter, d in zip(letters, shape):
+            sizes[letter] = d if d is not None else sizes.get(letter)
+    batch = [letters[0] for letters, shape in zip(inputs, shapes) if shape and shape[0] is None]
+    for letter in batch:
+        sizes[letter] = 1
+    if any(v is None for v in sizes.values()):
+        return None
+    return math.prod(int(v) for v in sizes.values())
+
+
+class Einsum(ChannelRule):
+    """``keras.ops.einsum``: channels left unpruned (any contraction), MACs counted from the
+    subscripts (an attention written with einsum)."""
+
+    def flow(self, graph, op, node):
+        y = node.output_tensors[0]
+        shapes = [tuple(getattr(v, "shape", ())) for v in node.arguments.args]
+        macs = einsum_op_macs(getattr(op, "subscripts", ""), shapes)
+        graph.opaque(op, node, f"computes '{getattr(op, 'subscripts', '?')}': its MACs are counted, "
+                               "its channels left unpruned")
+        if macs is not None and len(y.shape) and y.shape[-1]:  # else the graph names it uncounted
+            graph.add_cost(op, "einsum", macs / int(y.shape[-1]), graph.segments(y), linear=True)
+
+
 _MERGE_ZERO = {"Multiply": "any", "Divide": "first", "TrueDivide": "first"}
 
 
@@ -1281,6 +1385,11 @@ _OP_CALLS = {
     "image.resize": lambda f, x, y: f(x, (2, 2)),
     "tile": lambda f, x, y: f(x, (1, 2, 1, 1)),
     "get_item": lambda f, x, y: f(x, (slice(None), 0)),
+    "matmul": lambda f, x, y: f(x, keras.ops.transpose(y, (0, 1, 3, 2))),
+    "einsum": lambda f, x, y: f("bijc,bijd->bicd", x, y),
+    "roll": lambda f, x, y: f(x, 1, axis=1),
+    "take": lambda f, x, y: f(x, np.array([0, 1]), axis=1),
+    "unstack": lambda f, x, y: f(x, axis=1)[0],
     **{name: (lambda f, x, y: f(x, axis=(1, 2))) for name in _OPS_REDUCTIONS},
     **{name: (lambda f, x, y: f(x, y)) for name in _OPS_BINARY},
 }
@@ -1298,7 +1407,8 @@ def _probe_op_classes():
     """
     names = (_OPS_BINARY + _OPS_ELEMENTWISE + _OPS_ACTIVATIONS + _OPS_REDUCTIONS
              + ("softmax", "log_softmax", "concatenate", "reshape", "expand_dims", "squeeze",
-                "transpose", "pad", "image.resize", "tile", "get_item"))
+                "transpose", "pad", "image.resize", "tile", "get_item", "matmul", "einsum", "roll", "take",
+                "unstack"))
     x = keras.Input((4, 4, 3), name="pn_tf_probe_x")
     y = keras.Input((4, 4, 3), name="pn_tf_probe_y")
     classes, missing = {}, []
@@ -1374,6 +1484,11 @@ def _register_ops(classes):
     register("image.resize", Carry(weights=()))
     register("tile", AxisOp(_tiles_other_axes, "repeats the channel axis"))
     register("get_item", Index())
+    register("matmul", MatMul())
+    register("roll", AxisOp(_moves_other_axes, "rolls along the channel axis"))
+    register("take", AxisOp(_moves_other_axes, "takes along the channel axis"))
+    register("unstack", Unstack())
+    register("einsum", Einsum())
 
 
 def _register_applications():

@@ -17,7 +17,7 @@ import time
 import numpy as np
 
 from pn_tf.latency import units as unit_lib
-from pn_tf.latency.table import _convert, kept_width, time_files, widths_model
+from pn_tf.latency.table import convert_named, kept_width, time_files, widths_model
 
 
 def random_widths(graph, rng):
@@ -34,13 +34,13 @@ def check(gated, graph, latency, configs=20, seed=0, runs=100, progress=print):
     all_widths = [full] + [random_widths(graph, rng) for _ in range(configs)]
     directory = tempfile.mkdtemp(prefix="pn_tf_latency_check_")
     try:
-        paths = [_convert(unit_lib.overhead_model, os.path.join(directory, "overhead.tflite"),
+        paths = [convert_named(unit_lib.overhead_model, os.path.join(directory, "overhead.tflite"),
                           "float32", "the one-op overhead model")]
         labels = ["the one-op overhead model"]
         for index, widths in enumerate(all_widths):
             labels.append(f"the whole {gated.name} at widths {widths}" if index else
                           f"the full {gated.name}")
-            paths.append(_convert(
+            paths.append(convert_named(
                 lambda widths=widths: unit_lib.batch1_model(widths_model(gated, graph, widths)),
                 os.path.join(directory, f"config_{index}.tflite"), latency.table["dtype"], labels[-1],
                 whole=True))

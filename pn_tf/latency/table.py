@@ -127,7 +127,7 @@ def fit_whole(sums, whole, iterations=20):
     return float(scale), float(offset)
 
 
-def _reason(err):
+def reason(err):
     """An exception as one short line (converter errors span many lines; the first error line)."""
     lines = [line.strip() for line in str(err).splitlines() if line.strip()]
     errors = [line for line in lines if "error:" in line.lower()]
@@ -142,7 +142,7 @@ def describe_unit(unit):
                                 for node in unit)
 
 
-def _convert(make_model, path, dtype, what, whole=False, samples=None):
+def convert_named(make_model, path, dtype, what, whole=False, samples=None):
     """``unit_lib.convert`` of ``make_model()``, its failure a LatencyTableError naming ``what``.
 
     ``whole``: a whole network, converted as the pipeline exports it (int8 with float input and
@@ -152,7 +152,7 @@ def _convert(make_model, path, dtype, what, whole=False, samples=None):
         return unit_lib.convert(make_model(), path, dtype, io="float32" if whole else "int8",
                                 samples=samples)
     except Exception as err:  # any converter failure, named with its unit
-        raise LatencyTableError(f"{what} cannot be converted to TFLite {dtype}: {_reason(err)}") from err
+        raise LatencyTableError(f"{what} cannot be converted to TFLite {dtype}: {reason(err)}") from err
 
 
 def cpu_name():
@@ -290,7 +290,7 @@ def measure_tiles(dtype, num_threads, runs=100, progress=None):
 def _measured_tiles(dtype, num_threads, runs):
     directory = tempfile.mkdtemp(prefix="pn_tf_tiles_")
     try:
-        paths = [_convert(functools.partial(tile_lib.probe_model, axis, c),
+        paths = [convert_named(functools.partial(tile_lib.probe_model, axis, c),
                           os.path.join(directory, f"{axis}_{c}.tflite"), dtype,
                           f"the {axis}put-channel probe with {c} channels")
                  for axis, c in tile_lib.PROBES]
@@ -316,13 +316,13 @@ def time_files(paths, num_threads, runs, warmup=5, block=5, seed=0, labels=None)
             interpreter = unit_lib.timing_interpreter(path, num_threads, rng)
             interpreter.invoke()
         except Exception as err:  # any runtime failure, named with its file
-            raise LatencyTableError(f"{label} cannot be run by LiteRT: {_reason(err)}") from err
+            raise LatencyTableError(f"{label} cannot be run by LiteRT: {reason(err)}") from err
         interpreters.append(interpreter)
     try:
         times, share = time_interleaved(interpreters, runs, warmup=warmup, block=block,
                                         num_threads=num_threads)
     except Exception as err:
-        raise LatencyTableError(f"timing {len(paths)} TFLite models failed: {_reason(err)}") from err
+        raise LatencyTableError(f"timing {len(paths)} TFLite models failed: {reason(err)}") from err
     return [float(np.median(t) * 1e3) for t in times], float(share)
 
 
@@ -361,7 +361,7 @@ def build_table(gated, graph=None, dtype="float32", num_threads=1, levels=LEVELS
     own_dir = workdir is None
     directory = workdir or tempfile.mkdtemp(prefix="pn_tf_latency_")
     try:
-        paths = [_convert(unit_lib.overhead_model, os.path.join(directory, "overhead.tflite"),
+        paths = [convert_named(unit_lib.overhead_model, os.path.join(directory, "overhead.tflite"),
                           "float32", "the one-op model that times the interpreter's own cost")]
         labels = ["the one-op overhead model"]
         signatures, rows, wholes = {}, {}, []
@@ -380,7 +380,7 @@ def build_table(gated, graph=None, dtype="float32", num_threads=1, levels=LEVELS
                 if key not in signatures:
                     signatures[key] = len(paths)
                     what = f"{describe_unit(unit)} (at width level {level + 1}/{levels})"
-                    paths.append(_convert(functools.partial(unit_lib.unit_model, unit), os.path.join(
+                    paths.append(convert_named(functools.partial(unit_lib.unit_model, unit), os.path.join(
                         directory, f"unit_{len(signatures)}.tflite"), dtype, what))
                     labels.append(what)
                 if row_key not in rows:  # the same unit at every level: its dependence once
@@ -389,7 +389,7 @@ def build_table(gated, graph=None, dtype="float32", num_threads=1, levels=LEVELS
                 rows[row_key]["samples"].append((level, widths, signatures[key]))
             wholes.append(len(paths))
             what = f"the whole {gated.name} at width level {level + 1}/{levels}"
-            paths.append(_convert(functools.partial(unit_lib.batch1_model, plain), os.path.join(
+            paths.append(convert_named(functools.partial(unit_lib.batch1_model, plain), os.path.join(
                 directory, f"whole_{level}.tflite"), dtype, what, whole=True))
             labels.append(what)
             say(f"latency table: width level {level + 1}/{levels} extracted, "

@@ -61,9 +61,11 @@ def tflite_macs(path):
         if name == "TRANSPOSE_CONV":  # each input value scatters one full kernel
             total += int(np.prod(shapes[op["inputs"][2]])) * int(np.prod(weights[:3]))
             continue
-        if name == "FULLY_CONNECTED":
-            per_output = weights[-1]
-        elif name == "CONV_3D":
+        if name == "FULLY_CONNECTED":  # rows * units * in, read off the input: an output's
+            # shape can stay the one allocated before the run (MiT's dense layers after a reshape)
+            total += int(np.prod(shapes[op["inputs"][0]])) * weights[0]
+            continue
+        if name == "CONV_3D":
             per_output = int(np.prod(weights[:4]))
         else:
             per_output = weights[1] * weights[2] * (weights[3] if name == "CONV_2D" else 1)

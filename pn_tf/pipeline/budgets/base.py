@@ -76,11 +76,12 @@ class Budget:
 
     # -- what it landed on -----------------------------------------------------------
 
-    def land(self, extract, network, graph, cost, images=None):
+    def land(self, extract, network, graph, cost, calibration=None):
         """``(extraction, summary fields)``: where extraction lands for this budget.
 
         ``extract``: ``reduction -> Extraction`` (channels selected on ``cost`` at that cut);
-        ``images``: held-out inputs of the network, for a kind that measures.
+        ``calibration``: the export's int8 calibration batches, for a kind that measures
+        TFLite files (converted as the export converts them).
         The default selects at the target; a kind whose cost is measured may correct the aim.
         """
         return extract(self.reduction), {}

@@ -32,7 +32,8 @@ def run(ctx):
                               images=images, graph=graph, name=ctx.model.pruned_name)
 
     try:
-        extraction, landing = ctx.budget.land(extract, network, graph, cost, images)
+        calibration = ctx.batches("train", 32, take=c.calibration_images)  # as the export stage
+        extraction, landing = ctx.budget.land(extract, network, graph, cost, calibration)
     except ExtractionError as err:
         raise PipelineError(f"{err} (workdir {ctx.workdir})") from err
     narrow, selection = extraction.model, extraction.selection
