@@ -258,3 +258,24 @@ def test_gated_vit_searches_and_its_checkpoint_reloads(tmp_path):
     search.fit(tf.data.Dataset.from_tensor_slices((_images(batch=8), y)).batch(4), epochs=1, verbose=0)
     moved = [np.abs(b - g.numpy()).max() for b, g in zip(before, search.gate_logits)]
     assert all(m > 0 for m in moved)  # the heads' gates learn like the MLP's
+
+
+def test_heads_have_magnitude_scores_for_l1_and_uniform_selections():
+    """A head's score is the L1 norm of its query, key, value and output kernels: the L1 ranking
+    drops the head whose kernels were shrunk, and uniform widths narrow every attention."""
+    from pn_tf.extract import channel_scores
+
+    gated = auto.insert_gates(_vit())
+    attention = [layer for layer in gated.layers if isinstance(layer, HeadGatedAttention)]
+    weak = attention[0]
+    kernel = weak._output_dense.kernel
+    kernel.assign(kernel.numpy() * np.array([1.0, 0.01, 1.0, 1.0])[:, None, None])  # head 1: tiny
+    graph = ChannelGraph(gated)
+    heads = [k for k, g in enumerate(graph.groups) if g.size == 4 and weak.name in g.producers]
+    assert len(heads) == 1
+    scores = channel_scores("l1", gated, graph)[heads[0]]
+    assert np.argmin(scores) == 1 and np.ptp(scores) > 0
+    extraction = extract_at(gated, 0.3, scores=channel_scores("uniform", gated, graph), graph=graph,
+                            images=_images())
+    narrow = [layer for layer in extraction.model.layers if isinstance(layer, keras.layers.MultiHeadAttention)]
+    assert narrow and all(layer.num_heads < 4 for layer in narrow)

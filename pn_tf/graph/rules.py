@@ -758,6 +758,18 @@ class Attention(ChannelRule):
             variable.assign(value)
         return True
 
+    def filter_norms(self, layer):
+        """L1 norm of each head's query, key, value (and gate) and output-projection kernels: the
+        magnitude score of a head (for the L1 and uniform selections)."""
+        norms = np.zeros(layer.num_heads)
+        for (sub, kind), v in _projection_weights(layer).items():
+            if kind != "kernel":
+                continue
+            kernel = np.abs(np.asarray(v))
+            head_axis = 0 if sub == _OUTPUT_PROJECTION else 1
+            norms += np.moveaxis(kernel, head_axis, 0).reshape(layer.num_heads, -1).sum(axis=1)
+        return norms
+
     def with_inner_gate(self, layer, gate_name):
         from pn_tf.layers import HeadGatedAttention
 
