@@ -251,6 +251,15 @@ def test_windowed_attention_block_with_batch_arithmetic_unrolls_and_prunes():
     assert row["identity_max_abs_diff"] == 0.0
     assert row["equivalent"] and row["max_abs_diff"] <= 1e-4 * max(1.0, row["output_scale"])
     assert abs(row["flops_reduction"] - 0.3) < 0.01
+    # One image fills 4 rows of the windows' batch axis; a latency unit on them runs on 4 rows.
+    from pn_tf.graph.replay import batch_rows
+    from pn_tf.latency import units
+
+    rows = batch_rows(flat)
+    assert set(rows.values()) == {4}
+    qkv = [u for u in units.split_units(flat) if u[0].operation is model.get_layer("block").qkv]
+    unit = units.unit_model(qkv[0], rows[id(qkv[0][0].input_tensors[0])])
+    assert unit.inputs[0].shape == (4, 16, 16)
 
 
 def test_matmul_and_einsum_macs_are_counted_and_checked_against_tflite():

@@ -64,14 +64,14 @@ def build_row(name, path, size=SIZE, classes=3, seed=0):
     import keras
 
     from pn_tf.coverage.check import randomize_batchnorm
-    from pn_tf.coverage.models import APPLICATIONS, PATTERNS, application
+    from pn_tf.coverage.models import APPLICATIONS, HUB, PATTERNS, application
 
     keras.backend.clear_session()
     keras.utils.set_random_seed(seed)
     if name in APPLICATIONS:
         model = application(APPLICATIONS[name], size, classes=classes)
-    else:
-        build = PATTERNS[name][0]
+    else:  # a user pattern, or a keras-hub backbone with a head (the optional extra)
+        build = PATTERNS[name][0] if name in PATTERNS else HUB[name][0]
         kwargs = {"size": size}
         if "classes" in inspect.signature(build).parameters:
             kwargs["classes"] = classes

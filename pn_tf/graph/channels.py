@@ -136,7 +136,7 @@ class ChannelGraph:
     """
 
     def __init__(self, model, strict=True):
-        from pn_tf.graph.replay import batch_factors, flatten
+        from pn_tf.graph.replay import batch_rows, flatten
 
         self.model = flatten(model)
         self.strict = strict
@@ -160,7 +160,7 @@ class ChannelGraph:
         self._granule = {}  # atom index -> channels removable only together (GroupNormalization)
         self._keeps_zero = {}  # id(node) -> bool
         self.birth = {}  # atom index -> the first tensor made of that atom alone
-        self.batch_factors = batch_factors(self.model)  # id(node) -> rows per example (windows)
+        self.batch_rows = batch_rows(self.model)  # id(tensor) -> rows per example (windows)
         self._factor = 1  # the visited call's: its MAC terms count every row of one example
         for node in self._topological_nodes():
             self._visit(node)
@@ -201,7 +201,7 @@ class ChannelGraph:
             for t in node.output_tensors:
                 self.set(t, [self.new_atom(t.shape[-1] or 1, op.name, "model input")])
             return
-        self._factor = self.batch_factors.get(id(node), 1)
+        self._factor = self.batch_rows.get(id(node.output_tensors[0]), 1) if node.output_tensors else 1
         try:
             rules.rule_for(op).flow(self, op, node)
         finally:
@@ -314,7 +314,7 @@ class ChannelGraph:
 
     def add_cost(self, op, kind, coef, in_atoms, out_atoms=(), linear=False):
         """MACs of one call: ``coef * c_in * c_out`` (``coef * c_in`` when ``linear``), ``coef`` per
-        batch row, times the rows per example of the visited call (:func:`~pn_tf.graph.replay.batch_factors`)."""
+        batch row, times the rows per example of the visited call's output (:func:`~pn_tf.graph.replay.batch_rows`)."""
         self.costs.append(CostTerm(self.name_of(op), kind, float(coef) * self._factor, tuple(in_atoms),
                                    tuple(out_atoms), linear))
 

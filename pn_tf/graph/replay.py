@@ -624,22 +624,24 @@ def flatten(model):
     return replay(model) if needs_flattening(model) else model
 
 
-def batch_factors(model):
-    """``{id(node): k}`` for the calls of flat ``model`` whose batch axis holds k > 1 rows per
+def batch_rows(model):
+    """``{id(tensor): k}`` for the tensors of flat ``model`` whose batch axis holds k > 1 rows per
     example (windows of an image folded into the batch: ``reshape(x, (-1, 7 * 7, C))``), read off
     the model replayed at batch size 1; empty when no keras.ops reshape, transpose or unstack
-    could move sizes into the batch axis. MAC counts multiply a call's per-row count by it."""
+    could move sizes into the batch axis. MAC counts multiply a call's per-row count by its
+    output's k; a latency unit is timed on k rows of its input."""
     from pn_tf.graph.rules import keras_op_class
 
     movers = tuple(c for c in (keras_op_class(n) for n in ("reshape", "transpose", "unstack")) if c)
     if not movers or not any(isinstance(op, movers) for op in model.operations):
         return {}
-    factors = {}
+    rows = {}
 
     def after(node, outputs):
-        symbolic, fixed = node.output_tensors[0].shape, outputs[0].shape if outputs else ()
-        if len(symbolic) and symbolic[0] is None and len(fixed) and isinstance(fixed[0], int) and fixed[0] > 1:
-            factors[id(node)] = int(fixed[0])
+        for y, fixed in zip(node.output_tensors, outputs):
+            if len(y.shape) and y.shape[0] is None and len(fixed.shape) and isinstance(fixed.shape[0], int) \
+                    and fixed.shape[0] > 1:
+                rows[id(y)] = int(fixed.shape[0])
         return outputs
 
     try:
@@ -648,5 +650,4 @@ def batch_factors(model):
         log.warning("pn-tf could not replay '%s' at batch size 1 to find calls that fold windows into "
                     "the batch (%s); their MACs are counted per batch row", model.name, _first_line(error))
         return {}
-    return factors
-
+    return rows

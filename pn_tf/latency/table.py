@@ -347,6 +347,7 @@ def build_table(gated, graph=None, dtype="float32", num_threads=1, levels=LEVELS
     ``.tflite`` files go (default: a temporary directory, removed after).
     """
     from pn_tf.graph import ChannelGraph
+    from pn_tf.graph.replay import batch_rows
 
     if dtype not in unit_lib.DTYPES:
         raise ValueError(f"dtype must be one of {unit_lib.DTYPES}, got {dtype!r}")
@@ -369,18 +370,19 @@ def build_table(gated, graph=None, dtype="float32", num_threads=1, levels=LEVELS
         for level, fraction in enumerate(fractions):
             widths = _level_widths(graph, fraction)
             plain = widths_model(gated, graph, widths)
-            seen = {}
+            seen, rows_per_example = {}, batch_rows(plain)
             for unit in unit_lib.split_units(plain):
+                batch = rows_per_example.get(id(unit[0].input_tensors[0]), 1)
                 names = unit_lib.unit_names(unit)
                 # A row is a unit's names and its occurrence among the units of those names:
                 # a shared layer (or keras.ops nodes of one name) is several units of a level.
                 row_key = (names, seen.get(names, 0))
                 seen[names] = row_key[1] + 1
-                key = unit_lib.signature(unit)
+                key = unit_lib.signature(unit, batch)
                 if key not in signatures:
                     signatures[key] = len(paths)
                     what = f"{describe_unit(unit)} (at width level {level + 1}/{levels})"
-                    paths.append(convert_named(functools.partial(unit_lib.unit_model, unit), os.path.join(
+                    paths.append(convert_named(functools.partial(unit_lib.unit_model, unit, batch), os.path.join(
                         directory, f"unit_{len(signatures)}.tflite"), dtype, what))
                     labels.append(what)
                 if row_key not in rows:  # the same unit at every level: its dependence once

@@ -65,15 +65,18 @@ def head(unit):
     return (unit[1] if padded else unit[0]).operation
 
 
-def unit_model(unit):
-    """A keras.Model running the unit's calls on fresh batch-1 inputs, same layers and weights."""
+def unit_model(unit, batch=1):
+    """A keras.Model running the unit's calls on fresh inputs of one example (``batch`` rows: the
+    windows of one image where a call folds them into the batch axis,
+    :func:`pn_tf.graph.replay.batch_rows`), same layers and weights."""
     import keras
 
     first = unit[0]
     inputs, values = [], {}
     for tensor in first.input_tensors:
         if id(tensor) not in values:
-            values[id(tensor)] = keras.Input(shape=tensor.shape[1:], batch_size=1)
+            first_size = batch if tensor.shape[0] is None else tensor.shape[0]  # (q, k, v) stacked: 3
+            values[id(tensor)] = keras.Input(batch_shape=(first_size,) + tuple(tensor.shape[1:]))
             inputs.append(values[id(tensor)])
     for node in unit:
         args, kwargs = node.arguments.fill_in(values)
@@ -100,14 +103,15 @@ def batch1_model(model):
     return keras.Model(x, model(x))
 
 
-def signature(unit):
-    """What decides a unit's latency: its calls' types and configs (names aside) and input shapes.
+def signature(unit, batch=1):
+    """What decides a unit's latency: its calls' types and configs (names aside) and input shapes
+    (``batch``: rows per example, see :func:`unit_model`).
 
     Units of equal signature are the same computation on different weights, timed once.
     """
     parts = [layer_signature(node.operation) for node in unit]
     shapes = tuple(tuple(t.shape[1:]) for t in unit[0].input_tensors)
-    return repr((tuple(parts), shapes))
+    return repr((tuple(parts), shapes) + ((batch,) if batch != 1 else ()))
 
 
 def convert(model, path, dtype="float32", seed=0, io="int8", samples=None):
