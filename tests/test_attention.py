@@ -279,3 +279,12 @@ def test_heads_have_magnitude_scores_for_l1_and_uniform_selections():
                             images=_images())
     narrow = [layer for layer in extraction.model.layers if isinstance(layer, keras.layers.MultiHeadAttention)]
     assert narrow and all(layer.num_heads < 4 for layer in narrow)
+
+
+def test_train_vit_tool_refuses_bad_arguments():
+    from tests.conftest import REPO_ROOT
+
+    for args in (["--output=vit.h5"], ["--output=v.keras", "--width=30", "--heads=4"]):
+        out = subprocess.run([sys.executable, "tools/train_vit.py", *args], cwd=REPO_ROOT,
+                             capture_output=True, text=True, timeout=120)
+        assert out.returncode == 2 and out.stderr.startswith("error: "), out.stderr[-500:]

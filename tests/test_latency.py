@@ -162,6 +162,15 @@ def test_check_times_random_configurations_beside_the_full_network(tiny):
     assert result["max_abs_pct_error"] == pytest.approx(errors.max(), rel=1e-9)
     assert result["max_abs_latency_reduction_error"] == pytest.approx(
         np.abs(predicted - measured).max() / result["full_measured_ms"], rel=1e-9)
+    # With a rounding, the same draws rounded as extraction rounds them (here to 4 channels).
+    from pn_tf.extract.select import round_widths
+
+    rounded = check(network, graph, latency, configs=3, runs=5, progress=lambda line: None, round_to=4)
+    sizes = [g.size for g in graph.groups]
+    expected = [round_widths(w, sizes, 4) for w in widths]
+    assert rounded["round_to"] == 4
+    np.testing.assert_allclose(rounded["predicted_ms"], np.array([latency.count(w) for w in expected])
+                               / latency.total * rounded["full_measured_ms"], rtol=1e-9)
 
 
 def test_table_files_are_checked(tiny, tmp_path):
@@ -277,6 +286,9 @@ def test_tool_refuses_bad_arguments():
     out = subprocess.run([sys.executable, "tools/latency_model.py", "--arch=nope"], cwd=REPO_ROOT,
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 2 and "unknown --arch=nope" in out.stderr
+    out = subprocess.run([sys.executable, "tools/latency_model.py", "--arch=resnet20", "--round_to=x"],
+                         cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2 and "--round_to must be a positive integer or 'tile'" in out.stderr
 
 
 def test_a_layer_type_declares_its_tflite_fusion_in_its_rule():

@@ -48,6 +48,8 @@ def define_flags():
     flags.DEFINE_bool("check", False, "Compare the estimate with measured random configurations.")
     flags.DEFINE_integer("configs", 20, "Random configurations of --check.")
     flags.DEFINE_integer("seed", 0, "Seed of --check's configurations.")
+    flags.DEFINE_string("round_to", "1", "Round --check's widths as --round_to of pn-tf does (an int "
+                        "or 'tile'): the configurations a run with that rounding selects.")
     flags.DEFINE_bool("json", False, "Print one JSON object.")
 
 
@@ -85,6 +87,13 @@ def main(argv):
             return _fail(f"--{name} must be >= 1, got {getattr(FLAGS, name)}")
     if FLAGS.output and os.path.isdir(FLAGS.output):
         return _fail(f"--output={FLAGS.output} is a folder; name the JSON file to write")
+    from pn_tf.pipeline.errors import PipelineError
+    from pn_tf.pipeline.validation import round_to
+
+    try:
+        rounding = round_to(FLAGS.round_to)
+    except PipelineError as err:
+        return _fail(err)
     try:
         network = gated_network()
     except ValueError as err:
@@ -113,7 +122,7 @@ def main(argv):
     if FLAGS.check:
         try:
             result = check(network, graph, latency, FLAGS.configs, FLAGS.seed, FLAGS.runs,
-                           progress=say)
+                           progress=say, round_to=rounding)
         except LatencyTableError as err:
             return _fail(" ".join(str(err).split()))
         summary = {**result, "table": summary}

@@ -162,6 +162,13 @@ def _multiples(round_to, sizes):
     return multiples
 
 
+def round_widths(widths, sizes, round_to=1):
+    """``widths`` rounded as extraction rounds kept counts under ``round_to`` (see select_channels)."""
+    sizes = [int(n) for n in sizes]
+    return [_round_count(int(w), size, multiple)
+            for w, size, multiple in zip(widths, sizes, _multiples(round_to, sizes))]
+
+
 def min_widths(sizes, round_to=1):
     """The narrowest width each group can be given under ``round_to`` (see select_channels)."""
     return [_round_count(0, int(size), multiple)
