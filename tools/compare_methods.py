@@ -159,18 +159,31 @@ def tflite_latency(rows, workdir, runs):
     out = os.path.join(workdir, "tflite")
     paths = {"baseline": os.path.join(out, "baseline.tflite")}
     if not os.path.exists(paths["baseline"]):
-        from pn_tf import data as data_lib
+        weights = _read(rows[0]["workdir"], "baseline")["weights"]
+        weights = weights and os.path.join(rows[0]["workdir"], weights)  # stored relative or absolute
+        if config.get("model"):  # a user's model file: its gated network, as the export stage has it
+            from pn_tf.pipeline.models import FileModel
+            from pn_tf.pipeline.stages.export import deployable
 
-        base = build_model(config["arch"], input_size=config["input_size"], num_classes=config["num_classes"],
-                           **data_lib.normalization_kwargs(config["dataset"]))
-        load_checked(base, _read(rows[0]["workdir"], "baseline")["weights"])
+            network = FileModel(config["model"], config["prune_policy"], config.get("exclude") or (),
+                                config["input_size"]).build()
+            if weights:
+                load_checked(network, weights)
+            base = deployable(network)
+        else:
+            from pn_tf import data as data_lib
+
+            base = build_model(config["arch"], input_size=config["input_size"],
+                               num_classes=config["num_classes"], **data_lib.normalization_kwargs(config["dataset"]))
+            load_checked(base, weights)
         export.export_tflite(base, paths["baseline"])
     for row in rows:
         if row["method"] in paths:
             continue
         path = os.path.join(out, f"{row['method']}_seed{row['seed']}.tflite")
         if not os.path.exists(path):
-            export.export_tflite(keras.saving.load_model(row["finetuned_model"], compile=False), path)
+            model = os.path.join(row["workdir"], row["finetuned_model"])  # stored relative to its run
+            export.export_tflite(keras.saving.load_model(model, compile=False), path)
         paths[row["method"]] = path
     print(f"timing {len(paths)} TFLite models, {runs} batch-1 runs each, interleaved", flush=True)
     measured = measure_latency(list(paths.values()), num_threads=1, runs=runs)
