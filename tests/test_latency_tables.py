@@ -62,9 +62,12 @@ def test_a_shared_layer_is_one_row_per_call_with_its_own_channels(shared):
     latency = LatencyModel(graph, table, network)
     assert latency.count([1, 1]) < latency.total
     assert latency.count([4, 12]) <= latency.total and latency.count([8, 6]) <= latency.total
-    # Counted channel by channel (no kernel tiles), narrower is cheaper in either group.
+    # Counted channel by channel (no kernel tiles), narrower is never dearer in either group and
+    # cheaper in both (this network runs in ~5 microseconds: timing noise at 5 runs can make
+    # two levels of one unit equal, so a cut in one group alone may estimate no faster).
     untiled = LatencyModel(graph, dict(table, channel_tiles={}), network)
-    assert untiled.count([4, 12]) < untiled.total and untiled.count([8, 6]) < untiled.total
+    assert untiled.count([4, 12]) <= untiled.total and untiled.count([8, 6]) <= untiled.total
+    assert untiled.count([2, 3]) < untiled.total
 
 
 def test_the_whole_model_fit_ignores_a_slow_level_and_never_credits_an_offset():
@@ -179,7 +182,7 @@ def test_the_estimate_goes_through_the_whole_networks_timed_at_each_level(shared
     """L at a uniform level is the whole network timed there (not the affine fit of the unit
     sum, which misses networks whose whole/unit ratio changes with width: Xception, 1.2 -> 2.4);
     between levels it follows the unit sum; beyond them it is proportional to it."""
-    from pn_tf.latency.table import level_widths
+    from pn_tf.latency.table import kept_width
 
     network, graph, table = shared
     # A whole/unit ratio that steps from 1.0 to 2.0 halfway up the levels.
@@ -188,7 +191,7 @@ def test_the_estimate_goes_through_the_whole_networks_timed_at_each_level(shared
     latency = LatencyModel(graph, stepped, network)
     sums, timed = latency.whole_map
     for fraction, w in zip(table["levels"], timed):
-        widths = level_widths(graph, fraction, table["level_align"])
+        widths = [kept_width(g, fraction) for g in graph.groups]
         assert latency.count(widths) == pytest.approx(w, rel=1e-9)
     assert list(timed) == sorted(timed)
     assert latency.total == pytest.approx(timed[-1], rel=1e-9)
@@ -198,7 +201,7 @@ def test_the_estimate_goes_through_the_whole_networks_timed_at_each_level(shared
     # The search's tensor L(a) has the same value at a level, and a gradient.
     import tensorflow as tf
 
-    widths = level_widths(graph, table["levels"][1], table["level_align"])
+    widths = [kept_width(g, table["levels"][1]) for g in graph.groups]
     gates = [tf.Variable((np.arange(g.size) < w).astype("float32")) for g, w in zip(graph.groups, widths)]
     with tf.GradientTape() as tape:
         value = latency(gates)
@@ -262,19 +265,3 @@ def test_kernel_tiles_are_read_off_step_shaped_times():
     assert fit_tile(channels, steps) == 16
     assert list(tiled(np.array([1, 16, 17, 40]), 16, 40)) == [16, 16, 32, 40]
     assert tiled(5, 1, 8) == 5
-
-
-def test_levels_take_whole_output_tiles_where_a_group_holds_two():
-    """A table's levels time aligned kernels (format 4): a group of 64 takes multiples of the
-    16-channel tile, one of 24 (fewer than two tiles) its own counts, a GroupNorm group whole
-    runs of its granule and the tile."""
-    from types import SimpleNamespace
-
-    from pn_tf.latency.table import kept_width
-
-    big, small = SimpleNamespace(size=64, granule=1), SimpleNamespace(size=24, granule=1)
-    grouped = SimpleNamespace(size=96, granule=6)
-    assert [kept_width(big, k / 16, 16) for k in (1, 5, 7, 16)] == [16, 16, 32, 64]
-    assert [kept_width(small, k / 16, 16) for k in (1, 5, 16)] == [2, 8, 24]
-    assert kept_width(grouped, 0.5, 16) == 48 and kept_width(grouped, 0.1, 16) == 48  # lcm(6, 16)
-    assert [kept_width(big, k / 16) for k in (1, 5)] == [4, 20]  # unaligned (older tables)

@@ -122,13 +122,13 @@ class LatencyModel:
     def _whole_map(self, table):
         """``(S_k, W_k)``: this model's unit sums at the table's uniform levels and the whole
         network's time there (non-decreasing in S); None where the table has no whole times."""
-        from pn_tf.latency.table import isotonic, level_widths
+        from pn_tf.latency.table import isotonic, kept_width
 
         whole, levels = table.get("whole_ms"), table.get("levels")
         if not whole or not levels or len(whole) != len(levels) or self.graph is None:
             return None
         sums = np.array([self.constant + self.unit_ms(
-            level_widths(self.graph, f, table.get("level_align", 1))).sum() for f in levels])
+            [kept_width(g, f) for g in self.graph.groups]).sum() for f in levels])
         if np.any(sums <= 0):
             return None
         order = np.argsort(sums, kind="stable")

@@ -25,8 +25,7 @@ search's gradient and for comparison, with its worst error over the levels
 not grow with the width (timed beside other work).
 
 Channel counts are taken in whole kernel tiles (:mod:`pn_tf.latency.tiles`, measured at the
-start of the build and kept as ``channel_tiles``), and the levels' widths are whole multiples
-of the output tile (``level_align``, :func:`level_widths`).
+start of the build and kept as ``channel_tiles``).
 
 The table is plain JSON (it can be built wherever Python and LiteRT run, then passed to the
 pipeline) and cached on disk under a key of the network's structure, the runtime version, the
@@ -37,7 +36,6 @@ import functools
 import hashlib
 import json
 import logging
-import math
 import os
 import platform
 import shutil
@@ -53,10 +51,9 @@ from pn_tf.latency.tiles import tiled
 log = logging.getLogger(__name__)
 
 # 2: channel tiles (``channel_tiles``; format-1 tables are read as untiled); 3: whole networks
-# converted as exported (int8 with float input and output); 4: levels on whole output tiles
-# (``level_align``; older tables are read as unaligned)
-FORMAT = 4
-FORMATS = (1, 2, 3, 4)
+# converted as exported (int8 with float input and output)
+FORMAT = 3
+FORMATS = (1, 2, 3)
 LEVELS = 16
 # A table whose whole-model fit misses a level by more than this (percent) is not trusted
 # silently: the budget promises estimates within 10% (docs/latency_budgets.md), and a table
@@ -187,22 +184,14 @@ def structure_key(network, graph):
     return hashlib.sha1("\n".join(parts).encode()).hexdigest()[:16]
 
 
-def kept_width(group, fraction, align=1):
-    """``fraction`` of a group's channels, in whole runs of its granule and, in a group of at
-    least two such runs, of ``align``; at least one run."""
-    run = math.lcm(int(group.granule), int(align))
-    run = run if group.size >= 2 * run else int(group.granule)
-    count = int(round(fraction * group.size / run)) * run
-    return int(min(group.size, max(run, count)))
+def kept_width(group, fraction):
+    """``fraction`` of a group's channels, in whole runs of its granule, at least one run."""
+    count = int(round(fraction * group.size / group.granule)) * group.granule
+    return int(min(group.size, max(group.granule, count)))
 
 
-def level_widths(graph, fraction, align=1):
-    """The group widths of the table level at ``fraction``. ``align``: the table's output tile
-    (``level_align``; format 4): levels then time kernels on whole tiles of channels, as a run
-    with ``--round_to`` of that tile selects them; a count that is not a multiple of the tile
-    runs slower than its tile count says, and a table timed at such counts estimates aligned
-    widths ~10% slow (EfficientNetB0, docs/latency_budgets.md)."""
-    return [kept_width(group, fraction, align) for group in graph.groups]
+def _level_widths(graph, fraction):
+    return [kept_width(group, fraction) for group in graph.groups]
 
 
 def _channel_terms(graph, atoms):
@@ -368,7 +357,6 @@ def build_table(gated, graph=None, dtype="float32", num_threads=1, levels=LEVELS
         raise LatencyTableError(f"{gated.name} has no prunable channel groups: nothing to time")
     started = time.time()
     tiles = measure_tiles(dtype, num_threads, progress=say)
-    align = int(tiles.get("out", 1))
     full = [g.size for g in graph.groups]
     fractions = [k / levels for k in range(1, levels + 1)]
     own_dir = workdir is None
@@ -380,7 +368,7 @@ def build_table(gated, graph=None, dtype="float32", num_threads=1, levels=LEVELS
         signatures, rows, wholes = {}, {}, []
         recorded = graph.recorded()
         for level, fraction in enumerate(fractions):
-            widths = level_widths(graph, fraction, align)
+            widths = _level_widths(graph, fraction)
             plain = widths_model(gated, graph, widths)
             seen, rows_per_example = {}, batch_rows(plain)
             for unit in unit_lib.split_units(plain):
@@ -440,8 +428,7 @@ def build_table(gated, graph=None, dtype="float32", num_threads=1, levels=LEVELS
         "format": FORMAT, "network": gated.name, "input_shape": list(gated.input_shape[1:]),
         "dtype": dtype, "num_threads": int(num_threads), "runtime": runtime_version(),
         "cpu": cpu_name(), "levels": fractions, "runs": int(runs), "group_sizes": full,
-        "structure": structure_key(gated, graph), "channel_tiles": tiles, "level_align": align,
-        "constant_ms": constant,
+        "structure": structure_key(gated, graph), "channel_tiles": tiles, "constant_ms": constant,
         "scale": float(scale), "offset_ms": float(offset), "invoke_overhead_ms": overhead,
         "whole_ms": whole.tolist(), "units_sum_ms": sums.tolist(), "cpu_share": share,
         "distinct_units": len(signatures), "seconds": time.time() - started, "units": units,

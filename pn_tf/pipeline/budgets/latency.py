@@ -98,11 +98,6 @@ class LatencyBudget(Budget):
         if self.fit_problem:  # never used silently: said here, in the extract summary and the report
             print(f"[pn-tf] warning: {self.fit_problem}; the cut that extraction lands on may miss "
                   "the measured one (the report measures it)", flush=True)
-        align = int(table.get("level_align", 1))
-        if align > 1 and c.round_to == 1:
-            print(f"[pn-tf] note: the table times widths in multiples of {align} channels (the kernels' "
-                  f"tile); other widths run slower than estimated and slower per kept channel: "
-                  f"--round_to={align} selects aligned ones", flush=True)
         print(f"[pn-tf] latency budget: estimated {latency.total:.3f} ms ({c.latency_dtype}, "
               f"{c.tflite_threads} thread(s)) -> target {latency.total * (1 - self.reduction):.3f} ms; "
               f"the gated channels can cut at most {reachable:.1%}", flush=True)
