@@ -18,6 +18,17 @@ def deployable(network):
     return simplify(strip_gates(network), {gate.name for gate in gate_layers(network)})
 
 
+def calibration_batches(ctx):
+    """The int8 calibration batches: the first ``--calibration_images`` training images."""
+    return ctx.batches("train", 32, take=ctx.config.calibration_images)
+
+
+def baseline_network(ctx):
+    """The unpruned network the export writes and the report times (the baseline stage's weights)."""
+    with ctx.strategy.scope():
+        return deployable(ctx.load_network(weights_of(ctx)))
+
+
 def check(ctx):
     """Nothing beyond the option table's choices for --tflite."""
 
@@ -28,15 +39,14 @@ def run(ctx):
 
     c = ctx.config
     out = ctx.stage_dir("export")
-    calibration = ctx.batches("train", 32, take=c.calibration_images)
+    calibration = calibration_batches(ctx)
     images = ctx.images("holdout", 32)
     repair = c.int8_calibration_repair
     pruned = ctx.load_keras(ctx.summary("finetune")["model"])
     artifacts_ = {"pruned": export_lib.export_all(pruned, out, "pruned", calibration, images,
                                                   quantizations=tuple(c.tflite),
                                                   repair_calibration=repair)}
-    with ctx.strategy.scope():
-        base = deployable(ctx.load_network(weights_of(ctx)))
+    base = baseline_network(ctx)
     artifacts_["baseline"] = export_lib.export_all(base, out, "baseline", calibration, images,
                                                    quantizations=tuple(q for q in c.tflite if q != "float16"),
                                                    repair_calibration=repair)

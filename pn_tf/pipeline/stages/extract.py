@@ -8,6 +8,7 @@ import os
 
 from pn_tf.pipeline import artifacts
 from pn_tf.pipeline.errors import PipelineError
+from pn_tf.pipeline.stages import export
 
 
 def check(ctx):
@@ -31,16 +32,9 @@ def run(ctx):
             return extract_at(network, reduction, cost=cost, scores=scores, round_to=c.round_to,
                               images=images, graph=graph, name=ctx.model.pruned_name)
 
-    def unpruned():  # what the export stage exports and the report times as the baseline
-        from pn_tf.pipeline.stages.baseline import weights_of
-        from pn_tf.pipeline.stages.export import deployable
-
-        with ctx.strategy.scope():
-            return deployable(ctx.load_network(weights_of(ctx)))
-
-    try:
-        calibration = ctx.batches("train", 32, take=c.calibration_images)  # as the export stage
-        extraction, landing = ctx.budget.land(extract, network, graph, cost, calibration, unpruned)
+    try:  # a measured landing converts and times as the export stage does
+        extraction, landing = ctx.budget.land(extract, network, graph, cost, export.calibration_batches(ctx),
+                                              lambda: export.baseline_network(ctx))
     except ExtractionError as err:
         raise PipelineError(f"{err} (workdir {ctx.workdir})") from err
     narrow, selection = extraction.model, extraction.selection
