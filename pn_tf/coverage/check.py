@@ -35,6 +35,27 @@ def randomize_batchnorm(model, seed=0):
     return model
 
 
+def randomize_affine(model, seed=0):
+    """Non-zero biases and non-unit normalization scales (nested models too), as a trained model
+    has them. Keras initializes biases and norm offsets to zero and norm scales to one, and the
+    TFLite converter folds an addition of zeros (or product with ones) away, so an untrained
+    model converts to fewer ops than the same model does after a single training step: its
+    latency is not the latency of the model it stands for. BatchNormalization is left to
+    :func:`randomize_batchnorm` (its moving statistics too)."""
+    rng = np.random.RandomState(seed + 1)
+    for layer in model._flatten_layers(include_self=False, recursive=True):
+        if isinstance(layer, keras.layers.BatchNormalization) or not layer.built:
+            continue
+        for variable in layer._trainable_variables:  # the layer's own, not its sub-layers'
+            name = variable.name.split("/")[-1]
+            shape = tuple(variable.shape)
+            if name in ("bias", "beta"):
+                variable.assign(rng.randn(*shape).astype(variable.dtype) * 0.05)
+            elif name == "gamma":
+                variable.assign(rng.uniform(0.8, 1.2, shape).astype(variable.dtype))
+    return model
+
+
 def sample_inputs(model, batch=2, seed=0):
     """Random inputs for ``model``: pixels 0..255 for images, N(0, 1) features otherwise."""
     rng = np.random.RandomState(seed)

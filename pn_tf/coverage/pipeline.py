@@ -36,6 +36,11 @@ CLASSES = ("class_a", "class_b", "class_c")
 PER_CLASS = 30
 SIZE = 96
 NOT_IMAGE = "not an image model"
+# The inputs a row's model is built with. 1: random weights and BN statistics (biases and norm
+# offsets zero, as Keras initializes them: the converter folds them away, and a fine-tuned
+# pruned model then converts to more ops than its baseline: the ViT's int8 latency row measured
+# no cut). 2: biases and normalization scales/offsets random too (pn_tf.coverage.check.randomize_affine).
+INPUTS_VERSION = 2
 STATUSES = ("finished", "refused", "failed", "timeout", NOT_IMAGE)
 
 # keras.applications rows, smallest first: parameters at 96 px, 10 classes (docs/coverage.md).
@@ -59,11 +64,12 @@ def sweep_order(names):
 
 def build_row(name, path, size=SIZE, classes=3, seed=0):
     """Saves row ``name``'s model as a ``.keras`` classifier with ``classes`` outputs (random
-    weights and BN statistics, as tools/coverage.py checks it). Returns its input shape, or
+    weights, BN statistics, biases and normalization parameters, as a trained model has them
+    non-trivial; :data:`INPUTS_VERSION`). Returns its input shape, or
     None (nothing saved) for a model that does not take ``(S, S, 3)`` images."""
     import keras
 
-    from pn_tf.coverage.check import randomize_batchnorm
+    from pn_tf.coverage.check import randomize_affine, randomize_batchnorm
     from pn_tf.coverage.models import APPLICATIONS, HUB, PATTERNS, application
 
     keras.backend.clear_session()
@@ -80,6 +86,7 @@ def build_row(name, path, size=SIZE, classes=3, seed=0):
     if len(model.inputs) != 1 or len(shape) != 3 or shape[-1] != 3:
         return None
     randomize_batchnorm(model, seed)
+    randomize_affine(model, seed)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     model.save(path)
     return shape
@@ -172,7 +179,7 @@ def collect(workdir, budget, stdout, stderr, returncode, seconds, timed_out=Fals
     if report is not None:
         for key in ("flops_reduction", "latency_reduction", "float32_latency_reduction",
                     "estimated_latency_reduction", "equivalence_max_rel_diff", "latency_cpu_share",
-                    "latency_landing_tries"):
+                    "latency_landing_tries", "latency_statistic"):
             if report.get(key) is not None:
                 result[key] = report[key]
         result["baseline_ms"] = report["baseline"].get("tflite_int8_ms", report["baseline"]["tflite_ms"])
@@ -223,17 +230,23 @@ def load_results(out_dir):
 
 
 def prepare(row, out_dir, size=SIZE):
-    """The row's model file and image folder under ``out_dir/inputs/row`` (made once).
-    Returns ``(model path, image folder)``, or None for a model that takes no images."""
+    """The row's model file and image folder under ``out_dir/inputs/row`` (made once, and again
+    when they were made by an older :data:`INPUTS_VERSION`: then the row's unfinished workdirs go
+    too, since a resumed run must not mix two models). Returns ``(model path, image folder)``,
+    or None for a model that takes no images."""
     folder = os.path.join(out_dir, "inputs", row)
     model_path, images = os.path.join(folder, f"{row}.keras"), os.path.join(folder, "images")
     marker = os.path.join(folder, "inputs.json")
     info = _read_json(marker)
+    if info is not None and info.get("version", 1) < INPUTS_VERSION:
+        shutil.rmtree(folder)
+        shutil.rmtree(os.path.join(out_dir, "work", row), ignore_errors=True)
+        info = None
     if info is None:
         shape = build_row(row, model_path, size)
         if shape is not None:
             make_images(images, size=int(shape[0]) if shape[0] else size)
-        info = {"input_shape": None if shape is None else [d for d in shape]}
+        info = {"input_shape": None if shape is None else [d for d in shape], "version": INPUTS_VERSION}
         os.makedirs(folder, exist_ok=True)
         with open(marker, "w") as f:
             json.dump(info, f)
@@ -276,7 +289,7 @@ def run_one(row, budget, out_dir, timeout_s=900, size=SIZE, log=None):
     with open(os.path.join(workdir, "stderr.log")) as f:
         stderr = f.read()
     result = collect(workdir, budget, stdout, stderr, proc.returncode, seconds, timed_out)
-    result.update(row=row, started=start.isoformat(timespec="seconds"),
+    result.update(row=row, started=start.isoformat(timespec="seconds"), inputs_version=INPUTS_VERSION,
                   command=" ".join(a.replace(out_dir, "OUT") for a in argv[1:]))
     return result
 
@@ -343,6 +356,8 @@ def table_row(row, budget, r):
         return f"| {row} | {what} | not run | | | | | | | |"
     if r["status"] == NOT_IMAGE:
         return f"| {row} | {what} | {NOT_IMAGE} (skipped) | | | | | | | |"
+    if r.get("inputs_version", 1) < INPUTS_VERSION:
+        row += " (v1)"
     flops = f"{r['flops_reduction']:.4f}" if "flops_reduction" in r else ""
     estimated = f"{r['estimated_latency_reduction']:.3f}" if "estimated_latency_reduction" in r else ""
     measured = f"{r['latency_reduction']:.3f}" if "latency_reduction" in r else ""
@@ -405,12 +420,17 @@ def markdown(rows, budgets, results, command_line, date=None, machine=None, out_
          "cut estimated by the latency table and measured on the exported int8 TFLite files at batch 1 "
          "(FLOPs rows: float32 files, measured only), with, in brackets, the cut extraction measured "
          "at each of its timed tries (`--latency_landing`, docs/latency_budgets.md); *TFLite ms*, the baseline's and the pruned "
-         "model's median batch-1 latency on one thread (int8 files on latency rows, float32 on FLOPs "
+         "model's batch-1 latency on one thread, the fastest of the runs (int8 files on latency rows, float32 on FLOPs "
          "rows); *equivalence*, the extracted model's largest output difference to the masked one, "
          "relative to the logit scale; *exports*, the pruned model's files that exist; *stopped*, the "
          "stage that did not finish and the error's last line; *wall*, the run's wall time (of its "
          "last start, where a stopped sweep resumed it). The machine was shared with other jobs while "
-         "these ran, so measured latencies are noisy."),
+         "these ran, so measured latencies are noisy. A model marked *(v1)* ran on the first version "
+         "of the inputs: its biases and normalization offsets were zero and its normalization scales "
+         "one, as Keras initializes them (the converter folds those away, so its baseline converted "
+         "to fewer ops than a trained model; rows without the mark have them random); its latencies "
+         "and cuts are medians of the runs, which interference on the shared machine moves more than "
+         "the fastest run (docs/latency_budgets.md)."),
         "",
         "| model | budget | status | FLOPs cut | latency est. / measured | TFLite ms | equivalence | exports | "
         "stopped | wall |",

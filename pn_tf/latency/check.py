@@ -57,10 +57,10 @@ def check(gated, graph, latency, configs=20, seed=0, runs=100, progress=print, r
                 progress(f"latency check: {index + 1}/{len(all_widths)} models converted "
                          f"({time.time() - started:.0f} s)")
         progress(f"latency check: timing {len(paths)} models interleaved, {runs} runs each")
-        medians, share = time_files(paths, latency.table["num_threads"], runs, seed=seed, labels=labels)
+        times_ms, share = time_files(paths, latency.table["num_threads"], runs, seed=seed, labels=labels)
     finally:
         shutil.rmtree(directory, ignore_errors=True)
-    measured = np.array(medians[1:]) - medians[0]
+    measured = np.array(times_ms[1:]) - times_ms[0]
     predicted = np.array([latency.count(w) for w in all_widths])
     anchored = predicted / predicted[0] * measured[0]
     error = np.abs(anchored[1:] - measured[1:]) / measured[1:] * 100

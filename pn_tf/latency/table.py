@@ -51,9 +51,10 @@ from pn_tf.latency.tiles import tiled
 log = logging.getLogger(__name__)
 
 # 2: channel tiles (``channel_tiles``; format-1 tables are read as untiled); 3: whole networks
-# converted as exported (int8 with float input and output)
-FORMAT = 3
-FORMATS = (1, 2, 3)
+# converted as exported (int8 with float input and output); 4: times are each file's fastest run
+# (pn_tf.tflite.timing.fastest_ms), not its median
+FORMAT = 4
+FORMATS = (1, 2, 3, 4)
 LEVELS = 16
 # A table whose whole-model fit misses a level by more than this (percent) is not trusted
 # silently: the budget promises estimates within 10% (docs/latency_budgets.md), and a table
@@ -294,19 +295,20 @@ def _measured_tiles(dtype, num_threads, runs):
                           os.path.join(directory, f"{axis}_{c}.tflite"), dtype,
                           f"the {axis}put-channel probe with {c} channels")
                  for axis, c in tile_lib.PROBES]
-        medians, _ = time_files(paths, num_threads, runs)
+        times_ms, _ = time_files(paths, num_threads, runs)
     finally:
         shutil.rmtree(directory, ignore_errors=True)
-    return tuple(tile_lib.tiles_from_times(medians).items())
+    return tuple(tile_lib.tiles_from_times(times_ms).items())
 
 
 def time_files(paths, num_threads, runs, warmup=5, block=5, seed=0, labels=None):
-    """Median batch-1 ms of each ``.tflite`` file, timed interleaved; and the CPU share.
+    """Batch-1 ms of each ``.tflite`` file, timed interleaved (the fastest of its runs:
+    :func:`pn_tf.tflite.timing.fastest_ms`); and the CPU share.
 
     A file that does not load or run raises a LatencyTableError naming it by its entry in
     ``labels`` (default: its path) with the reason.
     """
-    from pn_tf.tflite.timing import time_interleaved
+    from pn_tf.tflite.timing import fastest_ms, time_interleaved
 
     rng = np.random.default_rng(seed)
     labels = labels or [os.fspath(p) for p in paths]
@@ -323,7 +325,7 @@ def time_files(paths, num_threads, runs, warmup=5, block=5, seed=0, labels=None)
                                         num_threads=num_threads)
     except Exception as err:
         raise LatencyTableError(f"timing {len(paths)} TFLite models failed: {reason(err)}") from err
-    return [float(np.median(t) * 1e3) for t in times], float(share)
+    return [fastest_ms(t) for t in times], float(share)
 
 
 def isotonic(values):
@@ -397,12 +399,12 @@ def build_table(gated, graph=None, dtype="float32", num_threads=1, levels=LEVELS
             say(f"latency table: width level {level + 1}/{levels} extracted, "
                 f"{len(signatures)} distinct units converted ({time.time() - started:.0f} s)")
         say(f"latency table: timing {len(paths)} models interleaved, {runs} runs each")
-        medians, share = time_files(paths, num_threads, runs, labels=labels)
+        times_ms, share = time_files(paths, num_threads, runs, labels=labels)
     finally:
         if own_dir:
             shutil.rmtree(directory, ignore_errors=True)
-    overhead = medians[0]
-    unit_ms = lambda index: max(0.0, medians[index] - overhead)  # noqa: E731
+    overhead = times_ms[0]
+    unit_ms = lambda index: max(0.0, times_ms[index] - overhead)  # noqa: E731
     units, constant, sums = [], 0.0, np.zeros(levels)
     for row in rows.values():
         times = [unit_ms(index) for _, _, index in row["samples"]]
@@ -422,7 +424,7 @@ def build_table(gated, graph=None, dtype="float32", num_threads=1, levels=LEVELS
                 ts.append([t])
         units.append({"names": row["names"], "call": row["call"], **row["dependence"], "x": xs,
                       "ms": isotonic([float(np.mean(t)) for t in ts])})
-    whole = np.array([medians[i] - overhead for i in wholes])
+    whole = np.array([times_ms[i] - overhead for i in wholes])
     scale, offset = fit_whole(sums, whole)
     table = {
         "format": FORMAT, "network": gated.name, "input_shape": list(gated.input_shape[1:]),

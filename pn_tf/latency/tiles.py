@@ -58,8 +58,8 @@ def probe_model(axis, channels):
 PROBES = tuple((axis, c) for axis in ("out", "in") for c in PROBE_CHANNELS)
 
 
-def tiles_from_times(medians):
+def tiles_from_times(times_ms):
     """``{"out": tile, "in": tile}`` from the probes' times, in the order of :data:`PROBES`
     (:func:`pn_tf.latency.table.measure_tiles` times them)."""
     n = len(PROBE_CHANNELS)
-    return {"out": fit_tile(PROBE_CHANNELS, medians[:n]), "in": fit_tile(PROBE_CHANNELS, medians[n:])}
+    return {"out": fit_tile(PROBE_CHANNELS, times_ms[:n]), "in": fit_tile(PROBE_CHANNELS, times_ms[n:])}

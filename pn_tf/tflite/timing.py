@@ -85,8 +85,23 @@ def _time_rounds(interpreters, runs, warmup, block, clock=None):
 BUSY_CPU_SHARE = 0.85
 
 
+def fastest_ms(times):
+    """The fastest of one model's timed runs (seconds), in ms: what a latency *cut* is computed
+    from (the report, the measured landing, the latency table and its check).
+
+    Interference on a shared machine (other tenants' use of the caches and memory, which the
+    CPU share does not see) only ever adds time, and adds more to a larger model, for stretches
+    longer than an interleaved round. On the project's 2-core EPYC the same two NASNetMobile
+    int8 files, timed interleaved in separate processes, gave median-based cuts from 0.15 to
+    0.28 and fastest-run cuts from 0.187 to 0.205 (docs/latency_budgets.md). The median is
+    still reported as what a busy machine gives.
+    """
+    return float(np.min(times) * 1e3)
+
+
 def measure_latency(paths, num_threads=1, runs=100, warmup=20, block=10, seed=0):
-    """``{path: {"median_ms", "p90_ms", "cpu_share"}}``: batch-1 latency of each file, timed interleaved.
+    """``{path: {"min_ms", "median_ms", "p90_ms", "cpu_share"}}``: batch-1 latency of each file,
+    timed interleaved (``min_ms`` the fastest run, :func:`fastest_ms`).
 
     ``cpu_share`` (the same for every file) is the process CPU time spent during the timing
     over ``num_threads`` x its wall time: about 1 on an idle machine, lower when other work
@@ -95,7 +110,7 @@ def measure_latency(paths, num_threads=1, runs=100, warmup=20, block=10, seed=0)
     """
     interpreters = [batch1_interpreter(p, num_threads, seed) for p in paths]
     times, share = time_interleaved(interpreters, runs, warmup, block, num_threads)
-    return {p: {"median_ms": float(np.median(t) * 1e3), "p90_ms": float(np.percentile(t, 90) * 1e3),
+    return {p: {"min_ms": fastest_ms(t), "median_ms": float(np.median(t) * 1e3), "p90_ms": float(np.percentile(t, 90) * 1e3),
                 "cpu_share": float(share)}
             for p, t in zip(paths, times)}
 
