@@ -288,3 +288,28 @@ def test_train_vit_tool_refuses_bad_arguments():
         out = subprocess.run([sys.executable, "tools/train_vit.py", *args], cwd=REPO_ROOT,
                              capture_output=True, text=True, timeout=120)
         assert out.returncode == 2 and out.stderr.startswith("error: "), out.stderr[-500:]
+
+
+def test_latency_tables_count_a_head_as_its_key_dim_channels():
+    """An attention unit's latency follows its heads: counted one channel per head beside the 64
+    output channels, every head count fell in one channel tile and the table saw no change (a
+    ViT's int8 estimate put a 0.49 cut where 0.05 was measured)."""
+    from pn_tf.latency.table import unit_dependence, width_fraction
+
+    gated = auto.insert_gates(_vit())
+    graph = ChannelGraph(gated)
+    heads = [g for g in graph.groups if g.size == 4]
+    assert len(heads) == 2
+    attention = next(layer for layer in gated.layers if isinstance(layer, keras.layers.MultiHeadAttention))
+    node = attention._inbound_nodes[0]
+    dependence = unit_dependence(graph, [node])
+    assert dependence["out_groups"] == {str(heads[0].index): KEY_DIM} and dependence["product"]
+    assert dependence["in_fixed"] == 3 * WIDTH  # query, key and value read the residual stream
+    full = [g.size for g in graph.groups]
+    tiles = {"in": 8, "out": 16}
+    fractions = []
+    for kept in (1, 2, 3, 4):
+        widths = list(full)
+        widths[heads[0].index] = kept
+        fractions.append(width_fraction(dependence, widths, full, tiles))
+    assert fractions == sorted(fractions) and len(set(fractions)) == 4 and fractions[-1] == 1.0

@@ -17,8 +17,8 @@ from tests.conftest import REPO_ROOT
 TINY = [
     "--flagfile=configs/quickstart.flags", "--baseline_weights=", "--baseline_epochs=1",
     "--baseline_schedule=constant", "--baseline_lr=0.05", "--train_take=512", "--search_take=256",
-    "--search_epochs=1", "--eval_take=256", "--calibration_images=64", "--tflite_runs=5",
-    "--tflite=float32,int8", "--verbose=0",
+    "--search_epochs=1", "--finetune_epochs=1", "--eval_take=128", "--calibration_images=64",
+    "--tflite_runs=5", "--tflite=float32,int8", "--verbose=0",
 ]
 
 
@@ -125,7 +125,8 @@ def test_baseline_training_can_start_from_shipped_weights(tmp_path, data_dir):
 
 def test_resume_after_sigkill(tmp_path, data_dir):
     workdir = tmp_path / "run"
-    args = ("--search_epochs=3", "--stages=baseline,search")
+    # The shipped weights: the baseline stage only evaluates them (what is resumed is the search).
+    args = ("--baseline_weights=shipped", "--search_epochs=3", "--stages=baseline,search")
     proc = subprocess.Popen(_command(workdir, data_dir, *args), cwd=REPO_ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     history = workdir / "search" / "history.csv"

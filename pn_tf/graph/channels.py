@@ -150,6 +150,7 @@ class ChannelGraph:
         self._gate_atom = {}  # gate name -> atom index
         self._gate_owner = {}  # gate held inside a layer (attention heads) -> that layer's name
         self._inner = {}  # atom index -> the layer whose call alone holds the space (inner_space)
+        self._element_channels = {}  # inner-space atom -> kernel channels per element
         self._reads = []  # (layer name, role, atoms, masked gate names)
         self._layer_atoms = {}  # operation name -> (in atoms, out atoms) of its first call
         self._calls = {}  # operation name -> [(in atoms, out atoms)] of every call, in order
@@ -285,7 +286,7 @@ class ChannelGraph:
         ``tensor`` is None where a layer reads a space inside its own call (:meth:`inner_space`)."""
         return [(name, role, atoms, t) for (name, role, atoms, _), t in zip(self._reads, self._read_tensors)]
 
-    def inner_space(self, op, size, gate=None, reason=""):
+    def inner_space(self, op, size, gate=None, reason="", element_channels=1):
         """A space of ``size`` channels that exists only inside ``op``'s call; returns its atom.
 
         Attention heads are one: a MultiHeadAttention makes them (query, key and value
@@ -294,10 +295,13 @@ class ChannelGraph:
         through ``gate`` (the name of a ChannelGate that ``op`` holds and applies to the space
         before reading it) when it has one. Such a space is gated by swapping the layer for
         its rule's gated copy (:meth:`ChannelRule.with_inner_gate`), not by a gate on a tensor.
+        ``element_channels``: how many channels of the kernels one element of the space stands
+        for (a head: its ``key_dim``), what the latency tables count (:meth:`element_channels`).
         """
         name = self.name_of(op)
         atom = self.new_atom(size, name, reason)
         self._inner[atom] = name
+        self._element_channels[atom] = int(element_channels)
         masked = frozenset()
         if gate:
             self.tie(self._gate_atom.setdefault(gate, atom), atom)
@@ -306,6 +310,12 @@ class ChannelGraph:
         self._reads.append((name, "dense", (atom,), masked))
         self._read_tensors.append(None)
         return atom
+
+    def element_channels(self, atom):
+        """Kernel channels per element of ``atom``'s space: 1, or what :meth:`inner_space` was
+        told (a head stands for ``key_dim`` channels of the projections: the runtime's kernels,
+        and a latency table's channel tiles, see channels, not heads)."""
+        return self._element_channels.get(atom, 1)
 
     def inner_owner(self, atom):
         """The layer whose call alone holds ``atom``'s space (:meth:`inner_space`), else None."""

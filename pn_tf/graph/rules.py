@@ -672,7 +672,8 @@ class Attention(ChannelRule):
             if all(t is not u for u in (query, value, key)):
                 graph.fix(graph.read(op, "opaque", t), f"mask of attention '{op.name}'")
         gate = getattr(op, "head_gate", None)
-        heads = graph.inner_space(op, op.num_heads, gate.name if gate is not None else None)
+        heads = graph.inner_space(op, op.num_heads, gate.name if gate is not None else None,
+                                  element_channels=op.key_dim)
         if call.get("return_attention_scores"):
             graph.fix([heads], f"attention '{op.name}' returns its scores, whose shape holds the heads")
         out_shape = _attention_output_shape(op, query)
