@@ -107,6 +107,16 @@ def matching_nodes(saved_model_dir, patterns, float_tflite=None):
             if any(pattern.search(name) for pattern in compiled)]
 
 
+def float_nodes(saved_model_dir, float_patterns, float_tflite=None):
+    """:func:`matching_nodes`, raising ``ValueError`` when no op matches, so a mistyped pattern
+    does not pass for a result (callers check their patterns with it before converting)."""
+    nodes = matching_nodes(saved_model_dir, float_patterns, float_tflite)
+    if not nodes:
+        raise ValueError(f"no op output name matches {list(float_patterns)}; see the names "
+                         "int8_check.py --layer_errors prints")
+    return nodes
+
+
 def convert_partly_float(saved_model_dir, representative_data, float_patterns,
                          repair_calibration=True, float_tflite=None):
     """int8 TFLite bytes with the ops matching ``float_patterns`` (regexes) left in float.
@@ -115,10 +125,7 @@ def convert_partly_float(saved_model_dir, representative_data, float_patterns,
     ``ValueError`` when no op matches, so a mistyped pattern does not pass for a result.
     ``float_tflite``: the model's float32 ``.tflite``, if already converted (names the ops).
     """
-    nodes = matching_nodes(saved_model_dir, float_patterns, float_tflite)
-    if not nodes:
-        raise ValueError(f"no op output name matches {list(float_patterns)}; see the names "
-                         "int8_check.py --layer_errors prints")
+    nodes = float_nodes(saved_model_dir, float_patterns, float_tflite)
     debugger = _debugger(saved_model_dir, representative_data, float_nodes=nodes,
                          repair_calibration=repair_calibration)
     return debugger.get_nondebug_quantized_model(), nodes

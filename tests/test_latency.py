@@ -316,3 +316,25 @@ def test_a_layer_type_declares_its_tflite_fusion_in_its_rule():
         assert [len(unit) for unit in split_units(model)] == [5, 1, 1]
     finally:
         rules.unregister_rule(Halve)
+
+
+def test_timings_take_the_image_they_are_given_and_cuts_use_the_fastest_run(tmp_path):
+    """The report and the measured landing time every file on one real image (an int8 network's
+    time depends on its input), and compute cuts from each file's fastest run."""
+    import keras
+
+    from pn_tf.export import export_tflite
+    from pn_tf.latency.table import time_files
+    from pn_tf.tflite.timing import batch1_interpreter, fastest_ms, measure_latency
+
+    x = keras.Input((8, 8, 3))
+    path = export_tflite(keras.Model(x, keras.layers.Conv2D(4, 3)(x)), str(tmp_path / "m.tflite"))
+    image = np.random.RandomState(3).uniform(0, 1, (1, 8, 8, 3)).astype("float32")
+    interpreter = batch1_interpreter(path, image=image)
+    given = interpreter.get_tensor(interpreter.get_input_details()[0]["index"])
+    np.testing.assert_array_equal(given, image)
+    assert fastest_ms([0.003, 0.001, 0.002]) == 1.0
+    timed = measure_latency([path], runs=5, warmup=1, block=1, image=image)[path]
+    assert 0 < timed["min_ms"] <= timed["median_ms"] <= timed["p90_ms"]
+    (ms,), _ = time_files([path], 1, 5, image=image)
+    assert ms > 0

@@ -85,6 +85,8 @@ def check(model, dataset, out_dir, calibration_images=512, take=None, data_dir=N
     saved_model = _saved_model(model, out_dir)
     paths = {"float32": export.export_tflite(saved_model, os.path.join(out_dir, "float32.tflite"))}
     size = input_size(load_interpreter(paths["float32"]))[0]
+    if keep_float:  # a pattern that names no op is refused before the int8 conversions
+        int8_debug.float_nodes(saved_model, keep_float, paths["float32"])
     calibration = representative_dataset(dataset, num_images=calibration_images,
                                          image_size=size, data_dir=data_dir)
     repairs = []

@@ -308,21 +308,26 @@ def _measured_tiles(dtype, num_threads, runs):
     return tuple(tile_lib.tiles_from_times(times_ms).items())
 
 
-def time_files(paths, num_threads, runs, warmup=5, block=5, seed=0, labels=None):
+def time_files(paths, num_threads, runs, warmup=5, block=5, seed=0, labels=None, image=None):
     """Batch-1 ms of each ``.tflite`` file, timed interleaved (the fastest of its runs:
     :func:`pn_tf.tflite.timing.fastest_ms`); and the CPU share.
+
+    Inputs are random (:func:`pn_tf.latency.units.timing_interpreter`), or with ``image``
+    (whole networks: one image as the network takes it) that image, as the report times
+    (:func:`pn_tf.tflite.timing.batch1_interpreter`).
 
     A file that does not load or run raises a LatencyTableError naming it by its entry in
     ``labels`` (default: its path) with the reason.
     """
-    from pn_tf.tflite.timing import fastest_ms, time_interleaved
+    from pn_tf.tflite.timing import batch1_interpreter, fastest_ms, time_interleaved
 
     rng = np.random.default_rng(seed)
     labels = labels or [os.fspath(p) for p in paths]
     interpreters = []
     for path, label in zip(paths, labels):
         try:  # each file loaded and run once alone, so a failure is named
-            interpreter = unit_lib.timing_interpreter(path, num_threads, rng)
+            interpreter = (unit_lib.timing_interpreter(path, num_threads, rng) if image is None
+                           else batch1_interpreter(path, num_threads, seed, image))
             interpreter.invoke()
         except Exception as err:  # any runtime failure, named with its file
             raise LatencyTableError(f"{label} cannot be run by LiteRT: {reason(err)}") from err

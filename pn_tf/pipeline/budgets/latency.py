@@ -111,7 +111,7 @@ class LatencyBudget(Budget):
         return mode == "measured" or (mode == "auto" and self.table is not None
                                       and measurable_here(self.table))
 
-    def land(self, extract, network, graph, cost, calibration=None, unpruned=None):
+    def land(self, extract, network, graph, cost, calibration=None, unpruned=None, image=None):
         """At the target by the estimate; with a measured landing (:mod:`pn_tf.latency.landing`),
         the selection is corrected until the measured cut is within 0.02 of the target."""
         if not self.measures_landing():
@@ -130,7 +130,7 @@ class LatencyBudget(Budget):
             extract, self.reduction, baseline, dtype=c.latency_dtype, num_threads=c.tflite_threads,
             runs=max(int(self.table.get("runs", 100)), 50),
             reachable=cost.max_reduction(min_widths(cost.widths, c.round_to)),
-            calibration=calibration, repair_calibration=c.int8_calibration_repair,
+            calibration=calibration, repair_calibration=c.int8_calibration_repair, image=image,
             progress=lambda line: print(f"[pn-tf] {line}", flush=True))
         measured = min(tries, key=lambda t: abs(t["measured_reduction"] - self.reduction))
         return extraction, {"latency_landing": "measured", "latency_landing_tries": tries,

@@ -8,7 +8,7 @@ import os
 
 from pn_tf.pipeline import artifacts
 from pn_tf.pipeline.errors import PipelineError
-from pn_tf.pipeline.stages import export
+from pn_tf.pipeline.stages import export, report
 
 
 def check(ctx):
@@ -34,7 +34,7 @@ def run(ctx):
 
     try:  # a measured landing converts and times as the export stage does
         extraction, landing = ctx.budget.land(extract, network, graph, cost, export.calibration_batches(ctx),
-                                              lambda: export.baseline_network(ctx))
+                                              lambda: export.baseline_network(ctx), report.timing_image(ctx))
     except ExtractionError as err:
         raise PipelineError(f"{err} (workdir {ctx.workdir})") from err
     narrow, selection = extraction.model, extraction.selection

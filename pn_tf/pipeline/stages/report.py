@@ -21,6 +21,13 @@ def check(ctx):
     """Nothing of its own: it reads what the earlier stages wrote."""
 
 
+def timing_image(ctx):
+    """The image latencies are timed on (the first held-out image, as the model takes it): the
+    report's timings and extraction's measured landing use the same, since an int8 network's
+    time depends on its input (:func:`pn_tf.tflite.timing.batch1_interpreter`)."""
+    return ctx.images("holdout", 1)
+
+
 def run(ctx):
     from pn_tf.tflite.inspection import tflite_macs
     from pn_tf.tflite.timing import measure_latency
@@ -35,7 +42,7 @@ def run(ctx):
     timed = [base_tfl, pruned_tfl]
     if budgeted != "float32":
         timed += [ctx.path(files[who][f"tflite_{budgeted}"]["path"]) for who in ("baseline", "pruned")]
-    latency = measure_latency(timed, num_threads=c.tflite_threads, runs=c.tflite_runs)
+    latency = measure_latency(timed, num_threads=c.tflite_threads, runs=c.tflite_runs, image=timing_image(ctx))
     base_macs, pruned_macs = tflite_macs(base_tfl), tflite_macs(pruned_tfl)
     accuracy = exported["tflite_test_accuracy"]
     report = {
