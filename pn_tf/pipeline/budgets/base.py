@@ -76,13 +76,14 @@ class Budget:
 
     # -- what it landed on -----------------------------------------------------------
 
-    def land(self, extract, network, graph, cost, calibration=None, unpruned=None):
+    def land(self, extract, network, graph, cost, calibration=None, unpruned=None, image=None):
         """``(extraction, summary fields)``: where extraction lands for this budget.
 
         ``extract``: ``reduction -> Extraction`` (channels selected on ``cost`` at that cut);
         ``calibration``: the export's int8 calibration batches, for a kind that measures
         TFLite files (converted as the export converts them); ``unpruned``: ``() -> keras.Model``,
-        the baseline the export stage exports (the baseline stage's weights, not the search's).
+        the baseline the export stage exports (the baseline stage's weights, not the search's);
+        ``image``: the image the report times on (:func:`pn_tf.pipeline.stages.report.timing_image`).
         The default selects at the target; a kind whose cost is measured may correct the aim.
         """
         return extract(self.reduction), {}
