@@ -265,3 +265,38 @@ def test_kernel_tiles_are_read_off_step_shaped_times():
     assert fit_tile(channels, steps) == 16
     assert list(tiled(np.array([1, 16, 17, 40]), 16, 40)) == [16, 16, 32, 40]
     assert tiled(5, 1, 8) == 5
+
+
+def test_spatial_convolutions_have_their_own_output_tile():
+    """Measured here (float32, 16x16x64 input): a 3x3 convolution costs the same for 40 as for 64
+    output channels and for 72 as for 96, 44.7 us for 8 or 16 and 88-90 for 24 or 32; 1x1
+    convolutions step every 16. ResNet50V2's random widths ran 1-12% slower than the 1x1 tile
+    said, every one."""
+    import keras
+
+    from pn_tf.latency.table import unit_dependence, width_fraction
+    from pn_tf.latency.tiles import PROBE_CHANNELS, PROBE_WIDE, PROBES, tiled, tiles_from_times
+    from pn_tf.latency.units import split_units
+
+    wide = np.array(PROBE_WIDE)
+    one = np.array(PROBE_CHANNELS) / 16
+    times = np.concatenate([0.005 * np.ceil(one), 0.005 + 0.0 * one, 0.045 * np.ceil(wide / 32)])
+    assert len(times) == len(PROBES)
+    assert tiles_from_times(times)["out_spatial"] == 32 and tiles_from_times(times)["out"] == 16
+    # above one spatial tile, 32s; up to it, the 1x1 tile's 16s
+    assert list(tiled(np.array([8, 24, 40, 72]), 32, 96, small=16)) == [16, 32, 64, 96]
+    from pn_tf.auto import insert_gates
+
+    x = keras.Input((8, 8, 3))
+    y = keras.layers.Conv2D(64, 3, padding="same", name="spatial")(x)
+    gated = insert_gates(keras.Model(x, keras.layers.Conv2D(10, 1, name="pointwise")(y)))
+    graph = ChannelGraph(gated)
+    plain = widths_model(gated, graph, [g.size for g in graph.groups])
+    units = {unit_lib.unit_names(u)[0]: u for u in split_units(plain)}
+    assert unit_dependence(graph, units["spatial"])["spatial"] is True
+    assert unit_dependence(graph, units["pointwise"])["spatial"] is False
+    tiles = {"in": 1, "out": 16, "out_spatial": 32}
+    dependence = unit_dependence(graph, units["spatial"])
+    assert width_fraction(dependence, [40], [64], tiles) == 1.0  # 40 costs what 64 does
+    assert width_fraction(dependence, [24], [64], tiles) == 0.5
+    assert width_fraction(dependence, [12], [64], tiles) == 0.25

@@ -111,7 +111,11 @@ class LatencyModel:
         tiles = table.get("channel_tiles") or {}
         self.tiles = {"in": int(tiles.get("in", 1)), "out": int(tiles.get("out", 1))}
         self.in_tile = np.where(self.product > 0, self.tiles["in"], self.tiles["out"]).astype(np.float64)
-        self.out_tile = np.full(num_units, float(self.tiles["out"]))
+        # a spatial convolution's output channels: "out_spatial" tiles above one such tile, the 1x1
+        # tiles below (pn_tf.latency.tiles); other units: the 1x1 tiles throughout
+        spatial = np.array([bool(u.get("spatial")) and "out_spatial" in tiles for u in units], bool)
+        self.out_tile = np.where(spatial, float(tiles.get("out_spatial", 1)), float(self.tiles["out"]))
+        self.out_small = np.full(num_units, float(self.tiles["out"]))
         self.scale, self.offset = float(table["scale"]), float(table["offset_ms"])
         self.constant = float(table["constant_ms"])
         self.whole_map = self._whole_map(table)
@@ -162,7 +166,8 @@ class LatencyModel:
 
     def _fractions(self, widths):
         x_in = tiled(self.in_fixed + self.in_n @ widths, self.in_tile, self.full_in) / self.full_in
-        x_out = tiled(self.out_fixed + self.out_n @ widths, self.out_tile, self.full_out) / self.full_out
+        x_out = tiled(self.out_fixed + self.out_n @ widths, self.out_tile, self.full_out,
+                      self.out_small) / self.full_out
         return x_in * np.where(self.product > 0, x_out, 1.0)
 
     def unit_ms(self, widths=None):
@@ -192,7 +197,10 @@ class LatencyModel:
         out_count = c(self.out_fixed) + ops.matmul(c(self.out_n), sums)
         product = c(self.product) > 0
 
-        def tiled_tensor(count, tile, full):  # tiles.tiled on tensors
+        def tiled_tensor(count, tile, full, small=None):  # tiles.tiled on tensors
+            if small is not None:
+                return ops.where(count <= c(tile), tiled_tensor(count, small, full),
+                                 tiled_tensor(count, tile, full))
             rounded = ops.minimum(ops.ceil(count / c(tile) - 1e-6) * c(tile), c(full))
             return ops.where(c(tile) > 1, rounded, count)
 
@@ -201,7 +209,7 @@ class LatencyModel:
 
         # the value counts whole tiles; the smoothed twin's gradient every channel
         x = fraction(tiled_tensor(in_count, self.in_tile, self.full_in) / c(self.full_in),
-                     tiled_tensor(out_count, self.out_tile, self.full_out) / c(self.full_out))
+                     tiled_tensor(out_count, self.out_tile, self.full_out, self.out_small) / c(self.full_out))
         x_smooth = fraction(in_count / c(self.full_in), out_count / c(self.full_out))
         t = (c(self.t0) + c(self.s0) * (x - c(self.x0))
              + ops.sum(c(self.dslope) * ops.relu(x[:, None] - c(self.inner)), axis=1))

@@ -53,9 +53,9 @@ log = logging.getLogger(__name__)
 # 2: channel tiles (``channel_tiles``; format-1 tables are read as untiled); 3: whole networks
 # converted as exported (int8 with float input and output); 4: times are each file's fastest run
 # (pn_tf.tflite.timing.fastest_ms), not its median, and attention heads count key_dim channels
-# each (_channel_terms)
-FORMAT = 4
-FORMATS = (1, 2, 3, 4)
+# each (_channel_terms); 5: spatial convolutions' own output tile ("out_spatial", units' "spatial")
+FORMAT = 5
+FORMATS = (1, 2, 3, 4, 5)
 LEVELS = 16
 # A table whose whole-model fit misses a level by more than this (percent) is not trusted
 # silently: the budget promises estimates within 10% (docs/latency_budgets.md), and a table
@@ -252,7 +252,7 @@ def unit_dependence(graph, unit, recorded=None, widths=None):
     product = sorted(set(in_atoms)) != sorted(set(out_atoms))
     return {"in_fixed": in_fixed, "in_groups": {str(g): n for g, n in in_groups.items()},
             "out_fixed": out_fixed, "out_groups": {str(g): n for g, n in out_groups.items()},
-            "product": product}
+            "product": product, "spatial": product and tile_lib.spatial(found[0])}
 
 
 def width_fraction(dependence, widths, full, tiles=None):
@@ -264,15 +264,17 @@ def width_fraction(dependence, widths, full, tiles=None):
     """
     tiles = tiles or {}
 
-    def fraction(fixed, groups, tile):
+    def fraction(fixed, groups, tile, small=None):
         total = fixed + sum(n * full[int(g)] for g, n in groups.items())
         count = fixed + sum(n * widths[int(g)] for g, n in groups.items())
-        return float(tiled(count, tile, total)) / total
+        return float(tiled(count, tile, total, small)) / total
 
     if not dependence["product"]:
         return fraction(dependence["in_fixed"], dependence["in_groups"], tiles.get("out", 1))
+    out = (dict(tile=tiles["out_spatial"], small=tiles.get("out", 1))
+           if dependence.get("spatial") and "out_spatial" in tiles else dict(tile=tiles.get("out", 1)))
     return (fraction(dependence["in_fixed"], dependence["in_groups"], tiles.get("in", 1))
-            * fraction(dependence["out_fixed"], dependence["out_groups"], tiles.get("out", 1)))
+            * fraction(dependence["out_fixed"], dependence["out_groups"], **out))
 
 
 def widths_model(gated, graph, widths):
@@ -289,8 +291,9 @@ def measure_tiles(dtype, num_threads, runs=100, progress=None):
     (:mod:`pn_tf.latency.tiles`); measured once per process, dtype and thread count."""
     tiles = dict(_measured_tiles(dtype, num_threads, runs))
     if progress:
-        progress(f"latency table: {dtype} kernels work on output channels in tiles of {tiles['out']}, "
-                 f"input channels in tiles of {tiles['in']}")
+        progress(f"latency table: {dtype} kernels work on output channels in tiles of {tiles['out']} "
+                 f"({tiles['out_spatial']} above that for spatial kernels), input channels in tiles "
+                 f"of {tiles['in']}")
     return tiles
 
 
