@@ -131,3 +131,17 @@ def test_a_latency_table_with_a_poor_fit_is_never_used_silently(tmp_path, capsys
     assert f"[pn-tf] warning: {budget.fit_problem}" in capsys.readouterr().out
     fields = budget.selection_fields(Selection([], 1.0, 2.0, []))
     assert fields["latency_table_fit_problem"] == budget.fit_problem
+
+
+def test_a_latency_report_says_when_the_measured_cut_misses_the_target():
+    from pn_tf.pipeline.budgets.latency import LatencyBudget
+
+    report = {"latency_dtype": "int8", "tflite_threads": 1, "target_latency_reduction": 0.3,
+              "estimated_latency_reduction": 0.334, "latency_reduction": 0.155, "flops_reduction": 0.46,
+              "latency_landing_tries": [{"aim": 0.3, "measured_reduction": 0.266},
+                                        {"aim": 0.334, "measured_reduction": 0.289}],
+              "not_delegated_ops": {"RELU": 48, "AVERAGE_POOL_2D": 40}}
+    line = LatencyBudget.report_line(report)
+    assert "misses the target by 14.5% points" in line and "measured 28.9% before fine-tuning" in line
+    assert "40 AVERAGE_POOL_2D, 48 RELU" in line
+    assert "misses" not in LatencyBudget.report_line(dict(report, latency_reduction=0.28))
