@@ -333,6 +333,9 @@ def test_timings_take_the_image_they_are_given_and_cuts_use_the_fastest_run(tmp_
     interpreter = batch1_interpreter(path, image=image)
     given = interpreter.get_tensor(interpreter.get_input_details()[0]["index"])
     np.testing.assert_array_equal(given, image)
+    for other in (image[0], np.concatenate([image, image + 1])):  # no batch axis; a batch
+        interpreter = batch1_interpreter(path, image=other)
+        np.testing.assert_array_equal(interpreter.get_tensor(interpreter.get_input_details()[0]["index"]), image)
     assert fastest_ms([0.003, 0.001, 0.002]) == 1.0
     timed = measure_latency([path], runs=5, warmup=1, block=1, image=image)[path]
     assert 0 < timed["min_ms"] <= timed["median_ms"] <= timed["p90_ms"]

@@ -20,8 +20,9 @@ log = logging.getLogger(__name__)
 
 
 def batch1_interpreter(path, num_threads=1, seed=0, image=None):
-    """An interpreter at batch 1, its input filled with ``image`` (one image as the model takes
-    it, e.g. the run's first held-out image) or else one random image of raw pixels.
+    """An interpreter at batch 1, its input filled with ``image`` (one input as the model takes
+    it, e.g. the run's first held-out image, with or without its batch axis, or the first of a
+    batch; 1-D signals too) or else, for any other shape, one random image of raw pixels.
 
     An int8 network's time depends on what it computes on: NASNetMobile's int8 baseline ran
     8.4 ms on N(0, 1) inputs and 7.7 ms on pixels, its pruned copy 6.3 and 6.6 ms (cuts 0.24
@@ -33,10 +34,15 @@ def batch1_interpreter(path, num_threads=1, seed=0, image=None):
         interpreter.resize_tensor_input(detail["index"], [1] + list(detail["shape"][1:]))
         interpreter.allocate_tensors()
         detail = interpreter.get_input_details()[0]
-    if image is not None and tuple(np.shape(image)[-3:]) == tuple(detail["shape"][1:]):
-        values = np.asarray(image, np.float32).reshape(detail["shape"])
-    else:
-        values = np.random.default_rng(seed).uniform(0, 255, detail["shape"]).astype(np.float32)
+    values, shape = None, tuple(int(d) for d in detail["shape"])
+    if image is not None:  # one input with or without its batch axis, or a batch of them
+        given = np.asarray(image, np.float32)
+        if given.shape == shape[1:]:
+            values = given[None]
+        elif given.shape[1:] == shape[1:] and len(given):
+            values = given[:1]
+    if values is None:
+        values = np.random.default_rng(seed).uniform(0, 255, shape).astype(np.float32)
     interpreter.set_tensor(detail["index"], quantize(values, detail))
     return interpreter
 
