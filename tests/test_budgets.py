@@ -140,6 +140,7 @@ def test_a_latency_report_says_when_the_measured_cut_misses_the_target():
               "estimated_latency_reduction": 0.334, "latency_reduction": 0.155, "flops_reduction": 0.46,
               "latency_landing_tries": [{"aim": 0.3, "measured_reduction": 0.266},
                                         {"aim": 0.334, "measured_reduction": 0.289}],
+              "measured_latency_reduction_at_extraction": 0.289,
               "not_delegated_ops": {"RELU": 48, "AVERAGE_POOL_2D": 40}}
     line = LatencyBudget.report_line(report)
     assert "misses the target by 14.5% points" in line and "measured 28.9% before fine-tuning" in line

@@ -166,7 +166,8 @@ class LatencyBudget(Budget):
         fields = super().report_fields(extract_summary, run)
         fields.update({key: extract_summary.get(key) for key in (
             "estimated_latency_reduction", "estimated_latency_ms", "estimated_baseline_latency_ms",
-            "latency_table_fit_problem", "latency_landing", "latency_landing_tries", "not_delegated_ops")})
+            "latency_table_fit_problem", "latency_landing", "latency_landing_tries",
+            "measured_latency_reduction_at_extraction", "not_delegated_ops")})
         fields["latency_table"] = artifacts.LATENCY_TABLE  # relative to the workdir
         return fields
 
@@ -193,10 +194,9 @@ class LatencyBudget(Budget):
         if abs(miss) <= REPORTED_MISS:
             return ""
         note = f" **The measured cut misses the target by {abs(miss):.1%} points"
-        tries = report.get("latency_landing_tries") or []
-        if tries:
-            closest = min(tries, key=lambda t: abs(t["measured_reduction"] - report["target_latency_reduction"]))
-            note += (f"; extraction measured {closest['measured_reduction']:.1%} before fine-tuning, so "
+        landed = report.get("measured_latency_reduction_at_extraction")  # the kept landing try's
+        if landed is not None:
+            note += (f"; extraction measured {landed:.1%} before fine-tuning, so "
                      "the fine-tuned weights (or the machine) changed the pruned model's time")
         ops = report.get("not_delegated_ops") or {}
         if ops:
