@@ -171,3 +171,32 @@ def test_rows_are_built_with_trained_like_biases_and_old_inputs_are_rebuilt(tmp_
     assert pipeline.table_row("vit", "latency", old).startswith("| vit (v1) |")
     new = _fake("vit", "latency", "finished", flops_reduction=0.43)
     assert pipeline.table_row("vit", "latency", new).startswith("| vit |")
+    older = _fake("vit", "latency", "finished", flops_reduction=0.43, inputs_version=2)
+    assert pipeline.table_row("vit", "latency", older).startswith("| vit (v2) |")
+
+
+def test_batchnorm_statistics_are_those_of_the_images_as_training_leaves_them():
+    """Random BN statistics unlike the data's made fine-tuning move them far, and the int8
+    speed with them (inputs version 3): each BN layer, nested ones too, gets the moments of
+    what it sees on the images, so in inference its output has the mean beta and scale gamma."""
+    import keras
+    import numpy as np
+
+    from pn_tf.coverage.check import fit_batchnorm, randomize_affine, randomize_batchnorm
+
+    inner_in = keras.Input((8, 8, 6))
+    inner = keras.Model(inner_in, keras.layers.BatchNormalization(name="bn_inner")(
+        keras.layers.Conv2D(5, 3, name="conv_inner")(inner_in)), name="inner")
+    inputs = keras.Input((10, 10, 3))
+    x = keras.layers.BatchNormalization(name="bn_outer")(keras.layers.Conv2D(6, 3, name="conv_outer")(inputs))
+    model = keras.Model(inputs, inner(x))
+    randomize_affine(randomize_batchnorm(model))
+    pixels = np.random.default_rng(0).uniform(0, 255, (40, 10, 10, 3)).astype("float32")
+    fit_batchnorm(model, pixels)
+    outer = keras.Model(inputs, x)(pixels, training=False)
+    out = model(pixels, training=False)
+    for bn, y in ((model.get_layer("bn_outer"), outer), (inner.get_layer("bn_inner"), out)):
+        assert bn.momentum == 0.99
+        y = np.asarray(y).reshape(-1, y.shape[-1])
+        np.testing.assert_allclose(y.mean(0), np.asarray(bn.beta), atol=1e-3)
+        np.testing.assert_allclose(y.std(0), np.abs(np.asarray(bn.gamma)), rtol=1e-2)

@@ -40,7 +40,10 @@ NOT_IMAGE = "not an image model"
 # offsets zero, as Keras initializes them: the converter folds them away, and a fine-tuned
 # pruned model then converts to more ops than its baseline: the ViT's int8 latency row measured
 # no cut). 2: biases and normalization scales/offsets random too (pn_tf.coverage.check.randomize_affine).
-INPUTS_VERSION = 2
+# 3: BatchNormalization statistics those of the row's images, as training leaves them
+# (pn_tf.coverage.check.fit_batchnorm): random ones made fine-tuning move them far, and the int8
+# speed with them (NASNetMobile's latency row landed 0.289 before fine-tuning, 0.155 after).
+INPUTS_VERSION = 3
 STATUSES = ("finished", "refused", "failed", "timeout", NOT_IMAGE)
 
 # keras.applications rows, smallest first: parameters at 96 px, 10 classes (docs/coverage.md).
@@ -64,12 +67,14 @@ def sweep_order(names):
 
 def build_row(name, path, size=SIZE, classes=3, seed=0):
     """Saves row ``name``'s model as a ``.keras`` classifier with ``classes`` outputs (random
-    weights, BN statistics, biases and normalization parameters, as a trained model has them
-    non-trivial; :data:`INPUTS_VERSION`). Returns its input shape, or
-    None (nothing saved) for a model that does not take ``(S, S, 3)`` images."""
+    weights, biases and normalization parameters, as a trained model has them non-trivial; BN
+    statistics those of the row's images, :func:`image_pixels`; :data:`INPUTS_VERSION`).
+    Returns its input shape, or None (nothing saved) for a model that does not take
+    ``(S, S, 3)`` images."""
     import keras
+    import numpy as np
 
-    from pn_tf.coverage.check import randomize_affine, randomize_batchnorm
+    from pn_tf.coverage.check import fit_batchnorm, randomize_affine, randomize_batchnorm
     from pn_tf.coverage.models import APPLICATIONS, HUB, PATTERNS, application
 
     keras.backend.clear_session()
@@ -87,27 +92,36 @@ def build_row(name, path, size=SIZE, classes=3, seed=0):
         return None
     randomize_batchnorm(model, seed)
     randomize_affine(model, seed)
+    side = int(shape[0]) if shape[0] else size
+    pixels = [image_pixels(c, i, side, seed) for c in range(len(CLASSES)) for i in range(PER_CLASS)]
+    fit_batchnorm(model, np.stack(pixels).astype("float32"))  # fed as pn-tf feeds them: 0..255
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     model.save(path)
     return shape
 
 
-def make_images(root, size=SIZE, per_class=PER_CLASS, seed=0):
-    """``len(CLASSES)`` x ``per_class`` random images of ``size`` px, the same for a seed: even
-    files PNG, odd JPEG; each class has its own mean colour so the classes differ a little."""
+def image_pixels(c, i, size=SIZE, seed=0):
+    """Image ``i`` of class ``c``: random ``uint8`` pixels, the same for a seed, around the
+    class's own mean colour so the classes differ a little."""
     import numpy as np
+
+    rng = np.random.RandomState(seed * 100003 + c * 1009 + i)
+    mean = np.array([60.0, 128.0, 196.0])[np.roll(np.arange(3), c)]
+    return np.clip(rng.randn(size, size, 3) * 45 + mean, 0, 255).astype("uint8")
+
+
+def make_images(root, size=SIZE, per_class=PER_CLASS, seed=0):
+    """``len(CLASSES)`` x ``per_class`` images (:func:`image_pixels`) of ``size`` px: even files
+    PNG, odd JPEG."""
     from PIL import Image
 
     for c, cls in enumerate(CLASSES):
         folder = os.path.join(root, cls)
         os.makedirs(folder, exist_ok=True)
         for i in range(per_class):
-            rng = np.random.RandomState(seed * 100003 + c * 1009 + i)
-            mean = np.array([60.0, 128.0, 196.0])[np.roll(np.arange(3), c)]
-            pixels = np.clip(rng.randn(size, size, 3) * 45 + mean, 0, 255).astype("uint8")
             ext = "png" if i % 2 == 0 else "jpg"
-            Image.fromarray(pixels).save(os.path.join(folder, f"{i:03d}.{ext}"),
-                                         format="PNG" if ext == "png" else "JPEG", quality=90)
+            Image.fromarray(image_pixels(c, i, size, seed)).save(
+                os.path.join(folder, f"{i:03d}.{ext}"), format="PNG" if ext == "png" else "JPEG", quality=90)
     return root
 
 
@@ -357,7 +371,7 @@ def table_row(row, budget, r):
     if r["status"] == NOT_IMAGE:
         return f"| {row} | {what} | {NOT_IMAGE} (skipped) | | | | | | | |"
     if r.get("inputs_version", 1) < INPUTS_VERSION:
-        row += " (v1)"
+        row += f" (v{r.get('inputs_version', 1)})"
     flops = f"{r['flops_reduction']:.4f}" if "flops_reduction" in r else ""
     estimated = f"{r['estimated_latency_reduction']:.3f}" if "estimated_latency_reduction" in r else ""
     measured = f"{r['latency_reduction']:.3f}" if "latency_reduction" in r else ""
@@ -425,12 +439,15 @@ def markdown(rows, budgets, results, command_line, date=None, machine=None, out_
          "relative to the logit scale; *exports*, the pruned model's files that exist; *stopped*, the "
          "stage that did not finish and the error's last line; *wall*, the run's wall time (of its "
          "last start, where a stopped sweep resumed it). The machine was shared with other jobs while "
-         "these ran, so measured latencies are noisy. A model marked *(v1)* ran on the first version "
-         "of the inputs: its biases and normalization offsets were zero and its normalization scales "
+         "these ran, so measured latencies are noisy. Rows marked *(v1)* or *(v2)* ran on an older "
+         "version of the inputs. v1: biases and normalization offsets zero and normalization scales "
          "one, as Keras initializes them (the converter folds those away, so its baseline converted "
-         "to fewer ops than a trained model; rows without the mark have them random); its latencies "
-         "and cuts are medians of the runs, which interference on the shared machine moves more than "
-         "the fastest run (docs/latency_budgets.md)."),
+         "to fewer ops than a trained model); its latencies and cuts are medians of the runs, which "
+         "interference on the shared machine moves more than the fastest run. v2: those random, "
+         "but BatchNormalization statistics random too, unlike the images' (fine-tuning moved them "
+         "far, and the int8 speed with them: NASNetMobile landed 0.289 before fine-tuning, 0.155 "
+         "after). Rows without a mark have BN statistics set from their images, as training leaves "
+         "them (docs/latency_budgets.md)."),
         "",
         "| model | budget | status | FLOPs cut | latency est. / measured | TFLite ms | equivalence | exports | "
         "stopped | wall |",
