@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from tests.conftest import REPO_ROOT
 
 TOOL = REPO_ROOT / "tools" / "bench_pruned_latency.py"
@@ -14,6 +16,7 @@ ROW_KEYS = {"arch", "input_size", "quantization", "model", "round_to", "flops", 
             "meets_goal", "params", "size_bytes", "runs"}
 
 
+@pytest.mark.slow  # a tool's end-to-end run (~30 s); its fit is tested below, timing in test_latency*
 def test_bench_pruned_latency_resnet56(tmp_path):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
     # --bn_images=0 and float32 only: no dataset is read (random BN statistics if no

@@ -251,6 +251,63 @@ def test_a_measured_landing_corrects_the_aim_by_the_measured_miss(shared, monkey
     assert landing.measurable_here(table) and not landing.measurable_here(dict(table, cpu="a phone"))
 
 
+def test_an_int8_landing_times_extractions_with_the_statistics_fine_tuning_leaves(monkeypatch):
+    """Fine-tuning re-estimates the BN statistics of the pruned network and an int8 network's
+    speed follows the ranges they set: each int8 try is converted with its statistics
+    re-estimated on the calibration images, the baseline as it is, and the extraction that is
+    kept is unchanged (a float32 landing converts every network as it is)."""
+    import keras
+
+    from pn_tf.auto import insert_gates
+    from pn_tf.extract import extract_at
+    from pn_tf.latency import landing
+    from pn_tf.tflite import inspection
+    from pn_tf.training import batchnorm_statistics_from
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((12, 12, 3))
+    x = keras.layers.ReLU()(keras.layers.BatchNormalization(name="bn_a")(keras.layers.Conv2D(8, 3, name="conv_a")(inputs)))
+    x = keras.layers.BatchNormalization(name="bn_b")(keras.layers.Conv2D(8, 3, name="conv_b")(x))
+    network = insert_gates(keras.Model(inputs, keras.layers.Dense(3)(keras.layers.GlobalAveragePooling2D()(x))))
+    graph = ChannelGraph(network)
+    baseline = widths_model(network, graph, [g.size for g in graph.groups])
+    batches = [np.random.default_rng(k).uniform(0, 255, (8, 12, 12, 3)).astype("float32") for k in range(2)]
+
+    def means(model):
+        return [np.array(layer.moving_mean) for layer in model._flatten_layers()
+                if isinstance(layer, keras.layers.BatchNormalization)]
+
+    kept, converted = [], []
+
+    def extract(aim):
+        extraction = extract_at(network, aim, graph=graph)
+        kept.append((extraction, means(extraction.model)))
+        return extraction
+
+    def convert(model, directory, name, dtype, what, calibration, repair_calibration):
+        converted.append(means(model))
+        return name
+
+    monkeypatch.setattr(landing, "_file", convert)
+    monkeypatch.setattr(landing, "time_files", lambda paths, *args, **kwargs: ([1.0, 0.7], 1.0))
+    monkeypatch.setattr(inspection, "delegation", lambda path, threads: {"not_delegated": {}})
+    landing.land(extract, 0.3, baseline, dtype="int8", num_threads=1, runs=5, calibration=batches,
+                 progress=lambda line: None)
+    (extraction, before), = kept
+    base, timed = converted
+    assert all(np.array_equal(a, b) for a, b in zip(base, means(baseline)))
+    assert all(np.array_equal(a, b) for a, b in zip(means(extraction.model), before))  # kept as it was
+    assert not any(np.allclose(a, b) for a, b in zip(timed, before))
+    with batchnorm_statistics_from(extraction.model, batches):
+        refreshed = means(extraction.model)
+    assert all(np.allclose(a, b) for a, b in zip(timed, refreshed))
+    assert all(np.array_equal(a, b) for a, b in zip(means(extraction.model), before))
+    kept.clear(), converted.clear()
+    landing.land(extract, 0.3, baseline, dtype="float32", num_threads=1, runs=5, calibration=batches,
+                 progress=lambda line: None)
+    assert all(np.array_equal(a, b) for a, b in zip(converted[1], kept[0][1]))
+
+
 def test_kernel_tiles_are_read_off_step_shaped_times():
     from pn_tf.latency.tiles import PROBE_CHANNELS, fit_tile, tiled
 

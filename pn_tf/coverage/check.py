@@ -56,26 +56,6 @@ def randomize_affine(model, seed=0):
     return model
 
 
-def fit_batchnorm(model, x):
-    """BatchNormalization moving statistics (nested and subclassed models too) set to what each
-    layer sees on ``x``, as training leaves them: one training-mode pass over ``x`` with every
-    layer's momentum 0 (restored after). Random statistics that do not match the data are
-    unlike any trained model's, and fine-tuning moves them far: int8 quantization ranges, and
-    with them the int8 network's speed, then change after extraction (NASNetMobile: the same
-    pruned network 16% slower with its fine-tuned statistics than with its searched ones)."""
-    layers = [layer for layer in model._flatten_layers(include_self=False, recursive=True)
-              if isinstance(layer, keras.layers.BatchNormalization) and layer.built]
-    momenta = [layer.momentum for layer in layers]
-    try:
-        for layer in layers:
-            layer.momentum = 0.0
-        model(x, training=True)
-    finally:
-        for layer, momentum in zip(layers, momenta):
-            layer.momentum = momentum
-    return model
-
-
 def sample_inputs(model, batch=2, seed=0):
     """Random inputs for ``model``: pixels 0..255 for images, N(0, 1) features otherwise."""
     rng = np.random.RandomState(seed)

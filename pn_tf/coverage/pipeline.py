@@ -41,7 +41,7 @@ NOT_IMAGE = "not an image model"
 # pruned model then converts to more ops than its baseline: the ViT's int8 latency row measured
 # no cut). 2: biases and normalization scales/offsets random too (pn_tf.coverage.check.randomize_affine).
 # 3: BatchNormalization statistics those of the row's images, as training leaves them
-# (pn_tf.coverage.check.fit_batchnorm): random ones made fine-tuning move them far, and the int8
+# (pn_tf.training.set_bn_statistics on the images): random ones made fine-tuning move them far, and the int8
 # speed with them (NASNetMobile's latency row landed 0.289 before fine-tuning, 0.155 after).
 INPUTS_VERSION = 3
 STATUSES = ("finished", "refused", "failed", "timeout", NOT_IMAGE)
@@ -74,8 +74,9 @@ def build_row(name, path, size=SIZE, classes=3, seed=0):
     import keras
     import numpy as np
 
-    from pn_tf.coverage.check import fit_batchnorm, randomize_affine, randomize_batchnorm
+    from pn_tf.coverage.check import randomize_affine, randomize_batchnorm
     from pn_tf.coverage.models import APPLICATIONS, HUB, PATTERNS, application
+    from pn_tf.training import set_bn_statistics
 
     keras.backend.clear_session()
     keras.utils.set_random_seed(seed)
@@ -94,7 +95,7 @@ def build_row(name, path, size=SIZE, classes=3, seed=0):
     randomize_affine(model, seed)
     side = int(shape[0]) if shape[0] else size
     pixels = [image_pixels(c, i, side, seed) for c in range(len(CLASSES)) for i in range(PER_CLASS)]
-    fit_batchnorm(model, np.stack(pixels).astype("float32"))  # fed as pn-tf feeds them: 0..255
+    set_bn_statistics(model, [np.stack(pixels).astype("float32")])  # as pn-tf feeds them: 0..255
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     model.save(path)
     return shape
