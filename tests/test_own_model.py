@@ -217,6 +217,28 @@ def test_bad_own_inputs_stop_before_work(own, tmp_path, overrides, message):
     assert not (tmp_path / "w" / "baseline").exists()
 
 
+def test_a_model_tflite_cannot_convert_is_refused_before_any_stage(own, tmp_path):
+    """The export and the report need TFLite files: a model with an op the converter rejects
+    (here MaxPool3D, as in a video network; Swin's tf.Roll likewise) is refused at validation
+    with the converter's reason, not after the search and fine-tuning."""
+    import keras
+
+    inputs = keras.Input((32, 32, 3))
+    x = keras.layers.Conv2D(8, 3, padding="same", activation="relu", name="conv_a")(inputs)
+    x = keras.layers.Conv2D(8, 3, padding="same", name="conv_b")(x)  # conv_a's channels prune
+    x = keras.layers.Reshape((32, 32, 8, 1))(x)
+    x = keras.layers.MaxPooling3D((2, 2, 2), name="pool3d")(x)
+    x = keras.layers.GlobalAveragePooling3D()(x)
+    keras.Model(inputs, keras.layers.Dense(3)(x)).save(tmp_path / "pool3d.keras")
+    every = ["baseline", "search", "extract", "finetune", "export", "report"]
+    rejected = "cannot be converted to TFLite \\(ConverterError: 'tf.MaxPool3D' op is neither"
+    with pytest.raises(PipelineError, match=rejected):
+        _validate(_config(tmp_path, own, model=str(tmp_path / "pool3d.keras"), stages=every))
+    assert not (tmp_path / "w" / "baseline").exists()
+    _validate(_config(tmp_path, own, model=str(tmp_path / "pool3d.keras")))  # no export: no check
+    _validate(_config(tmp_path, own, stages=every, workdir=str(tmp_path / "w2")))  # converts
+
+
 def test_zoo_refuses_own_model_flags(tmp_path, data_dir):
     for overrides, message in ((dict(input_range="0_1"), "zoo architectures take pixels 0..255"),
                                (dict(exclude=["conv1"]), "--exclude go with --model"),

@@ -8,7 +8,6 @@ land on the target, and the pruned model must convert to TFLite.
 """
 
 import os
-import re
 import tempfile
 
 import keras
@@ -19,6 +18,7 @@ from pn_tf.auto.analysis import analyse
 from pn_tf.auto.insert import insert_gates
 from pn_tf.auto.pruning import random_gate_logits
 from pn_tf.graph import FlopsModel, count_params
+from pn_tf.latency.table import reason
 
 
 def randomize_batchnorm(model, seed=0):
@@ -69,13 +69,6 @@ def _is_keras_own(op):
     return type(op).__module__.startswith("keras.")
 
 
-def _short_error(err):
-    """The converter's one useful line (e.g. "'tf.MaxPool3D' op is neither a custom op ...")."""
-    text = str(err)
-    found = re.search(r"'tf\.\w+' op [^\n]*", text)
-    return f"{type(err).__name__}: {found.group(0) if found else (text.splitlines() or [''])[0][:200]}"
-
-
 def _tflite_check(narrow, x):
     """(converts, max abs difference to Keras or the error, MACs counted in the TFLite graph)."""
     from pn_tf.export import export_tflite
@@ -87,7 +80,7 @@ def _tflite_check(narrow, x):
         try:
             export_tflite(narrow, path, "float32")
         except Exception as err:  # noqa: BLE001 - reported, not raised
-            return False, _short_error(err), None
+            return False, reason(err), None
         diff = np.abs(tflite_predict(path, x) - np.asarray(narrow(x, training=False)))
         return True, float(diff.max()), tflite_macs(path)
 

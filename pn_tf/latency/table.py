@@ -38,6 +38,7 @@ import json
 import logging
 import os
 import platform
+import re
 import shutil
 import tempfile
 import time
@@ -130,10 +131,14 @@ def fit_whole(sums, whole, iterations=20):
 
 
 def reason(err):
-    """An exception as one short line (converter errors span many lines; the first error line)."""
-    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    """An exception as one short line. A converter error spans many lines; its useful part is
+    the op it rejects ("'tf.MaxPool3D' op is neither a custom op nor a flex op"), else the first
+    line that says "error:"."""
+    text = str(err)
+    rejected = re.search(r"'tf\.\w+' op [^\n]*", text)
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
     errors = [line for line in lines if "error:" in line.lower()]
-    text = (errors or lines or [""])[0]
+    text = rejected.group(0) if rejected else (errors or lines or [""])[0]
     text = text if len(text) <= 300 else text[:297] + "..."
     return f"{type(err).__name__}: {text}" if text else type(err).__name__
 

@@ -6,6 +6,7 @@ line k) is written beside the ``.tflite`` files when the data names its classes.
 """
 
 from pn_tf.pipeline import artifacts
+from pn_tf.pipeline.errors import PipelineError
 from pn_tf.pipeline.stages.baseline import weights_of
 
 
@@ -30,7 +31,26 @@ def baseline_network(ctx):
 
 
 def check(ctx):
-    """Nothing beyond the option table's choices for --tflite."""
+    """A user's model that TFLite cannot convert is refused before any stage, since the export
+    and the report need its TFLite files (Swin's tf.Roll, a Conv3D network's MaxPool3D): its
+    unpruned network is converted to float32 once, into a temporary folder. Zoo architectures
+    convert."""
+    import os
+    import tempfile
+
+    from pn_tf.export import export_tflite
+    from pn_tf.latency.table import reason
+
+    if ctx.model.kind != "model" or os.path.exists(ctx.summary_path("export")):
+        return
+    with tempfile.TemporaryDirectory(prefix="pn_tf_convertible_") as tmp:
+        try:
+            export_tflite(deployable(ctx.build_network()), os.path.join(tmp, "model.tflite"))
+        except Exception as err:  # any converter failure: the pipeline cannot finish
+            raise PipelineError(
+                f"--model={ctx.config.model} cannot be converted to TFLite ({reason(err)}); pn-tf "
+                "exports and times the pruned model as TFLite files: replace the layer or op the "
+                "converter names") from err
 
 
 def run(ctx):
