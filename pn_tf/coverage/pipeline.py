@@ -41,8 +41,8 @@ NOT_IMAGE = "not an image model"
 # pruned model then converts to more ops than its baseline: the ViT's int8 latency row measured
 # no cut). 2: biases and normalization scales/offsets random too (pn_tf.coverage.check.randomize_affine).
 # 3: BatchNormalization statistics those of the row's images, as training leaves them
-# (pn_tf.training.set_bn_statistics on the images): random ones made fine-tuning move them far, and the int8
-# speed with them (NASNetMobile's latency row landed 0.289 before fine-tuning, 0.155 after).
+# (pn_tf.training.set_bn_statistics): random ones made fine-tuning move them far, and the
+# int8 speed with them (NASNetMobile's latency row landed 0.289 before fine-tuning, 0.155 after).
 INPUTS_VERSION = 3
 STATUSES = ("finished", "refused", "failed", "timeout", NOT_IMAGE)
 
