@@ -138,6 +138,36 @@ def test_residual_block_is_unrolled_and_prunes_equivalently(tmp_path):
     assert out.returncode == 0 and "loaded" in out.stdout, out.stderr[-3000:]
 
 
+class PassesTraining(keras.layers.Layer):
+    """A block that passes ``training`` to every sub-layer, one whose call takes none (keras-hub's
+    HGNetV2 does so with an Identity standing for an absent downsampling)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.conv1 = keras.layers.Conv2D(12, 3, padding="same", activation="relu")
+        self.skip = keras.layers.Identity()
+        self.conv2 = keras.layers.Conv2D(8, 3, padding="same")
+
+    def call(self, x, training=None):
+        return self.conv2(self.conv1(self.skip(x, training=training)))
+
+
+def test_a_training_argument_given_to_a_layer_without_one_does_not_stay_in_the_graph():
+    """Kept in the unrolled node, it broke every later call of the pruned model on a new input
+    (HGNetV2's latency table: "Identity.compute_output_spec() got an unexpected keyword argument
+    'training'")."""
+    inputs = keras.Input((12, 12, 3))
+    x = keras.layers.GlobalAveragePooling2D()(PassesTraining(name="block")(inputs))
+    model = keras.Model(inputs, keras.layers.Dense(3)(x))
+    gated = auto.insert_gates(model)
+    auto.random_gate_logits(gated, seed=1)
+    images = random_images((12, 12, 3), seed=1)
+    narrow = extract_at(gated, 0.3, images=images).model
+    again = keras.Input((12, 12, 3), batch_size=1)
+    rebuilt = keras.Model(again, narrow(again))  # what the latency table does to time a network
+    np.testing.assert_allclose(np.asarray(rebuilt(images[:1])), np.asarray(narrow(images[:1])), rtol=1e-6)
+
+
 @pytest.mark.parametrize("layer, why", [(Branching, "fails on symbolic inputs"),
                                         (Noisy, "does not give its outputs")])
 def test_layer_that_cannot_be_unrolled_stays_opaque(caplog, layer, why):

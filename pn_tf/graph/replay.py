@@ -605,6 +605,11 @@ def _run(graph, tensors, resolve, rewrite, after, training, scope, inlined):
                 if (call_training is not None and kwargs.get("training") is None
                         and getattr(new_op, "_call_has_training_arg", False)):
                     kwargs = dict(kwargs, training=call_training)
+                if "training" in kwargs and not getattr(new_op, "_call_has_training_arg", True):
+                    # a layer whose call takes no training argument, given one (keras-hub's
+                    # HGNetV2 passes it to an Identity): kept in the node, calling the new
+                    # model again fails in the layer's compute_output_spec
+                    kwargs = {k: v for k, v in kwargs.items() if k != "training"}
                 if rewrite is not None:
                     args, kwargs = rewrite(node, new_op, args, kwargs)
                 outputs = keras.tree.flatten(new_op(*args, **kwargs))
