@@ -605,7 +605,7 @@ def _run(graph, tensors, resolve, rewrite, after, training, scope, inlined):
                 if (call_training is not None and kwargs.get("training") is None
                         and getattr(new_op, "_call_has_training_arg", False)):
                     kwargs = dict(kwargs, training=call_training)
-                if "training" in kwargs and not getattr(new_op, "_call_has_training_arg", True):
+                if "training" in kwargs and not _takes_training(new_op):
                     # a layer whose call takes no training argument, given one (keras-hub's
                     # HGNetV2 passes it to an Identity): kept in the node, calling the new
                     # model again fails in the layer's compute_output_spec
@@ -617,6 +617,16 @@ def _run(graph, tensors, resolve, rewrite, after, training, scope, inlined):
                 outputs = after(node, outputs)
             for y, value in zip(node.outputs, outputs):
                 tensors[id(y)] = value
+
+
+def _takes_training(op):
+    """Whether ``op``'s call accepts a ``training`` argument (by name or in ``**kwargs``); ops
+    that are not layers are left as they were called."""
+    signature = getattr(op, "_call_signature", None)
+    if signature is None:
+        return True
+    return getattr(op, "_call_has_training_arg", False) or any(
+        p.kind is p.VAR_KEYWORD for p in signature.parameters.values())
 
 
 def flatten(model):
