@@ -18,7 +18,7 @@ from pn_tf.auto.analysis import analyse
 from pn_tf.auto.insert import insert_gates
 from pn_tf.auto.pruning import random_gate_logits
 from pn_tf.graph import FlopsModel, count_params
-from pn_tf.latency.table import reason
+from pn_tf.tflite.convert import error_line
 
 
 def randomize_batchnorm(model, seed=0):
@@ -80,7 +80,7 @@ def _tflite_check(narrow, x):
         try:
             export_tflite(narrow, path, "float32")
         except Exception as err:  # noqa: BLE001 - reported, not raised
-            return False, reason(err), None
+            return False, error_line(err), None
         diff = np.abs(tflite_predict(path, x) - np.asarray(narrow(x, training=False)))
         return True, float(diff.max()), tflite_macs(path)
 

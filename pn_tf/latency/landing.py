@@ -23,7 +23,8 @@ import shutil
 import tempfile
 import time
 
-from pn_tf.latency.table import LatencyTableError, cpu_name, reason, runtime_version, time_files
+from pn_tf.latency.table import LatencyTableError, cpu_name, runtime_version, time_files
+from pn_tf.tflite.convert import error_line
 
 TOLERANCE = 0.02  # measured cut within this of the target: done
 TRIES = 4
@@ -48,7 +49,7 @@ def _file(model, directory, name, dtype, what, calibration, repair_calibration):
                              calibration if dtype == "int8" else None,
                              repair_calibration=repair_calibration)
     except Exception as err:  # any converter failure, named with its model
-        raise LatencyTableError(f"{what} cannot be converted to TFLite {dtype}: {reason(err)}") from err
+        raise LatencyTableError(f"{what} cannot be converted to TFLite {dtype}: {error_line(err)}") from err
 
 
 def _as_fine_tuned(model, dtype, calibration):

@@ -38,7 +38,6 @@ import json
 import logging
 import os
 import platform
-import re
 import shutil
 import tempfile
 import time
@@ -48,6 +47,7 @@ import numpy as np
 from pn_tf.latency import units as unit_lib
 from pn_tf.latency import tiles as tile_lib
 from pn_tf.latency.tiles import tiled
+from pn_tf.tflite.convert import error_line
 
 log = logging.getLogger(__name__)
 
@@ -130,19 +130,6 @@ def fit_whole(sums, whole, iterations=20):
     return float(scale), float(offset)
 
 
-def reason(err):
-    """An exception as one short line. A converter error spans many lines; its useful part is
-    the op it rejects ("'tf.MaxPool3D' op is neither a custom op nor a flex op"), else the first
-    line that says "error:"."""
-    text = str(err)
-    rejected = re.search(r"'tf\.\w+' op [^\n]*", text)
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    errors = [line for line in lines if "error:" in line.lower()]
-    text = rejected.group(0) if rejected else (errors or lines or [""])[0]
-    text = text if len(text) <= 300 else text[:297] + "..."
-    return f"{type(err).__name__}: {text}" if text else type(err).__name__
-
-
 def describe_unit(unit):
     """How messages name a unit: its layer calls' names and types."""
     return "unit " + " + ".join(f"'{node.operation.name}' ({type(node.operation).__name__})"
@@ -159,7 +146,7 @@ def convert_named(make_model, path, dtype, what, whole=False, samples=None):
         return unit_lib.convert(make_model(), path, dtype, io="float32" if whole else "int8",
                                 samples=samples)
     except Exception as err:  # any converter failure, named with its unit
-        raise LatencyTableError(f"{what} cannot be converted to TFLite {dtype}: {reason(err)}") from err
+        raise LatencyTableError(f"{what} cannot be converted to TFLite {dtype}: {error_line(err)}") from err
 
 
 def cpu_name():
@@ -338,13 +325,13 @@ def time_files(paths, num_threads, runs, warmup=5, block=5, seed=0, labels=None,
                            else batch1_interpreter(path, num_threads, seed, image))
             interpreter.invoke()
         except Exception as err:  # any runtime failure, named with its file
-            raise LatencyTableError(f"{label} cannot be run by LiteRT: {reason(err)}") from err
+            raise LatencyTableError(f"{label} cannot be run by LiteRT: {error_line(err)}") from err
         interpreters.append(interpreter)
     try:
         times, share = time_interleaved(interpreters, runs, warmup=warmup, block=block,
                                         num_threads=num_threads)
     except Exception as err:
-        raise LatencyTableError(f"timing {len(paths)} TFLite models failed: {reason(err)}") from err
+        raise LatencyTableError(f"timing {len(paths)} TFLite models failed: {error_line(err)}") from err
     return [fastest_ms(t) for t in times], float(share)
 
 

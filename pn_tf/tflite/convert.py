@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 
 from pn_tf.tflite.calibration import calibration_batches, repaired_calibration
 
@@ -99,3 +100,16 @@ def convert_saved_model(saved_model_dir, quantization="float32", representative_
     if repairs is not None:
         repairs.extend(repaired)
     return content
+
+
+def error_line(err):
+    """An exception as one short line. A converter error spans many lines; its useful part is
+    the op it rejects ("'tf.MaxPool3D' op is neither a custom op nor a flex op"), else the first
+    line that says "error:"."""
+    text = str(err)
+    rejected = re.search(r"'tf\.\w+' op [^\n]*", text)
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    errors = [line for line in lines if "error:" in line.lower()]
+    text = rejected.group(0) if rejected else (errors or lines or [""])[0]
+    text = text if len(text) <= 300 else text[:297] + "..."
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__

@@ -39,7 +39,7 @@ def check(ctx):
     import tempfile
 
     from pn_tf.export import export_tflite
-    from pn_tf.latency.table import reason
+    from pn_tf.tflite.convert import error_line
 
     if ctx.model.kind != "model" or os.path.exists(ctx.summary_path("export")):
         return
@@ -48,7 +48,7 @@ def check(ctx):
             export_tflite(deployable(ctx.build_network()), os.path.join(tmp, "model.tflite"))
         except Exception as err:  # any converter failure: the pipeline cannot finish
             raise PipelineError(
-                f"--model={ctx.config.model} cannot be converted to TFLite ({reason(err)}); pn-tf "
+                f"--model={ctx.config.model} cannot be converted to TFLite ({error_line(err)}); pn-tf "
                 "exports and times the pruned model as TFLite files: replace the layer or op the "
                 "converter names") from err
 
