@@ -426,8 +426,7 @@ def refresh_stale_batchnorm(model, batches, steps, max_batches=REFRESH_BATCHES):
     Returns:
         None, or ``{"layers", "batches", "longest_span_steps"}`` when it refreshed.
     """
-    bns = [layer for layer in model._flatten_layers()
-           if isinstance(layer, keras.layers.BatchNormalization)]
+    bns = batchnorm_layers(model)
     spans = [1.0 / max(1e-12, 1.0 - float(bn.momentum)) for bn in bns]
     if not bns or max(spans) <= STALE_SHARE * max(1, steps):
         return None
@@ -439,6 +438,12 @@ def refresh_stale_batchnorm(model, batches, steps, max_batches=REFRESH_BATCHES):
     return {"layers": len(bns), "batches": count, "longest_span_steps": round(max(spans))}
 
 
+def batchnorm_layers(model):
+    """Every BatchNormalization layer of ``model``, in nested models and user layers too."""
+    return [layer for layer in model._flatten_layers()
+            if isinstance(layer, keras.layers.BatchNormalization)]
+
+
 def set_bn_statistics(model, batches):
     """Sets every BN's moving mean/variance to the average of its batch statistics on ``batches``.
 
@@ -446,8 +451,7 @@ def set_bn_statistics(model, batches):
     weights stay as they are; only the BN running statistics change, so activations have a
     realistic scale. ``batches`` yields image arrays or ``(images, labels)`` pairs.
     """
-    bns = [layer for layer in model._flatten_layers()
-           if isinstance(layer, keras.layers.BatchNormalization)]
+    bns = batchnorm_layers(model)
     saved = [bn.momentum for bn in bns]
     try:
         for step, batch in enumerate(batches):
@@ -468,8 +472,7 @@ def batchnorm_statistics_from(model, batches):
     training ends, without changing the network that is kept (the measured latency landing
     times extractions this way: an int8 network's speed follows the ranges its BN statistics
     set, and fine-tuning re-estimates them on the pruned network)."""
-    bns = [layer for layer in model._flatten_layers()
-           if isinstance(layer, keras.layers.BatchNormalization) and layer.built]
+    bns = [bn for bn in batchnorm_layers(model) if bn.built]
     saved = [(bn.moving_mean.numpy(), bn.moving_variance.numpy()) for bn in bns]
     try:
         if bns:
